@@ -1,0 +1,64 @@
+//! A connection from the proxy to a Redis server: connect with a bound, and the buffers of one session's link.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+
+use crate::primary::Server;
+use crate::protocol::reply::ReplyScanner;
+
+/// Why a backend could not be used; the text goes to the client in an `-ERR` reply.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("backend {side} {addr} unreachable: {source}")]
+    Connect { side: &'static str, addr: String, source: std::io::Error },
+    #[error("backend {side} {addr} unreachable: no answer within {timeout_ms} ms")]
+    ConnectTimeout { side: &'static str, addr: String, timeout_ms: u64 },
+}
+
+/// Opens a TCP connection to `server` within `timeout`, with Nagle's algorithm off.
+pub async fn connect(server: &Server, timeout: Duration) -> Result<TcpStream, BackendError> {
+    let side = server.side.name();
+    match tokio::time::timeout(timeout, TcpStream::connect(&*server.addr)).await {
+        Ok(Ok(stream)) => {
+            stream
+                .set_nodelay(true)
+                .map_err(|source| BackendError::Connect { side, addr: server.addr.to_string(), source })?;
+            Ok(stream)
+        }
+        Ok(Err(source)) => Err(BackendError::Connect { side, addr: server.addr.to_string(), source }),
+        Err(_) => Err(BackendError::ConnectTimeout {
+            side,
+            addr: server.addr.to_string(),
+            timeout_ms: timeout.as_millis() as u64,
+        }),
+    }
+}
+
+/// One session's link to its backend: the socket, what is waiting to be written, and what was read.
+#[derive(Debug)]
+pub struct BackendLink {
+    pub stream: TcpStream,
+    pub server: Server,
+    /// The primary generation this link was opened for.
+    pub generation: u64,
+    /// Requests waiting to be written.
+    pub output: BytesMut,
+    /// Replies read and not yet forwarded.
+    pub input: BytesMut,
+    pub scanner: ReplyScanner,
+}
+
+impl BackendLink {
+    pub fn new(stream: TcpStream, server: Server, generation: u64) -> Self {
+        BackendLink {
+            stream,
+            server,
+            generation,
+            output: BytesMut::new(),
+            input: BytesMut::new(),
+            scanner: ReplyScanner::new(),
+        }
+    }
+}

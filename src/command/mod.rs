@@ -1,0 +1,124 @@
+//! What the proxy must know about a command: whether it may write, whether it may block, and whether it
+//! changes the state of the client's session. Everything else about a command is the backend's business.
+
+mod table;
+
+use std::cmp::Ordering;
+
+/// The class of a command, by its name (and for container commands, its subcommand).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Reads data only.
+    Read,
+    /// May change data or replicate: held while writes are paused.
+    Write,
+    /// Reads, and may block the connection (XREAD BLOCK).
+    BlockingRead,
+    /// Writes, and may block the connection (BLPOP, BLMOVE, BZPOPMIN, XREADGROUP BLOCK, ...).
+    BlockingWrite,
+    Auth,
+    Hello,
+    Select,
+    /// CLIENT: SETNAME, REPLY and TRACKING change the session; other subcommands only read.
+    Client,
+    Multi,
+    Exec,
+    Discard,
+    Watch,
+    Unwatch,
+    /// SUBSCRIBE, PSUBSCRIBE, SSUBSCRIBE.
+    Subscribe,
+    /// UNSUBSCRIBE, PUNSUBSCRIBE, SUNSUBSCRIBE.
+    Unsubscribe,
+    Monitor,
+    Quit,
+    Reset,
+    ReadOnly,
+    ReadWrite,
+    Eval,
+    EvalSha,
+    /// SCRIPT: LOAD and FLUSH replicate; other subcommands only read.
+    Script,
+    /// FUNCTION: LOAD, DELETE, FLUSH and RESTORE write.
+    Function,
+    /// XGROUP: CREATE, SETID, DESTROY, CREATECONSUMER and DELCONSUMER write.
+    XGroup,
+    /// `POST` and `Host:`: an HTTP request sent to a Redis port. Redis drops such a connection at once.
+    SecurityWarning,
+    /// Not a Redis 7.0 command (a module's, or a newer version's): treated as a possible write.
+    Unknown,
+}
+
+impl Command {
+    /// Classifies a command by its name, in any letter case.
+    pub fn classify(name: &[u8]) -> Command {
+        table::COMMANDS
+            .binary_search_by(|(known, _)| cmp_ignore_case(known, name))
+            .map(|i| table::COMMANDS[i].1)
+            .unwrap_or(Command::Unknown)
+    }
+
+    /// Whether the command may change data or be replicated, given its first argument (the subcommand of a
+    /// container command). Unknown commands count as writes: holding a read costs a little latency during a
+    /// pause, while letting a write through would lose it.
+    pub fn is_write(self, subcommand: Option<&[u8]>) -> bool {
+        let sub_is = |names: &[&[u8]]| subcommand.is_some_and(|s| names.iter().any(|n| s.eq_ignore_ascii_case(n)));
+        match self {
+            Command::Write | Command::BlockingWrite | Command::Unknown | Command::Eval | Command::EvalSha => true,
+            Command::Script => sub_is(&[b"LOAD", b"FLUSH"]),
+            Command::Function => sub_is(&[b"LOAD", b"DELETE", b"FLUSH", b"RESTORE"]),
+            Command::XGroup => sub_is(&[b"CREATE", b"SETID", b"DESTROY", b"CREATECONSUMER", b"DELCONSUMER"]),
+            _ => false,
+        }
+    }
+
+    /// Whether the command may block its connection until data arrives or a timeout passes.
+    pub fn is_blocking(self) -> bool {
+        matches!(self, Command::BlockingRead | Command::BlockingWrite)
+    }
+}
+
+/// Compares an upper-case table name with a client's name in any case, byte by byte.
+fn cmp_ignore_case(upper: &[u8], name: &[u8]) -> Ordering {
+    for (a, b) in upper.iter().zip(name) {
+        match a.cmp(&b.to_ascii_uppercase()) {
+            Ordering::Equal => {}
+            other => return other,
+        }
+    }
+    upper.len().cmp(&name.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_sorted_so_binary_search_works() {
+        assert!(table::COMMANDS.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    #[test]
+    fn classification() {
+        assert_eq!(Command::classify(b"get"), Command::Read);
+        assert_eq!(Command::classify(b"SeT"), Command::Write);
+        assert_eq!(Command::classify(b"blpop"), Command::BlockingWrite);
+        assert_eq!(Command::classify(b"xread"), Command::BlockingRead);
+        assert_eq!(Command::classify(b"hello"), Command::Hello);
+        assert_eq!(Command::classify(b"Host:"), Command::SecurityWarning);
+        assert_eq!(Command::classify(b"my.module"), Command::Unknown);
+        assert_eq!(Command::classify(b""), Command::Unknown);
+        assert_eq!(Command::classify(b"GETX"), Command::Unknown);
+    }
+
+    #[test]
+    fn writes() {
+        assert!(Command::classify(b"incr").is_write(None));
+        assert!(Command::classify(b"publish").is_write(None));
+        assert!(!Command::classify(b"get").is_write(None));
+        assert!(Command::classify(b"script").is_write(Some(b"load")));
+        assert!(!Command::classify(b"script").is_write(Some(b"exists")));
+        assert!(Command::classify(b"xgroup").is_write(Some(b"create")));
+        assert!(Command::classify(b"unknowncmd").is_write(None));
+    }
+}

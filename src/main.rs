@@ -1,0 +1,45 @@
+//! The `redis-handover` binary: parses settings, sets up logging, and runs the proxy until SIGTERM/SIGINT.
+
+use anyhow::Context;
+use clap::Parser;
+use redis_handover::config::{Config, LogFormat, Overrides};
+use redis_handover::server::{self, Listeners};
+use tokio::net::TcpListener;
+
+/// A Redis proxy that upgrades a deployment from an OLD server to a NEW one live.
+#[derive(Debug, Parser)]
+#[command(name = "redis-handover", version)]
+struct Cli {
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(&cli.overrides)?;
+    init_logging(config.log_format);
+    let proxy = TcpListener::bind(&config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let admin = TcpListener::bind(&config.admin).await.with_context(|| format!("cannot bind admin {}", config.admin))?;
+    server::run(Listeners { proxy, admin: Some(admin) }, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}

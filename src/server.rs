@@ -1,0 +1,120 @@
+//! The listener: accepts clients, enforces the client limit, and shuts down gracefully.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::primary::{PrimaryCell, Server, Side};
+use crate::session::{ClientSlot, Session};
+
+/// What every session and the admin port share.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub primary: PrimaryCell,
+    /// Client connections open now.
+    pub clients: AtomicUsize,
+    next_client_id: AtomicU64,
+    /// Cancelled when the proxy starts shutting down.
+    pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Self {
+        let old = Server { side: Side::Old, addr: config.old.as_str().into() };
+        Shared {
+            config,
+            primary: PrimaryCell::new(old),
+            clients: AtomicUsize::new(0),
+            next_client_id: AtomicU64::new(1),
+            shutdown: CancellationToken::new(),
+        }
+    }
+}
+
+/// The sockets the proxy serves on, bound by the caller (tests bind port 0).
+pub struct Listeners {
+    pub proxy: TcpListener,
+    pub admin: Option<TcpListener>,
+}
+
+/// Runs the proxy until `shutdown` completes, then stops accepting, gives in-flight replies the configured
+/// grace period, and returns.
+pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    let shared = Arc::new(Shared::new(config));
+    tracing::info!(
+        listen = %listeners.proxy.local_addr()?,
+        old = %shared.config.old,
+        new = shared.config.new.as_deref().unwrap_or("-"),
+        "redis-handover started; OLD is the primary"
+    );
+    let admin = listeners.admin.map(|listener| tokio::spawn(crate::admin::serve(listener, shared.clone())));
+    let result = serve(listeners.proxy, shared.clone(), shutdown).await;
+    if let Some(admin) = admin {
+        admin.abort();
+    }
+    result
+}
+
+async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    let mut sessions = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => admit(stream, peer, &shared, &mut sessions),
+                Err(error) => {
+                    // Out of file descriptors, most likely: give sessions a moment to close some.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    shared.shutdown.cancel();
+    let grace = Duration::from_millis(shared.config.shutdown_grace_ms);
+    let open = sessions.len();
+    tracing::info!(sessions = open, grace_ms = grace.as_millis() as u64, "shutting down: finishing in-flight replies");
+    let drained = tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(sessions = sessions.len(), "grace period over; closing the remaining sessions");
+        sessions.shutdown().await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, sessions: &mut JoinSet<()>) {
+    let open = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
+    let slot = ClientSlot(shared.clone());
+    if open > shared.config.max_clients {
+        // As Redis does: one error line, then the connection is closed.
+        let _ = stream.try_write(b"-ERR max number of clients reached\r\n");
+        tracing::warn!(%peer, max_clients = shared.config.max_clients, "client refused: max number of clients reached");
+        return;
+    }
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "set_nodelay failed");
+    }
+    let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("client", id, %peer);
+    let session = Session::new(stream, shared.clone());
+    sessions.spawn(
+        async move {
+            let _slot = slot;
+            session.run().await;
+        }
+        .instrument(span),
+    );
+}

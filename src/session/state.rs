@@ -1,0 +1,705 @@
+//! What Redis keeps for one client, and how each reply changes it: the part of a session that does no I/O.
+//!
+//! Every request forwarded to the backend leaves a [`Pending`] entry; replies come back in order and each one
+//! settles the entry at the head of the queue. An entry carries the effect its command has on the session when
+//! it succeeds (SELECT changes the db, AUTH the user, ...), so the state always describes what the backend
+//! connection really has, and can be rebuilt on a new connection.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::fmt;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::command::Command;
+use crate::protocol::request::{Args, string_to_i64, write_command};
+use crate::protocol::value::{Value, is_error_frame};
+
+/// The kind of a Pub/Sub subscription: plain channels, patterns, or (7.0) shard channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubKind {
+    Channel,
+    Pattern,
+    Shard,
+}
+
+/// Whether replies are sent at all (`CLIENT REPLY ON|OFF|SKIP`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReplyMode {
+    #[default]
+    On,
+    Off,
+    SkipNext,
+}
+
+/// The state of a client's connection as Redis keeps it, confirmed by the backend's replies.
+#[derive(Clone, Default)]
+pub struct SessionState {
+    pub db: i64,
+    /// 2 or 3, as negotiated with HELLO.
+    pub protocol: u8,
+    /// The user authenticated with AUTH or HELLO (`None` with a password alone: the default user).
+    pub user: Option<Bytes>,
+    pub password: Option<Bytes>,
+    pub name: Option<Bytes>,
+    pub readonly: bool,
+    pub in_multi: bool,
+    pub watching: bool,
+    pub channels: BTreeSet<Bytes>,
+    pub patterns: BTreeSet<Bytes>,
+    pub shard_channels: BTreeSet<Bytes>,
+    pub monitor: bool,
+    pub tracking: bool,
+    /// Effects of commands queued inside MULTI, applied at EXEC: (position in the transaction, effect).
+    queued: Vec<(usize, Effect)>,
+    queued_count: usize,
+}
+
+impl fmt::Debug for SessionState {
+    // Written by hand so that the password never reaches a log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionState")
+            .field("db", &self.db)
+            .field("protocol", &self.protocol)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("name", &self.name)
+            .field("in_multi", &self.in_multi)
+            .field("watching", &self.watching)
+            .field("subscriptions", &self.subscription_count())
+            .field("monitor", &self.monitor)
+            .finish()
+    }
+}
+
+impl SessionState {
+    pub fn new() -> Self {
+        SessionState { protocol: 2, ..Default::default() }
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.channels.len() + self.patterns.len() + self.shard_channels.len()
+    }
+
+    /// Whether a RESP2 connection is in Pub/Sub mode, where replies are mixed with messages.
+    pub fn subscribed(&self) -> bool {
+        self.subscription_count() > 0
+    }
+
+    /// State that lives only on the backend connection that holds it and cannot be rebuilt on another one
+    /// without the client noticing: a transaction, watched keys, subscriptions, MONITOR, tracking, no replies.
+    pub fn has_unrestorable_state(&self, reply_mode: ReplyMode) -> bool {
+        self.in_multi || self.watching || self.subscribed() || self.monitor || self.tracking || reply_mode != ReplyMode::On
+    }
+
+    fn subscriptions_mut(&mut self, kind: SubKind) -> &mut BTreeSet<Bytes> {
+        match kind {
+            SubKind::Channel => &mut self.channels,
+            SubKind::Pattern => &mut self.patterns,
+            SubKind::Shard => &mut self.shard_channels,
+        }
+    }
+
+    /// Applies a command's effect after the backend answered it with a success.
+    fn apply(&mut self, effect: Effect, reply: &[u8]) {
+        match effect {
+            Effect::None | Effect::Internal | Effect::Local(_) => {}
+            Effect::Select(db) => self.db = db,
+            Effect::Auth(auth) => {
+                self.user = auth.user;
+                self.password = Some(auth.password);
+            }
+            Effect::Hello(hello) => {
+                if let Some(protocol) = hello.protocol {
+                    self.protocol = protocol;
+                }
+                if let Some(auth) = hello.auth {
+                    self.user = auth.user;
+                    self.password = Some(auth.password);
+                }
+                if hello.name.is_some() {
+                    self.name = hello.name;
+                }
+            }
+            Effect::SetName(name) => self.name = name,
+            Effect::ReadOnly(readonly) => self.readonly = readonly,
+            Effect::Multi => {
+                self.in_multi = true;
+                self.queued.clear();
+                self.queued_count = 0;
+            }
+            Effect::Exec => {
+                let queued = std::mem::take(&mut self.queued);
+                self.end_transaction();
+                // EXEC answers with one reply per queued command (or a null when WATCH aborted it).
+                if !queued.is_empty()
+                    && let Some(Value::Array(results)) = Value::decode(reply, self.protocol)
+                {
+                    for (position, effect) in queued {
+                        if results.get(position).is_some_and(|r| !r.is_error()) {
+                            self.apply(effect, b"+OK\r\n");
+                        }
+                    }
+                }
+            }
+            Effect::Discard => self.end_transaction(),
+            Effect::Watch => self.watching = true,
+            Effect::Unwatch => self.watching = false,
+            Effect::Monitor => self.monitor = true,
+            Effect::Tracking(on) => self.tracking = on,
+            Effect::Reset => *self = SessionState::new(),
+        }
+    }
+
+    fn end_transaction(&mut self) {
+        self.in_multi = false;
+        self.watching = false;
+        self.queued.clear();
+        self.queued_count = 0;
+    }
+
+    /// Updates the subscriptions from a (un)subscribe confirmation: `[kind, channel, count]`.
+    fn confirm_subscription(&mut self, frame: &[u8]) {
+        let Some(Value::Array(items)) = Value::decode(frame, self.protocol) else { return };
+        let Some((kind, subscribe)) = items.first().and_then(Value::as_bytes).and_then(pubsub_confirmation) else {
+            return;
+        };
+        let Some(channel) = items.get(1).and_then(Value::as_bytes) else { return };
+        let set = self.subscriptions_mut(kind);
+        if subscribe {
+            set.insert(Bytes::copy_from_slice(channel));
+        } else {
+            set.remove(channel);
+        }
+    }
+}
+
+/// Credentials from AUTH or HELLO ... AUTH.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: Option<Bytes>,
+    pub password: Bytes,
+}
+
+/// The options of a HELLO.
+#[derive(Clone)]
+pub struct HelloArgs {
+    pub protocol: Option<u8>,
+    pub auth: Option<Credentials>,
+    pub name: Option<Bytes>,
+}
+
+/// What a forwarded command does to the session once the backend answers it with a success.
+#[derive(Clone)]
+pub enum Effect {
+    None,
+    /// A reply the proxy gives itself, sent to the client when it reaches the head of the queue.
+    Local(Bytes),
+    /// A command the proxy sent itself (restoring state on a new connection): the client never sees its reply.
+    Internal,
+    Select(i64),
+    Auth(Box<Credentials>),
+    Hello(Box<HelloArgs>),
+    SetName(Option<Bytes>),
+    ReadOnly(bool),
+    Multi,
+    Exec,
+    Discard,
+    Watch,
+    Unwatch,
+    Monitor,
+    Tracking(bool),
+    Reset,
+}
+
+/// How many frames settle a pending request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// One reply.
+    One,
+    /// This many (un)subscribe confirmations.
+    Confirmations(usize),
+    /// One confirmation per current subscription of the kind (at least one): UNSUBSCRIBE with no channel.
+    AllOf(SubKind),
+}
+
+/// A request sent to the backend (or answered locally) whose reply the client has not received yet.
+pub struct Pending {
+    pub effect: Effect,
+    pub expect: Expect,
+    /// A command queued inside MULTI: its effect waits for EXEC.
+    pub queued: bool,
+}
+
+/// A session's state and its queue of pending replies, with no I/O: requests go in through [`Core::plan`],
+/// reply frames through [`Core::on_frame`], and what the client must receive comes out in `client_out`.
+pub struct Core {
+    pub state: SessionState,
+    pub pending: VecDeque<Pending>,
+    /// Bytes to write to the client.
+    pub client_out: BytesMut,
+    /// Reply mode as of the last forwarded command (the backend applies it as it reads them).
+    pub reply_mode: ReplyMode,
+    /// Whether a MULTI was forwarded and its EXEC or DISCARD not yet: commands sent now are queued.
+    pub multi_open: bool,
+}
+
+impl Core {
+    pub fn new() -> Self {
+        Core {
+            state: SessionState::new(),
+            pending: VecDeque::new(),
+            client_out: BytesMut::new(),
+            reply_mode: ReplyMode::On,
+            multi_open: false,
+        }
+    }
+
+    /// Records a request about to be forwarded: its effect, and whether a reply will come for it.
+    pub fn plan(&mut self, command: Command, args: Args<'_>) {
+        let (effect, expect) = effect_of(command, args);
+        let queued = self.multi_open && !matches!(effect, Effect::Exec | Effect::Discard | Effect::Multi);
+        match effect {
+            Effect::Multi => self.multi_open = true,
+            Effect::Exec | Effect::Discard | Effect::Reset => self.multi_open = false,
+            _ => {}
+        }
+        let expects_reply = match (command, self.reply_mode) {
+            (Command::Client, _) if args.is(1, "REPLY") && args.len() == 3 => {
+                if args.is(2, "OFF") {
+                    self.reply_mode = ReplyMode::Off;
+                    false
+                } else if args.is(2, "SKIP") {
+                    if self.reply_mode == ReplyMode::On {
+                        self.reply_mode = ReplyMode::SkipNext;
+                    }
+                    false
+                } else if args.is(2, "ON") {
+                    self.reply_mode = ReplyMode::On;
+                    true
+                } else {
+                    self.reply_mode == ReplyMode::On
+                }
+            }
+            (Command::Reset, _) => {
+                self.reply_mode = ReplyMode::On;
+                true
+            }
+            (_, ReplyMode::On) => true,
+            (_, ReplyMode::Off) => false,
+            (_, ReplyMode::SkipNext) => {
+                self.reply_mode = ReplyMode::On;
+                false
+            }
+        };
+        if expects_reply {
+            self.pending.push_back(Pending { effect, expect, queued });
+        }
+    }
+
+    /// Queues a reply the proxy gives itself, in order with the replies still to come from the backend.
+    pub fn push_local(&mut self, reply: Bytes) {
+        self.pending.push_back(Pending { effect: Effect::Local(reply), expect: Expect::One, queued: false });
+        self.flush_locals();
+    }
+
+    /// Queues a command the proxy sends itself and writes it to `out`; its reply is kept from the client.
+    pub fn push_internal(&mut self, out: &mut BytesMut, args: &[&[u8]]) {
+        write_command(out, args);
+        self.pending.push_back(Pending { effect: Effect::Internal, expect: Expect::One, queued: false });
+    }
+
+    /// Moves local replies that reached the head of the queue to the client's output.
+    pub fn flush_locals(&mut self) {
+        while let Some(Pending { effect: Effect::Local(_), .. }) = self.pending.front() {
+            if let Some(Pending { effect: Effect::Local(reply), .. }) = self.pending.pop_front() {
+                self.client_out.extend_from_slice(&reply);
+            }
+        }
+    }
+
+    /// Whether replies from the backend are still owed.
+    pub fn awaiting_backend(&self) -> bool {
+        self.pending.iter().any(|p| !matches!(p.effect, Effect::Local(_)))
+    }
+
+    /// Handles one complete frame from the backend.
+    pub fn on_frame(&mut self, frame: &[u8], push: bool) {
+        if self.state.monitor {
+            // After MONITOR the connection only streams: every frame goes to the client.
+            self.client_out.extend_from_slice(frame);
+            return;
+        }
+        let expecting_confirmation =
+            matches!(self.pending.front(), Some(Pending { expect: Expect::Confirmations(_) | Expect::AllOf(_), .. }));
+        let may_be_pubsub = push || (self.state.protocol < 3 && (self.state.subscribed() || expecting_confirmation));
+        if may_be_pubsub {
+            match pubsub_frame_kind(frame) {
+                Some(PubSubFrame::Message) => {
+                    self.client_out.extend_from_slice(frame);
+                    return;
+                }
+                Some(PubSubFrame::Confirmation) => {
+                    self.state.confirm_subscription(frame);
+                    self.settle_confirmation(frame);
+                    return;
+                }
+                None if push => {
+                    // Other pushes (tracking invalidations, ...) answer no request.
+                    self.client_out.extend_from_slice(frame);
+                    return;
+                }
+                None => {}
+            }
+        }
+        let Some(head) = self.pending.pop_front() else {
+            // A reply to nothing: Redis does not do this, but forwarding it keeps the client's view honest.
+            tracing::warn!("reply from the backend with no request pending");
+            self.client_out.extend_from_slice(frame);
+            return;
+        };
+        let error = is_error_frame(frame);
+        match head.effect {
+            Effect::Internal => {
+                if error {
+                    tracing::warn!(reply = %String::from_utf8_lossy(frame).trim_end(), "restoring session state failed");
+                }
+            }
+            effect => {
+                self.client_out.extend_from_slice(frame);
+                if head.queued {
+                    if frame.starts_with(b"+QUEUED") {
+                        let position = self.state.queued_count;
+                        self.state.queued_count += 1;
+                        if !matches!(effect, Effect::None) {
+                            self.state.queued.push((position, effect));
+                        }
+                    }
+                } else if !error {
+                    self.state.apply(effect, frame);
+                } else if matches!(effect, Effect::Exec) {
+                    // EXECABORT and friends end the transaction too.
+                    self.state.end_transaction();
+                }
+            }
+        }
+        self.flush_locals();
+    }
+
+    /// Counts a (un)subscribe confirmation against the request at the head of the queue.
+    fn settle_confirmation(&mut self, frame: &[u8]) {
+        let hidden = matches!(self.pending.front(), Some(Pending { effect: Effect::Internal, .. }));
+        if !hidden {
+            self.client_out.extend_from_slice(frame);
+        }
+        let Some(head) = self.pending.front_mut() else { return };
+        let left = match head.expect {
+            Expect::Confirmations(n) => n.saturating_sub(1),
+            // The first confirmation of an unsubscribe-all was counted already: one per subscription that was.
+            Expect::AllOf(kind) => self.state.subscriptions_mut(kind).len(),
+            Expect::One => return,
+        };
+        if left == 0 {
+            self.pending.pop_front();
+            self.flush_locals();
+        } else {
+            head.expect = Expect::Confirmations(left);
+        }
+    }
+
+    /// The backend link is gone: every pending request gets `reply` (an error), and the answer tells whether
+    /// the client must be disconnected because its session had state that a new link cannot carry.
+    pub fn backend_lost(&mut self, reply: &Bytes) -> bool {
+        let answered = std::mem::take(&mut self.pending).into_iter().filter_map(|pending| match pending.effect {
+            Effect::Internal => None,
+            Effect::Local(_) => Some(pending),
+            _ => Some(Pending { effect: Effect::Local(reply.clone()), expect: Expect::One, queued: false }),
+        });
+        self.pending = answered.collect();
+        self.flush_locals();
+        let close = self.state.has_unrestorable_state(self.reply_mode) || self.multi_open;
+        self.multi_open = false;
+        close
+    }
+
+    /// Writes the commands that give a new backend connection this session's state, with hidden replies.
+    pub fn restore_on(&mut self, out: &mut BytesMut) {
+        let state = self.state.clone();
+        let default_user = Bytes::from_static(b"default");
+        if state.protocol >= 3 {
+            let mut args: Vec<&[u8]> = vec![b"HELLO", b"3"];
+            if let Some(password) = &state.password {
+                args.extend([&b"AUTH"[..], state.user.as_ref().unwrap_or(&default_user), password]);
+            }
+            self.push_internal(out, &args);
+        } else if let Some(password) = &state.password {
+            match &state.user {
+                Some(user) => self.push_internal(out, &[b"AUTH", user, password]),
+                None => self.push_internal(out, &[b"AUTH", password]),
+            }
+        }
+        if state.db != 0 {
+            self.push_internal(out, &[b"SELECT", itoa::Buffer::new().format(state.db).as_bytes()]);
+        }
+        if let Some(name) = &state.name {
+            self.push_internal(out, &[b"CLIENT", b"SETNAME", name]);
+        }
+        if state.readonly {
+            self.push_internal(out, &[b"READONLY"]);
+        }
+    }
+}
+
+impl Default for Core {
+    fn default() -> Self {
+        Core::new()
+    }
+}
+
+/// What a command does to the session, and how many frames answer it.
+fn effect_of(command: Command, args: Args<'_>) -> (Effect, Expect) {
+    let one = |effect| (effect, Expect::One);
+    match command {
+        Command::Select => match args.get(1).and_then(string_to_i64) {
+            Some(db) if args.len() == 2 => one(Effect::Select(db)),
+            _ => one(Effect::None),
+        },
+        Command::Auth => match args.len() {
+            2 => one(Effect::Auth(Box::new(Credentials { user: None, password: owned(args.get(1)) }))),
+            3 => one(Effect::Auth(Box::new(Credentials { user: Some(owned(args.get(1))), password: owned(args.get(2)) }))),
+            _ => one(Effect::None),
+        },
+        Command::Hello => one(parse_hello(args).map_or(Effect::None, |h| Effect::Hello(Box::new(h)))),
+        Command::Client if args.is(1, "SETNAME") && args.len() == 3 => {
+            let name = owned(args.get(2));
+            one(Effect::SetName((!name.is_empty()).then_some(name)))
+        }
+        Command::Client if args.is(1, "TRACKING") && args.len() >= 3 => one(Effect::Tracking(args.is(2, "ON"))),
+        Command::ReadOnly => one(Effect::ReadOnly(true)),
+        Command::ReadWrite => one(Effect::ReadOnly(false)),
+        Command::Multi => one(Effect::Multi),
+        Command::Exec => one(Effect::Exec),
+        Command::Discard => one(Effect::Discard),
+        Command::Watch => one(Effect::Watch),
+        Command::Unwatch => one(Effect::Unwatch),
+        Command::Monitor => one(Effect::Monitor),
+        Command::Reset => one(Effect::Reset),
+        Command::Subscribe | Command::Unsubscribe => {
+            let kind = match args.get(0).map(|n| n.to_ascii_uppercase()) {
+                Some(n) if n.starts_with(b"P") => SubKind::Pattern,
+                Some(n) if n.starts_with(b"S") => SubKind::Shard,
+                _ => SubKind::Channel,
+            };
+            match (command, args.len()) {
+                // Wrong arity: one error reply.
+                (Command::Subscribe, 0 | 1) => one(Effect::None),
+                (Command::Unsubscribe, 0 | 1) => (Effect::None, Expect::AllOf(kind)),
+                (_, n) => (Effect::None, Expect::Confirmations(n - 1)),
+            }
+        }
+        _ => one(Effect::None),
+    }
+}
+
+/// Reads `HELLO [protover [AUTH username password] [SETNAME clientname]]`; `None` when Redis would refuse it.
+pub fn parse_hello(args: Args<'_>) -> Option<HelloArgs> {
+    let mut hello = HelloArgs { protocol: None, auth: None, name: None };
+    let mut i = 1;
+    if let Some(version) = args.get(1) {
+        hello.protocol = match string_to_i64(version)? {
+            v @ 2..=3 => Some(v as u8),
+            _ => return None,
+        };
+        i = 2;
+    }
+    while i < args.len() {
+        if args.is(i, "AUTH") && i + 2 < args.len() {
+            hello.auth = Some(Credentials { user: Some(owned(args.get(i + 1))), password: owned(args.get(i + 2)) });
+            i += 3;
+        } else if args.is(i, "SETNAME") && i + 1 < args.len() {
+            hello.name = Some(owned(args.get(i + 1)));
+            i += 2;
+        } else {
+            return None;
+        }
+    }
+    Some(hello)
+}
+
+fn owned(arg: Option<&[u8]>) -> Bytes {
+    Bytes::copy_from_slice(arg.unwrap_or_default())
+}
+
+/// A Pub/Sub frame that is not the reply to a request.
+#[derive(Debug, PartialEq, Eq)]
+enum PubSubFrame {
+    /// message, pmessage, smessage: a delivery.
+    Message,
+    /// (p|s)(un)subscribe: the confirmation of one channel.
+    Confirmation,
+}
+
+/// Classifies an array or push frame by its first element, without decoding the rest.
+fn pubsub_frame_kind(frame: &[u8]) -> Option<PubSubFrame> {
+    let first = first_string(frame)?;
+    if first.eq_ignore_ascii_case(b"message") || first.eq_ignore_ascii_case(b"pmessage") || first.eq_ignore_ascii_case(b"smessage") {
+        Some(PubSubFrame::Message)
+    } else if pubsub_confirmation(first).is_some() {
+        Some(PubSubFrame::Confirmation)
+    } else {
+        None
+    }
+}
+
+/// The subscription kind and direction of a confirmation's first element.
+fn pubsub_confirmation(word: &[u8]) -> Option<(SubKind, bool)> {
+    let lower = word.to_ascii_lowercase();
+    Some(match lower.as_slice() {
+        b"subscribe" => (SubKind::Channel, true),
+        b"unsubscribe" => (SubKind::Channel, false),
+        b"psubscribe" => (SubKind::Pattern, true),
+        b"punsubscribe" => (SubKind::Pattern, false),
+        b"ssubscribe" => (SubKind::Shard, true),
+        b"sunsubscribe" => (SubKind::Shard, false),
+        _ => return None,
+    })
+}
+
+/// The first element of an array (`*`) or push (`>`) frame when it is a bulk or simple string.
+fn first_string(frame: &[u8]) -> Option<&[u8]> {
+    if !matches!(frame.first(), Some(b'*' | b'>')) {
+        return None;
+    }
+    let header_end = memchr::memchr(b'\n', frame)? + 1;
+    let rest = &frame[header_end..];
+    let line_end = memchr::memchr(b'\n', rest)?;
+    let line = rest.get(1..line_end.checked_sub(1)?)?;
+    match rest.first()? {
+        b'+' => Some(line),
+        b'$' => {
+            let len = usize::try_from(string_to_i64(line)?).ok()?;
+            rest.get(line_end + 1..line_end + 1 + len)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::request::{Parsed, RequestParser};
+
+    fn forward(core: &mut Core, command: &[u8]) {
+        let mut parser = RequestParser::new();
+        assert!(matches!(parser.parse(command), Parsed::Request(_)));
+        let args = parser.args(command);
+        core.plan(Command::classify(args.get(0).unwrap()), args);
+    }
+
+    fn taken(core: &mut Core) -> Vec<u8> {
+        core.client_out.split().to_vec()
+    }
+
+    #[test]
+    fn select_applies_only_on_success() {
+        let mut core = Core::new();
+        forward(&mut core, b"SELECT 3\r\n");
+        forward(&mut core, b"SELECT 99\r\n");
+        core.on_frame(b"+OK\r\n", false);
+        core.on_frame(b"-ERR DB index is out of range\r\n", false);
+        assert_eq!(core.state.db, 3);
+        assert!(core.pending.is_empty());
+    }
+
+    #[test]
+    fn queued_select_applies_at_exec() {
+        let mut core = Core::new();
+        for cmd in [&b"MULTI\r\n"[..], b"SELECT 2\r\n", b"DISCARD\r\n", b"MULTI\r\n", b"SELECT 5\r\n", b"EXEC\r\n"] {
+            forward(&mut core, cmd);
+        }
+        for reply in [&b"+OK\r\n"[..], b"+QUEUED\r\n", b"+OK\r\n", b"+OK\r\n", b"+QUEUED\r\n"] {
+            core.on_frame(reply, false);
+        }
+        assert_eq!(core.state.db, 0, "a discarded SELECT changes nothing");
+        assert!(core.state.in_multi);
+        core.on_frame(b"*1\r\n+OK\r\n", false);
+        assert_eq!(core.state.db, 5);
+        assert!(!core.state.in_multi);
+    }
+
+    #[test]
+    fn resp2_subscribe_counts_confirmations_and_passes_messages() {
+        let mut core = Core::new();
+        forward(&mut core, b"SUBSCRIBE a b\r\n");
+        core.on_frame(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n", false);
+        core.on_frame(b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$2\r\nhi\r\n", false);
+        assert_eq!(core.pending.len(), 1);
+        core.on_frame(b"*3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n", false);
+        assert!(core.pending.is_empty());
+        assert_eq!(core.state.channels.len(), 2);
+        forward(&mut core, b"UNSUBSCRIBE\r\n");
+        core.on_frame(b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:1\r\n", false);
+        assert_eq!(core.pending.len(), 1);
+        core.on_frame(b"*3\r\n$11\r\nunsubscribe\r\n$1\r\nb\r\n:0\r\n", false);
+        assert!(core.pending.is_empty());
+        assert!(!core.state.subscribed());
+        assert_eq!(taken(&mut core).iter().filter(|&&b| b == b'*').count(), 5);
+    }
+
+    #[test]
+    fn client_reply_off_expects_nothing() {
+        let mut core = Core::new();
+        forward(&mut core, b"CLIENT REPLY OFF\r\n");
+        forward(&mut core, b"SET a 1\r\n");
+        assert!(core.pending.is_empty());
+        forward(&mut core, b"CLIENT REPLY ON\r\n");
+        assert_eq!(core.pending.len(), 1);
+        forward(&mut core, b"CLIENT REPLY SKIP\r\n");
+        forward(&mut core, b"SET a 1\r\n");
+        forward(&mut core, b"GET a\r\n");
+        assert_eq!(core.pending.len(), 2);
+    }
+
+    #[test]
+    fn local_replies_keep_their_place() {
+        let mut core = Core::new();
+        forward(&mut core, b"GET a\r\n");
+        core.push_local(Bytes::from_static(b"-ERR local\r\n"));
+        assert!(taken(&mut core).is_empty());
+        core.on_frame(b"$1\r\nx\r\n", false);
+        assert_eq!(taken(&mut core), b"$1\r\nx\r\n-ERR local\r\n");
+    }
+
+    #[test]
+    fn lost_backend_answers_every_pending_request() {
+        let mut core = Core::new();
+        forward(&mut core, b"GET a\r\n");
+        forward(&mut core, b"GET b\r\n");
+        let close = core.backend_lost(&Bytes::from_static(b"-ERR gone\r\n"));
+        assert!(!close);
+        assert_eq!(taken(&mut core), b"-ERR gone\r\n-ERR gone\r\n");
+        forward(&mut core, b"MULTI\r\n");
+        assert!(core.backend_lost(&Bytes::from_static(b"-ERR gone\r\n")));
+    }
+
+    #[test]
+    fn hello_forms() {
+        let parse = |line: &[u8]| {
+            let mut parser = RequestParser::new();
+            assert!(matches!(parser.parse(line), Parsed::Request(_)));
+            parse_hello(parser.args(line)).map(|h| (h.protocol, h.auth.map(|a| a.password), h.name))
+        };
+        assert_eq!(parse(b"HELLO\r\n"), Some((None, None, None)));
+        assert_eq!(parse(b"hello 3\r\n"), Some((Some(3), None, None)));
+        let full = parse(b"HELLO 3 auth u p SetName n\r\n").unwrap();
+        assert_eq!((full.0, full.1.as_deref(), full.2.as_deref()), (Some(3), Some(&b"p"[..]), Some(&b"n"[..])));
+        assert_eq!(parse(b"HELLO 4\r\n"), None);
+        assert_eq!(parse(b"HELLO 3 AUTH u\r\n"), None);
+    }
+
+    #[test]
+    fn first_string_reads_the_kind() {
+        assert_eq!(first_string(b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nb\r\n"), Some(&b"message"[..]));
+        assert_eq!(first_string(b">2\r\n+invalidate\r\n*-1\r\n"), Some(&b"invalidate"[..]));
+        assert_eq!(first_string(b"+OK\r\n"), None);
+    }
+}
