@@ -18,7 +18,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/status", get(status))
         .with_state(shared);
-    if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await {
+    if let Err(error) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
         tracing::error!(%error, "admin port failed");
     }
 }

@@ -12,9 +12,17 @@ use crate::protocol::reply::ReplyScanner;
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("backend {side} {addr} unreachable: {source}")]
-    Connect { side: &'static str, addr: String, source: std::io::Error },
+    Connect {
+        side: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("backend {side} {addr} unreachable: no answer within {timeout_ms} ms")]
-    ConnectTimeout { side: &'static str, addr: String, timeout_ms: u64 },
+    ConnectTimeout {
+        side: &'static str,
+        addr: String,
+        timeout_ms: u64,
+    },
 }
 
 /// Opens a TCP connection to `server` within `timeout`, with Nagle's algorithm off.
@@ -22,12 +30,18 @@ pub async fn connect(server: &Server, timeout: Duration) -> Result<TcpStream, Ba
     let side = server.side.name();
     match tokio::time::timeout(timeout, TcpStream::connect(&*server.addr)).await {
         Ok(Ok(stream)) => {
-            stream
-                .set_nodelay(true)
-                .map_err(|source| BackendError::Connect { side, addr: server.addr.to_string(), source })?;
+            stream.set_nodelay(true).map_err(|source| BackendError::Connect {
+                side,
+                addr: server.addr.to_string(),
+                source,
+            })?;
             Ok(stream)
         }
-        Ok(Err(source)) => Err(BackendError::Connect { side, addr: server.addr.to_string(), source }),
+        Ok(Err(source)) => Err(BackendError::Connect {
+            side,
+            addr: server.addr.to_string(),
+            source,
+        }),
         Err(_) => Err(BackendError::ConnectTimeout {
             side,
             addr: server.addr.to_string(),

@@ -95,9 +95,14 @@ pub struct Overrides {
 impl Config {
     /// Reads a TOML file; unknown keys and wrong types are errors naming the line and the key.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        Config::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
     }
 
     /// Parses TOML text.
@@ -142,28 +147,43 @@ impl Config {
 
     /// Checks what serde cannot: addresses have a port, limits are positive.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let addresses = [("listen", Some(&self.listen)), ("old", Some(&self.old)), ("new", self.new.as_ref())];
+        let addresses = [
+            ("listen", Some(&self.listen)),
+            ("old", Some(&self.old)),
+            ("new", self.new.as_ref()),
+        ];
         for (key, value) in addresses.into_iter().chain([("admin", Some(&self.admin))]) {
             if let Some(value) = value {
                 check_address(key, value)?;
             }
         }
         if self.max_clients == 0 {
-            return Err(ConfigError::Invalid { key: "max_clients", reason: "must be at least 1".into() });
+            return Err(ConfigError::Invalid {
+                key: "max_clients",
+                reason: "must be at least 1".into(),
+            });
         }
         if self.connect_timeout_ms == 0 {
-            return Err(ConfigError::Invalid { key: "connect_timeout_ms", reason: "must be at least 1".into() });
+            return Err(ConfigError::Invalid {
+                key: "connect_timeout_ms",
+                reason: "must be at least 1".into(),
+            });
         }
         Ok(())
     }
 }
 
 fn check_address(key: &'static str, value: &str) -> Result<(), ConfigError> {
-    let port_ok = value.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    let port_ok = value
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
     if port_ok {
         Ok(())
     } else {
-        Err(ConfigError::Invalid { key, reason: format!("{value:?} is not host:port") })
+        Err(ConfigError::Invalid {
+            key,
+            reason: format!("{value:?} is not host:port"),
+        })
     }
 }
 
@@ -177,7 +197,11 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("handover.toml");
         std::fs::write(&file, "old = \"10.0.0.1:6379\"\nmax_clients = 5\n").unwrap();
-        let overrides = Overrides { config: Some(file), max_clients: Some(7), ..Default::default() };
+        let overrides = Overrides {
+            config: Some(file),
+            max_clients: Some(7),
+            ..Default::default()
+        };
         let config = Config::load(&overrides).unwrap();
         assert_eq!(config.old, "10.0.0.1:6379");
         assert_eq!(config.max_clients, 7);
@@ -195,7 +219,13 @@ mod tests {
 
     #[test]
     fn addresses_need_a_port() {
-        let config = Config { old: "localhost".into(), ..Config::default() };
-        assert!(matches!(config.validate(), Err(ConfigError::Invalid { key: "old", .. })));
+        let config = Config {
+            old: "localhost".into(),
+            ..Config::default()
+        };
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::Invalid { key: "old", .. })
+        ));
     }
 }

@@ -19,16 +19,30 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(&cli.overrides)?;
     init_logging(config.log_format);
-    let proxy = TcpListener::bind(&config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
-    let admin = TcpListener::bind(&config.admin).await.with_context(|| format!("cannot bind admin {}", config.admin))?;
-    server::run(Listeners { proxy, admin: Some(admin) }, config, shutdown_signal()).await?;
+    let proxy = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let admin = TcpListener::bind(&config.admin)
+        .await
+        .with_context(|| format!("cannot bind admin {}", config.admin))?;
+    server::run(
+        Listeners {
+            proxy,
+            admin: Some(admin),
+        },
+        config,
+        shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

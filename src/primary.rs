@@ -59,7 +59,10 @@ impl PrimaryCell {
 
     /// Makes `server` the primary with the next generation.
     pub fn switch_to(&self, server: Server) -> Arc<Primary> {
-        let next = Arc::new(Primary { generation: self.generation() + 1, server });
+        let next = Arc::new(Primary {
+            generation: self.generation() + 1,
+            server,
+        });
         self.0.store(next.clone());
         next
     }

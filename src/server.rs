@@ -29,7 +29,10 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: Config) -> Self {
-        let old = Server { side: Side::Old, addr: config.old.as_str().into() };
+        let old = Server {
+            side: Side::Old,
+            addr: config.old.as_str().into(),
+        };
         Shared {
             config,
             primary: PrimaryCell::new(old),
@@ -56,7 +59,9 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
         new = shared.config.new.as_deref().unwrap_or("-"),
         "redis-handover started; OLD is the primary"
     );
-    let admin = listeners.admin.map(|listener| tokio::spawn(crate::admin::serve(listener, shared.clone())));
+    let admin = listeners
+        .admin
+        .map(|listener| tokio::spawn(crate::admin::serve(listener, shared.clone())));
     let result = serve(listeners.proxy, shared.clone(), shutdown).await;
     if let Some(admin) = admin {
         admin.abort();
@@ -85,10 +90,17 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future
     shared.shutdown.cancel();
     let grace = Duration::from_millis(shared.config.shutdown_grace_ms);
     let open = sessions.len();
-    tracing::info!(sessions = open, grace_ms = grace.as_millis() as u64, "shutting down: finishing in-flight replies");
+    tracing::info!(
+        sessions = open,
+        grace_ms = grace.as_millis() as u64,
+        "shutting down: finishing in-flight replies"
+    );
     let drained = tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        tracing::warn!(sessions = sessions.len(), "grace period over; closing the remaining sessions");
+        tracing::warn!(
+            sessions = sessions.len(),
+            "grace period over; closing the remaining sessions"
+        );
         sessions.shutdown().await;
     }
     tracing::info!("stopped");

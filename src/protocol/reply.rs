@@ -8,7 +8,10 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scanned {
     /// A complete frame of `len` bytes; `push` when it is a RESP3 push (`>`), possibly after an attribute.
-    Frame { len: usize, push: bool },
+    Frame {
+        len: usize,
+        push: bool,
+    },
     Incomplete,
     /// Bytes that are not RESP: the backend link cannot be trusted any more.
     Invalid,
@@ -44,7 +47,10 @@ impl ReplyScanner {
         }
         loop {
             if self.remaining == 0 && self.streams.is_empty() {
-                let frame = Scanned::Frame { len: self.pos, push: self.kind == Some(b'>') };
+                let frame = Scanned::Frame {
+                    len: self.pos,
+                    push: self.kind == Some(b'>'),
+                };
                 self.pos = 0;
                 return frame;
             }
@@ -62,8 +68,12 @@ impl ReplyScanner {
     /// Reads one element header (and the body of a string) and updates what is still owed, once the element
     /// is complete: on `Incomplete` nothing changes, so the next call starts at the same element.
     fn element(&mut self, buf: &[u8]) -> Step {
-        let Some(&kind) = buf.first() else { return Step::Incomplete };
-        let Some(line_end) = memchr::memchr(b'\n', buf) else { return Step::Incomplete };
+        let Some(&kind) = buf.first() else {
+            return Step::Incomplete;
+        };
+        let Some(line_end) = memchr::memchr(b'\n', buf) else {
+            return Step::Incomplete;
+        };
         if line_end < 2 || buf[line_end - 1] != b'\r' {
             return Step::Invalid;
         }
@@ -74,7 +84,9 @@ impl ReplyScanner {
             if self.remaining != 0 || !header.is_empty() {
                 return Step::Invalid;
             }
-            let Some(outer) = self.streams.pop() else { return Step::Invalid };
+            let Some(outer) = self.streams.pop() else {
+                return Step::Invalid;
+            };
             self.remaining = outer;
             return Step::Done(after_header);
         }
@@ -88,7 +100,9 @@ impl ReplyScanner {
             b'$' | b'!' | b'=' if header == b"?" => (streamed_string(buf, after_header), 0, false),
             b'$' | b'!' | b'=' => match length(header) {
                 Some(None) => (Step::Done(after_header), 0, false),
-                Some(Some(len)) if buf.len() >= after_header + len + 2 => (Step::Done(after_header + len + 2), 0, false),
+                Some(Some(len)) if buf.len() >= after_header + len + 2 => {
+                    (Step::Done(after_header + len + 2), 0, false)
+                }
                 Some(Some(_)) => (Step::Incomplete, 0, false),
                 None => (Step::Invalid, 0, false),
             },
@@ -140,11 +154,15 @@ fn length(header: &[u8]) -> Option<Option<usize>> {
 fn streamed_string(buf: &[u8], mut pos: usize) -> Step {
     loop {
         let rest = &buf[pos..];
-        let Some(line_end) = memchr::memchr(b'\n', rest) else { return Step::Incomplete };
+        let Some(line_end) = memchr::memchr(b'\n', rest) else {
+            return Step::Incomplete;
+        };
         if rest[0] != b';' || line_end < 2 || rest[line_end - 1] != b'\r' {
             return Step::Invalid;
         }
-        let Some(Some(len)) = length(&rest[1..line_end - 1]) else { return Step::Invalid };
+        let Some(Some(len)) = length(&rest[1..line_end - 1]) else {
+            return Step::Invalid;
+        };
         pos += line_end + 1;
         if len == 0 {
             return Step::Done(pos);
@@ -207,7 +225,13 @@ mod tests {
         for cut in 0..input.len() {
             assert_eq!(scanner.scan(&input[..cut]), Scanned::Incomplete, "cut at {cut}");
         }
-        assert_eq!(scanner.scan(input), Scanned::Frame { len: input.len(), push: false });
+        assert_eq!(
+            scanner.scan(input),
+            Scanned::Frame {
+                len: input.len(),
+                push: false
+            }
+        );
     }
 
     #[test]

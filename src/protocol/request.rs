@@ -452,11 +452,20 @@ mod tests {
 
     #[test]
     fn protocol_errors_match_redis() {
-        assert_eq!(parse_all(b"*20000000\r\n").1, Some(ProtocolError::InvalidMultibulkLength));
+        assert_eq!(
+            parse_all(b"*20000000\r\n").1,
+            Some(ProtocolError::InvalidMultibulkLength)
+        );
         assert_eq!(parse_all(b"*abc\r\n").1, Some(ProtocolError::InvalidMultibulkLength));
-        assert_eq!(parse_all(b"*3\r\n$3\r\nSET\r\n$1\r\nx\r\nfooz\r\n").1, Some(ProtocolError::ExpectedDollar(b'f')));
+        assert_eq!(
+            parse_all(b"*3\r\n$3\r\nSET\r\n$1\r\nx\r\nfooz\r\n").1,
+            Some(ProtocolError::ExpectedDollar(b'f'))
+        );
         assert_eq!(parse_all(b"*1\r\n$-1\r\n").1, Some(ProtocolError::InvalidBulkLength));
-        assert_eq!(parse_all(b"*1\r\n$536870913\r\n").1, Some(ProtocolError::InvalidBulkLength));
+        assert_eq!(
+            parse_all(b"*1\r\n$536870913\r\n").1,
+            Some(ProtocolError::InvalidBulkLength)
+        );
         assert_eq!(parse_all(b"*1\r\n$536870912\r\n").1, None);
         assert_eq!(parse_all(b"*1\r\n$01\r\n").1, Some(ProtocolError::InvalidBulkLength));
         assert_eq!(parse_all(&[b'*'; INLINE_MAX + 2]).1, Some(ProtocolError::TooBigCount));
@@ -480,7 +489,10 @@ mod tests {
         let (reqs, err) = parse_all(b"PING\r\nset k \"a\\x41\\n b\" 'it\\'s'\nECHO   x\t y\r\n");
         assert_eq!(err, None);
         assert_eq!(reqs[0], words(&["PING"]));
-        assert_eq!(reqs[1], vec![b"set".to_vec(), b"k".to_vec(), b"aA\n b".to_vec(), b"it's".to_vec()]);
+        assert_eq!(
+            reqs[1],
+            vec![b"set".to_vec(), b"k".to_vec(), b"aA\n b".to_vec(), b"it's".to_vec()]
+        );
         assert_eq!(reqs[2], words(&["ECHO", "x", "y"]));
     }
 
@@ -500,7 +512,16 @@ mod tests {
         assert_eq!(string_to_i64(b"-5"), Some(-5));
         assert_eq!(string_to_i64(b"9223372036854775807"), Some(i64::MAX));
         assert_eq!(string_to_i64(b"-9223372036854775808"), Some(i64::MIN));
-        for bad in [&b""[..], b"+1", b"01", b"-0", b" 1", b"1 ", b"9223372036854775808", b"-"] {
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"01",
+            b"-0",
+            b" 1",
+            b"1 ",
+            b"9223372036854775808",
+            b"-",
+        ] {
             assert_eq!(string_to_i64(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }

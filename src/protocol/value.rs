@@ -57,9 +57,11 @@ impl Value {
                 Value::Array(data.into_iter().map(Value::from_resp3).collect())
             }
             F::Set { data, .. } => Value::Array(data.into_iter().map(Value::from_resp3).collect()),
-            F::Map { data, .. } => {
-                Value::Map(data.into_iter().map(|(k, v)| (Value::from_resp3(k), Value::from_resp3(v))).collect())
-            }
+            F::Map { data, .. } => Value::Map(
+                data.into_iter()
+                    .map(|(k, v)| (Value::from_resp3(k), Value::from_resp3(v)))
+                    .collect(),
+            ),
             F::Boolean { data, .. } => Value::Other(data.to_string()),
             F::Double { data, .. } => Value::Other(data.to_string()),
             F::BigNumber { data, .. } => Value::Other(String::from_utf8_lossy(&data).into_owned()),
@@ -96,9 +98,19 @@ mod tests {
     #[test]
     fn decodes_both_protocols() {
         let v = Value::decode(b"*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n", 2).unwrap();
-        assert_eq!(v, Value::Array(vec![Value::Str(b"unsubscribe".to_vec()), Value::Null, Value::Int(0)]));
+        assert_eq!(
+            v,
+            Value::Array(vec![Value::Str(b"unsubscribe".to_vec()), Value::Null, Value::Int(0)])
+        );
         let v = Value::decode(b">3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n", 3).unwrap();
-        assert_eq!(v, Value::Array(vec![Value::Str(b"subscribe".to_vec()), Value::Str(b"c".to_vec()), Value::Int(1)]));
+        assert_eq!(
+            v,
+            Value::Array(vec![
+                Value::Str(b"subscribe".to_vec()),
+                Value::Str(b"c".to_vec()),
+                Value::Int(1)
+            ])
+        );
         assert!(is_error_frame(b"-ERR x\r\n"));
         assert!(!is_error_frame(b"+OK\r\n"));
     }

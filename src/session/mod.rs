@@ -152,7 +152,9 @@ impl Session {
                         }
                         _ => {}
                     }
-                    let Some(link) = self.link.as_mut() else { return Next::Connect };
+                    let Some(link) = self.link.as_mut() else {
+                        return Next::Connect;
+                    };
                     self.core.plan(command, args);
                     if self.parser.is_inline() {
                         self.parser.encode_multibulk(&self.client_in, &mut link.output);
@@ -319,7 +321,10 @@ fn make_room(buf: &mut BytesMut) {
 
 /// An `-ERR` reply with `message`, as Redis writes errors (no CR or LF inside).
 pub fn error_reply(message: &str) -> Bytes {
-    let clean: String = message.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).collect();
+    let clean: String = message
+        .chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect();
     Bytes::from(format!("-ERR {clean}\r\n"))
 }
 

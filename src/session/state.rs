@@ -73,7 +73,10 @@ impl fmt::Debug for SessionState {
 
 impl SessionState {
     pub fn new() -> Self {
-        SessionState { protocol: 2, ..Default::default() }
+        SessionState {
+            protocol: 2,
+            ..Default::default()
+        }
     }
 
     pub fn subscription_count(&self) -> usize {
@@ -88,7 +91,12 @@ impl SessionState {
     /// State that lives only on the backend connection that holds it and cannot be rebuilt on another one
     /// without the client noticing: a transaction, watched keys, subscriptions, MONITOR, tracking, no replies.
     pub fn has_unrestorable_state(&self, reply_mode: ReplyMode) -> bool {
-        self.in_multi || self.watching || self.subscribed() || self.monitor || self.tracking || reply_mode != ReplyMode::On
+        self.in_multi
+            || self.watching
+            || self.subscribed()
+            || self.monitor
+            || self.tracking
+            || reply_mode != ReplyMode::On
     }
 
     fn subscriptions_mut(&mut self, kind: SubKind) -> &mut BTreeSet<Bytes> {
@@ -159,11 +167,15 @@ impl SessionState {
 
     /// Updates the subscriptions from a (un)subscribe confirmation: `[kind, channel, count]`.
     fn confirm_subscription(&mut self, frame: &[u8]) {
-        let Some(Value::Array(items)) = Value::decode(frame, self.protocol) else { return };
+        let Some(Value::Array(items)) = Value::decode(frame, self.protocol) else {
+            return;
+        };
         let Some((kind, subscribe)) = items.first().and_then(Value::as_bytes).and_then(pubsub_confirmation) else {
             return;
         };
-        let Some(channel) = items.get(1).and_then(Value::as_bytes) else { return };
+        let Some(channel) = items.get(1).and_then(Value::as_bytes) else {
+            return;
+        };
         let set = self.subscriptions_mut(kind);
         if subscribe {
             set.insert(Bytes::copy_from_slice(channel));
@@ -298,20 +310,36 @@ impl Core {
 
     /// Queues a reply the proxy gives itself, in order with the replies still to come from the backend.
     pub fn push_local(&mut self, reply: Bytes) {
-        self.pending.push_back(Pending { effect: Effect::Local(reply), expect: Expect::One, queued: false });
+        self.pending.push_back(Pending {
+            effect: Effect::Local(reply),
+            expect: Expect::One,
+            queued: false,
+        });
         self.flush_locals();
     }
 
     /// Queues a command the proxy sends itself and writes it to `out`; its reply is kept from the client.
     pub fn push_internal(&mut self, out: &mut BytesMut, args: &[&[u8]]) {
         write_command(out, args);
-        self.pending.push_back(Pending { effect: Effect::Internal, expect: Expect::One, queued: false });
+        self.pending.push_back(Pending {
+            effect: Effect::Internal,
+            expect: Expect::One,
+            queued: false,
+        });
     }
 
     /// Moves local replies that reached the head of the queue to the client's output.
     pub fn flush_locals(&mut self) {
-        while let Some(Pending { effect: Effect::Local(_), .. }) = self.pending.front() {
-            if let Some(Pending { effect: Effect::Local(reply), .. }) = self.pending.pop_front() {
+        while let Some(Pending {
+            effect: Effect::Local(_),
+            ..
+        }) = self.pending.front()
+        {
+            if let Some(Pending {
+                effect: Effect::Local(reply),
+                ..
+            }) = self.pending.pop_front()
+            {
                 self.client_out.extend_from_slice(&reply);
             }
         }
@@ -329,8 +357,13 @@ impl Core {
             self.client_out.extend_from_slice(frame);
             return;
         }
-        let expecting_confirmation =
-            matches!(self.pending.front(), Some(Pending { expect: Expect::Confirmations(_) | Expect::AllOf(_), .. }));
+        let expecting_confirmation = matches!(
+            self.pending.front(),
+            Some(Pending {
+                expect: Expect::Confirmations(_) | Expect::AllOf(_),
+                ..
+            })
+        );
         let may_be_pubsub = push || (self.state.protocol < 3 && (self.state.subscribed() || expecting_confirmation));
         if may_be_pubsub {
             match pubsub_frame_kind(frame) {
@@ -387,7 +420,13 @@ impl Core {
 
     /// Counts a (un)subscribe confirmation against the request at the head of the queue.
     fn settle_confirmation(&mut self, frame: &[u8]) {
-        let hidden = matches!(self.pending.front(), Some(Pending { effect: Effect::Internal, .. }));
+        let hidden = matches!(
+            self.pending.front(),
+            Some(Pending {
+                effect: Effect::Internal,
+                ..
+            })
+        );
         if !hidden {
             self.client_out.extend_from_slice(frame);
         }
@@ -409,11 +448,17 @@ impl Core {
     /// The backend link is gone: every pending request gets `reply` (an error), and the answer tells whether
     /// the client must be disconnected because its session had state that a new link cannot carry.
     pub fn backend_lost(&mut self, reply: &Bytes) -> bool {
-        let answered = std::mem::take(&mut self.pending).into_iter().filter_map(|pending| match pending.effect {
-            Effect::Internal => None,
-            Effect::Local(_) => Some(pending),
-            _ => Some(Pending { effect: Effect::Local(reply.clone()), expect: Expect::One, queued: false }),
-        });
+        let answered = std::mem::take(&mut self.pending)
+            .into_iter()
+            .filter_map(|pending| match pending.effect {
+                Effect::Internal => None,
+                Effect::Local(_) => Some(pending),
+                _ => Some(Pending {
+                    effect: Effect::Local(reply.clone()),
+                    expect: Expect::One,
+                    queued: false,
+                }),
+            });
         self.pending = answered.collect();
         self.flush_locals();
         let close = self.state.has_unrestorable_state(self.reply_mode) || self.multi_open;
@@ -464,8 +509,14 @@ fn effect_of(command: Command, args: Args<'_>) -> (Effect, Expect) {
             _ => one(Effect::None),
         },
         Command::Auth => match args.len() {
-            2 => one(Effect::Auth(Box::new(Credentials { user: None, password: owned(args.get(1)) }))),
-            3 => one(Effect::Auth(Box::new(Credentials { user: Some(owned(args.get(1))), password: owned(args.get(2)) }))),
+            2 => one(Effect::Auth(Box::new(Credentials {
+                user: None,
+                password: owned(args.get(1)),
+            }))),
+            3 => one(Effect::Auth(Box::new(Credentials {
+                user: Some(owned(args.get(1))),
+                password: owned(args.get(2)),
+            }))),
             _ => one(Effect::None),
         },
         Command::Hello => one(parse_hello(args).map_or(Effect::None, |h| Effect::Hello(Box::new(h)))),
@@ -502,7 +553,11 @@ fn effect_of(command: Command, args: Args<'_>) -> (Effect, Expect) {
 
 /// Reads `HELLO [protover [AUTH username password] [SETNAME clientname]]`; `None` when Redis would refuse it.
 pub fn parse_hello(args: Args<'_>) -> Option<HelloArgs> {
-    let mut hello = HelloArgs { protocol: None, auth: None, name: None };
+    let mut hello = HelloArgs {
+        protocol: None,
+        auth: None,
+        name: None,
+    };
     let mut i = 1;
     if let Some(version) = args.get(1) {
         hello.protocol = match string_to_i64(version)? {
@@ -513,7 +568,10 @@ pub fn parse_hello(args: Args<'_>) -> Option<HelloArgs> {
     }
     while i < args.len() {
         if args.is(i, "AUTH") && i + 2 < args.len() {
-            hello.auth = Some(Credentials { user: Some(owned(args.get(i + 1))), password: owned(args.get(i + 2)) });
+            hello.auth = Some(Credentials {
+                user: Some(owned(args.get(i + 1))),
+                password: owned(args.get(i + 2)),
+            });
             i += 3;
         } else if args.is(i, "SETNAME") && i + 1 < args.len() {
             hello.name = Some(owned(args.get(i + 1)));
@@ -541,7 +599,10 @@ enum PubSubFrame {
 /// Classifies an array or push frame by its first element, without decoding the rest.
 fn pubsub_frame_kind(frame: &[u8]) -> Option<PubSubFrame> {
     let first = first_string(frame)?;
-    if first.eq_ignore_ascii_case(b"message") || first.eq_ignore_ascii_case(b"pmessage") || first.eq_ignore_ascii_case(b"smessage") {
+    if first.eq_ignore_ascii_case(b"message")
+        || first.eq_ignore_ascii_case(b"pmessage")
+        || first.eq_ignore_ascii_case(b"smessage")
+    {
         Some(PubSubFrame::Message)
     } else if pubsub_confirmation(first).is_some() {
         Some(PubSubFrame::Confirmation)
@@ -613,7 +674,14 @@ mod tests {
     #[test]
     fn queued_select_applies_at_exec() {
         let mut core = Core::new();
-        for cmd in [&b"MULTI\r\n"[..], b"SELECT 2\r\n", b"DISCARD\r\n", b"MULTI\r\n", b"SELECT 5\r\n", b"EXEC\r\n"] {
+        for cmd in [
+            &b"MULTI\r\n"[..],
+            b"SELECT 2\r\n",
+            b"DISCARD\r\n",
+            b"MULTI\r\n",
+            b"SELECT 5\r\n",
+            b"EXEC\r\n",
+        ] {
             forward(&mut core, cmd);
         }
         for reply in [&b"+OK\r\n"[..], b"+QUEUED\r\n", b"+OK\r\n", b"+OK\r\n", b"+QUEUED\r\n"] {
@@ -691,14 +759,20 @@ mod tests {
         assert_eq!(parse(b"HELLO\r\n"), Some((None, None, None)));
         assert_eq!(parse(b"hello 3\r\n"), Some((Some(3), None, None)));
         let full = parse(b"HELLO 3 auth u p SetName n\r\n").unwrap();
-        assert_eq!((full.0, full.1.as_deref(), full.2.as_deref()), (Some(3), Some(&b"p"[..]), Some(&b"n"[..])));
+        assert_eq!(
+            (full.0, full.1.as_deref(), full.2.as_deref()),
+            (Some(3), Some(&b"p"[..]), Some(&b"n"[..]))
+        );
         assert_eq!(parse(b"HELLO 4\r\n"), None);
         assert_eq!(parse(b"HELLO 3 AUTH u\r\n"), None);
     }
 
     #[test]
     fn first_string_reads_the_kind() {
-        assert_eq!(first_string(b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nb\r\n"), Some(&b"message"[..]));
+        assert_eq!(
+            first_string(b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nb\r\n"),
+            Some(&b"message"[..])
+        );
         assert_eq!(first_string(b">2\r\n+invalidate\r\n*-1\r\n"), Some(&b"invalidate"[..]));
         assert_eq!(first_string(b"+OK\r\n"), None);
     }

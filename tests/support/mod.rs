@@ -1,0 +1,485 @@
+//! Test support: real Redis servers of each version on free ports, the proxy in-process, and a raw RESP client.
+//!
+//! Every process a test starts is stopped when its handle is dropped, also when the test fails.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use redis_handover::config::Config;
+use redis_handover::server::{self, Listeners};
+
+/// How long a test waits for any one reply before failing.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The Redis versions the tests run against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Version {
+    V5_0,
+    V6_2,
+    V7_0,
+}
+
+pub const ALL_VERSIONS: [Version; 3] = [Version::V5_0, Version::V6_2, Version::V7_0];
+
+impl Version {
+    pub fn name(self) -> &'static str {
+        match self {
+            Version::V5_0 => "5.0",
+            Version::V6_2 => "6.2",
+            Version::V7_0 => "7.0",
+        }
+    }
+
+    /// The redis-server binary of this version; fails the test, naming the install command, when missing.
+    pub fn binary(self) -> PathBuf {
+        let path = match self {
+            Version::V7_0 => PathBuf::from("/usr/bin/redis-server"),
+            _ => repo_root().join(".cache/redis").join(self.name()).join("redis-server"),
+        };
+        assert!(
+            path.exists(),
+            "Redis {} is not installed at {}: run scripts/install-redis.sh (or scripts/test.sh, which runs it)",
+            self.name(),
+            path.display()
+        );
+        path
+    }
+
+    /// RESP3, HELLO and ACL users exist from 6.0 on.
+    pub fn has_resp3(self) -> bool {
+        self >= Version::V6_2
+    }
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; the caller binds it at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A real redis-server process, stopped and its data folder removed on drop.
+pub struct RedisServer {
+    pub version: Version,
+    pub port: u16,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    /// Starts a server with no persistence on a free loopback port, with `extra` config arguments
+    /// (for example `["--requirepass", "secret"]`), and waits until it answers.
+    pub fn start(version: Version, extra: &[&str]) -> RedisServer {
+        Self::start_with(version, None, extra)
+    }
+
+    /// Starts a server on a given port (a server that comes back where the proxy expects it).
+    pub fn start_on(version: Version, port: u16, extra: &[&str]) -> RedisServer {
+        Self::start_with(version, Some(port), extra)
+    }
+
+    fn start_with(version: Version, fixed_port: Option<u16>, extra: &[&str]) -> RedisServer {
+        let binary = version.binary();
+        for _attempt in 0..5 {
+            let port = fixed_port.unwrap_or_else(free_port);
+            let dir = std::env::temp_dir().join(format!("rh-redis-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut args: Vec<String> = [
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            args.extend([
+                "--dir".into(),
+                dir.display().to_string(),
+                "--logfile".into(),
+                "redis.log".into(),
+            ]);
+            if version >= Version::V7_0 {
+                args.extend(["--enable-debug-command".into(), "yes".into()]);
+            }
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let child = Command::new(&binary)
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+            let mut server = RedisServer {
+                version,
+                port,
+                child,
+                dir,
+            };
+            if server.wait_ready() {
+                return server;
+            }
+            drop(server);
+        }
+        panic!("Redis {} did not start", version.name());
+    }
+
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if let Ok(mut stream) = TcpStream::connect(self.addr()) {
+                stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+                let mut buf = [0u8; 64];
+                if stream.write_all(b"PING\r\n").is_ok() && stream.read(&mut buf).is_ok_and(|n| n > 0) {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// A client connected straight to this server, bypassing the proxy.
+    pub fn direct(&self) -> Client {
+        Client::connect(self.addr())
+    }
+
+    /// Stops the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The proxy, running in-process on its own runtime thread, on free ports; shut down on drop.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Starts the proxy in front of `old` (and `new`), with `configure` changing the settings first.
+    pub fn start(old: SocketAddr, new: Option<SocketAddr>, configure: impl FnOnce(&mut Config)) -> Proxy {
+        let mut config = Config {
+            old: old.to_string(),
+            new: new.map(|a| a.to_string()),
+            shutdown_grace_ms: 2_000,
+            ..Config::default()
+        };
+        configure(&mut config);
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                ready_tx
+                    .send((proxy.local_addr().unwrap(), admin.local_addr().unwrap()))
+                    .unwrap();
+                let shutdown = async move {
+                    let _ = stop_rx.await;
+                };
+                server::run(
+                    Listeners {
+                        proxy,
+                        admin: Some(admin),
+                    },
+                    config,
+                    shutdown,
+                )
+                .await
+                .unwrap();
+            });
+        });
+        let (addr, admin) = ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("proxy did not start");
+        Proxy {
+            addr,
+            admin,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Shuts the proxy down and waits for it (bounded by its grace period).
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A reply, decoded by redis-protocol (not by the proxy's own code).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Status(String),
+    Error(String),
+    Int(i64),
+    Bulk(Vec<u8>),
+    Nil,
+    Array(Vec<Reply>),
+    Map(Vec<(Reply, Reply)>),
+    Set(Vec<Reply>),
+    Push(Vec<Reply>),
+    Other(String),
+}
+
+impl Reply {
+    pub fn ok() -> Reply {
+        Reply::Status("OK".into())
+    }
+
+    pub fn bulk(s: impl AsRef<[u8]>) -> Reply {
+        Reply::Bulk(s.as_ref().to_vec())
+    }
+
+    /// A string reply's text (status or bulk).
+    pub fn text(&self) -> String {
+        match self {
+            Reply::Status(s) | Reply::Error(s) => s.clone(),
+            Reply::Bulk(b) => String::from_utf8_lossy(b).into_owned(),
+            Reply::Int(i) => i.to_string(),
+            other => panic!("not a string reply: {other:?}"),
+        }
+    }
+
+    pub fn items(&self) -> &[Reply] {
+        match self {
+            Reply::Array(items) | Reply::Push(items) | Reply::Set(items) => items,
+            other => panic!("not an array: {other:?}"),
+        }
+    }
+
+    pub fn is_error(&self) -> bool {
+        matches!(self, Reply::Error(_))
+    }
+
+    fn from_resp2(frame: redis_protocol::resp2::types::OwnedFrame) -> Reply {
+        use redis_protocol::resp2::types::OwnedFrame as F;
+        match frame {
+            F::SimpleString(s) => Reply::Status(String::from_utf8_lossy(&s).into_owned()),
+            F::Error(e) => Reply::Error(e),
+            F::Integer(i) => Reply::Int(i),
+            F::BulkString(b) => Reply::Bulk(b),
+            F::Array(items) => Reply::Array(items.into_iter().map(Reply::from_resp2).collect()),
+            F::Null => Reply::Nil,
+        }
+    }
+
+    fn from_resp3(frame: redis_protocol::resp3::types::OwnedFrame) -> Reply {
+        use redis_protocol::resp3::types::OwnedFrame as F;
+        match frame {
+            F::SimpleString { data, .. } => Reply::Status(String::from_utf8_lossy(&data).into_owned()),
+            F::SimpleError { data, .. } => Reply::Error(data),
+            F::BlobError { data, .. } => Reply::Error(String::from_utf8_lossy(&data).into_owned()),
+            F::Number { data, .. } => Reply::Int(data),
+            F::BlobString { data, .. } => Reply::Bulk(data),
+            F::Null => Reply::Nil,
+            F::Array { data, .. } => Reply::Array(data.into_iter().map(Reply::from_resp3).collect()),
+            F::Push { data, .. } => Reply::Push(data.into_iter().map(Reply::from_resp3).collect()),
+            F::Set { data, .. } => Reply::Set(data.into_iter().map(Reply::from_resp3).collect()),
+            F::Map { data, .. } => Reply::Map(
+                data.into_iter()
+                    .map(|(k, v)| (Reply::from_resp3(k), Reply::from_resp3(v)))
+                    .collect(),
+            ),
+            other => Reply::Other(format!("{other:?}")),
+        }
+    }
+}
+
+/// A blocking RESP client over a plain socket: what any Redis client library does, with nothing hidden.
+pub struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    /// How replies are decoded: 2 or 3 (set it after a successful `HELLO 3`).
+    pub protocol: u8,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+            protocol: 2,
+        }
+    }
+
+    /// Sends one command as a multibulk.
+    pub fn send<A: AsRef<[u8]>>(&mut self, args: &[A]) {
+        self.write_raw(&encode(args));
+    }
+
+    pub fn write_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write to proxy");
+    }
+
+    /// Sends a command and reads its reply.
+    pub fn cmd<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Reply {
+        self.send(args);
+        self.read()
+    }
+
+    /// Runs a command written as words separated by spaces.
+    pub fn run(&mut self, line: &str) -> Reply {
+        let args: Vec<&str> = line.split(' ').collect();
+        self.cmd(&args)
+    }
+
+    /// Reads one reply, failing the test after [`REPLY_TIMEOUT`].
+    pub fn read(&mut self) -> Reply {
+        self.read_within(REPLY_TIMEOUT)
+            .unwrap_or_else(|| panic!("no reply within {REPLY_TIMEOUT:?}"))
+    }
+
+    /// Reads one reply, or `None` if none comes within `timeout`. Panics if the connection closes.
+    pub fn read_within(&mut self, timeout: Duration) -> Option<Reply> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(reply) = self.decode() {
+                return Some(reply);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            self.stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            let mut chunk = [0u8; 64 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => panic!(
+                    "connection closed while waiting for a reply; unread: {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                ),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return None;
+                }
+                Err(e) => panic!("read error: {e}"),
+            }
+        }
+    }
+
+    /// Reads everything until the other side closes (within `timeout`), returning the raw bytes and
+    /// whether it closed.
+    pub fn read_until_closed(&mut self, timeout: Duration) -> (Vec<u8>, bool) {
+        let deadline = Instant::now() + timeout;
+        let mut all = std::mem::take(&mut self.buf);
+        loop {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return (all, false);
+            };
+            self.stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            let mut chunk = [0u8; 64 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return (all, true),
+                Ok(n) => all.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (all, true),
+                Err(_) => return (all, false),
+            }
+        }
+    }
+
+    fn decode(&mut self) -> Option<Reply> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        let (reply, used) = if self.protocol >= 3 {
+            let (frame, used) = redis_protocol::resp3::decode::complete::decode(&self.buf)
+                .unwrap_or_else(|e| panic!("bad RESP3 from proxy: {e:?}: {:?}", String::from_utf8_lossy(&self.buf)))?;
+            (Reply::from_resp3(frame), used)
+        } else {
+            let (frame, used) = redis_protocol::resp2::decode::decode(&self.buf)
+                .unwrap_or_else(|e| panic!("bad RESP2 from proxy: {e:?}: {:?}", String::from_utf8_lossy(&self.buf)))?;
+            (Reply::from_resp2(frame), used)
+        };
+        self.buf.drain(..used);
+        Some(reply)
+    }
+}
+
+/// Encodes a command as a RESP multibulk.
+pub fn encode<A: AsRef<[u8]>>(args: &[A]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        let arg = arg.as_ref();
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Runs a command-line tool, failing the test with its output if it cannot run.
+pub fn run_tool(program: impl AsRef<Path>, args: &[&str]) -> std::process::Output {
+    let program = program.as_ref();
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e} (run scripts/install-redis.sh)", program.display()))
+}
+
+/// Waits until `condition` holds, checking every 10 ms, failing the test after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
