@@ -16,7 +16,11 @@ fn requests(c: &mut Criterion) {
     }
     let mut big = bytes::BytesMut::new();
     write_command(&mut big, &[b"SET", b"big", &vec![b'x'; 1 << 20]]);
-    for (name, input) in [("set_small", &small), ("get_pipeline_1000", &pipeline), ("set_1mb", &big)] {
+    for (name, input) in [
+        ("set_small", &small),
+        ("get_pipeline_1000", &pipeline),
+        ("set_1mb", &big),
+    ] {
         group.throughput(Throughput::Bytes(input.len() as u64));
         group.bench_function(name, |b| {
             let mut parser = RequestParser::new();

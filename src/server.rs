@@ -12,7 +12,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Config;
+use crate::gate::WriteGate;
+use crate::moves::MoveTracker;
 use crate::primary::{PrimaryCell, Server, Side};
+use crate::scripts::ScriptCache;
 use crate::session::{ClientSlot, Session};
 
 /// What every session and the admin port share.
@@ -25,6 +28,9 @@ pub struct Shared {
     next_client_id: AtomicU64,
     /// Cancelled when the proxy starts shutting down.
     pub shutdown: CancellationToken,
+    pub gate: WriteGate,
+    pub moves: MoveTracker,
+    pub scripts: ScriptCache,
 }
 
 impl Shared {
@@ -39,6 +45,9 @@ impl Shared {
             clients: AtomicUsize::new(0),
             next_client_id: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
+            gate: WriteGate::default(),
+            moves: MoveTracker::default(),
+            scripts: ScriptCache::default(),
         }
     }
 }

@@ -17,14 +17,16 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio_util::io::poll_read_buf;
 
 use crate::backend::{self, BackendLink};
 use crate::command::Command;
+use crate::gate::WriteGate;
 use crate::protocol::reply::Scanned;
 use crate::protocol::request::{Parsed, RequestParser};
 use crate::server::Shared;
-use state::Core;
+use state::{Blocked, Core, Effect, Expect};
 
 /// Room made in a read buffer before each read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -66,6 +68,20 @@ pub struct Session {
     closing: bool,
     /// The proxy is shutting down: take no new requests, finish the ones in flight.
     draining: bool,
+    /// This session's place at the write gate.
+    gate: GateSlot,
+    /// WATCH was in force on a server the session has left: the next EXEC must abort (answer null).
+    watch_broken: bool,
+    /// A blocking call ended by a switch, to issue again on the new primary.
+    reissue: Option<Blocked>,
+    /// A PING sent on a retired link so that everything the old server sent before it reaches the client.
+    barrier_sent: bool,
+    /// The generation this session is counted under in the move tracker, if it has state to move.
+    mover_counted: Option<u64>,
+    /// The generation it last settled on.
+    settled_generation: u64,
+    /// The (generation, backend client id) registered as blocked in the move tracker.
+    blocked_registered: Option<(u64, i64)>,
 }
 
 impl Session {
@@ -81,6 +97,13 @@ impl Session {
             core: Core::new(),
             closing: false,
             draining: false,
+            gate: GateSlot::default(),
+            watch_broken: false,
+            reissue: None,
+            barrier_sent: false,
+            mover_counted: None,
+            settled_generation: 0,
+            blocked_registered: None,
         }
     }
 
@@ -94,8 +117,9 @@ impl Session {
 
     async fn serve(&mut self) -> Result<(), SessionError> {
         let shutdown = self.shared.shutdown.clone();
+        let mut control: watch::Receiver<u64> = self.shared.gate.subscribe();
         loop {
-            match self.handle_requests() {
+            match self.step() {
                 Next::Wait => {}
                 Next::Connect => {
                     self.connect().await;
@@ -103,15 +127,116 @@ impl Session {
                 }
                 Next::CloseNow => return Ok(()),
             }
+            self.reconcile();
             if self.finished() {
                 return Ok(());
             }
+            // A session holding a write, or with state to move, must hear the gate open and the primary switch;
+            // the others notice a switch at their next command.
+            let listening = self.gate.held || self.must_move_actively();
             tokio::select! {
                 biased;
                 polled = poll_fn(|cx| self.poll_io(cx)) => polled?,
+                _ = control.changed(), if listening => {}
                 () = shutdown.cancelled(), if !self.draining => self.draining = true,
             }
             self.handle_replies();
+        }
+    }
+
+    /// Leaves a link to a replaced primary when it is safe, issues a blocking call again, then handles requests.
+    fn step(&mut self) -> Next {
+        if let Some(link) = &self.link
+            && link.generation != self.shared.primary.generation()
+            && let Some(next) = self.leave_stale_link()
+        {
+            return next;
+        }
+        if let Some(blocked) = self.reissue.take() {
+            let Some(link) = self.link.as_mut() else {
+                self.reissue = Some(blocked);
+                return Next::Connect;
+            };
+            let args: Vec<&[u8]> = blocked.args.iter().map(|a| &a[..]).collect();
+            crate::protocol::request::write_command(&mut link.output, &args);
+            self.core.plan_reissued(blocked);
+        }
+        self.handle_requests()
+    }
+
+    /// The primary was replaced. A session moves at a safe point: no reply owed on the old link and no
+    /// transaction open. Subscribers and tracking users first send a PING through the old link, so that every
+    /// message the old server sent reaches the client before the link closes. Returns what the loop does now,
+    /// or `None` to go on handling requests (which connect to the new primary when they need to).
+    fn leave_stale_link(&mut self) -> Option<Next> {
+        if self.core.multi_open {
+            // A transaction the gate let through finishes where it began.
+            return None;
+        }
+        if !self.core.pending.is_empty() {
+            return Some(Next::Wait);
+        }
+        let state = &self.core.state;
+        if (state.subscribed() || state.tracking.is_some()) && !self.barrier_sent {
+            if let Some(link) = self.link.as_mut() {
+                self.core.push_internal(&mut link.output, &[b"PING"]);
+                self.barrier_sent = true;
+            }
+            return Some(Next::Wait);
+        }
+        self.retire_link();
+        if self.must_move_actively() || self.reissue.is_some() {
+            Some(Next::Connect)
+        } else {
+            None
+        }
+    }
+
+    /// Closes a link to a replaced primary. WATCH cannot move between servers: the next EXEC will abort.
+    fn retire_link(&mut self) {
+        if let Some(link) = self.link.take() {
+            tracing::debug!(backend = %link.server.addr, "leaving the replaced primary");
+        }
+        self.barrier_sent = false;
+        self.core.link_client_id = None;
+        if self.core.state.watching {
+            self.core.state.watching = false;
+            self.watch_broken = true;
+        }
+    }
+
+    /// Whether the session has state that must follow a switch without waiting for a command.
+    fn must_move_actively(&self) -> bool {
+        let state = &self.core.state;
+        state.subscribed() || state.tracking.is_some() || self.core.blocked_call().is_some()
+    }
+
+    /// Brings the shared accounting in line with the session: its write ticket, its blocked call, and whether it
+    /// still has state to move.
+    fn reconcile(&mut self) {
+        if self.gate.has_ticket && self.core.pending_writes == 0 && !self.core.multi_open {
+            self.shared.gate.return_ticket();
+            self.gate.has_ticket = false;
+        }
+        let blocked = match (&self.link, self.core.blocked_call(), self.core.link_client_id) {
+            (Some(link), Some(_), Some(id)) => Some((link.generation, id)),
+            _ => None,
+        };
+        if blocked != self.blocked_registered {
+            self.shared.moves.set_blocked(self.blocked_registered, blocked);
+            self.blocked_registered = blocked;
+        }
+        let counted = if self.must_move_actively() {
+            if let Some(link) = self.link.as_ref().filter(|_| !self.core.awaiting_internal()) {
+                self.settled_generation = link.generation;
+            }
+            Some(self.settled_generation)
+        } else {
+            None
+        };
+        if counted != self.mover_counted {
+            self.shared.moves.shift(self.mover_counted, counted);
+            self.mover_counted = counted;
         }
     }
 
@@ -152,10 +277,50 @@ impl Session {
                         }
                         _ => {}
                     }
+                    let in_transaction = self.core.multi_open;
+                    let gated = !in_transaction && (command.is_write(args.get(1)) || command == Command::Multi);
+                    if gated && !self.gate.pass(&self.shared.gate, command.is_blocking()) {
+                        return Next::Wait;
+                    }
                     let Some(link) = self.link.as_mut() else {
                         return Next::Connect;
                     };
-                    self.core.plan(command, args);
+                    match command {
+                        Command::Exec if in_transaction && self.watch_broken => {
+                            // The keys were WATCHed on the server the session left: the transaction must not
+                            // run unguarded here. Discard it and answer as Redis does for a WATCH conflict.
+                            self.core
+                                .push_hidden(&mut link.output, &[b"DISCARD"], Effect::Discard, Expect::One);
+                            self.core.multi_open = false;
+                            let null: &'static [u8] = if self.core.state.protocol >= 3 {
+                                b"_\r\n"
+                            } else {
+                                b"*-1\r\n"
+                            };
+                            self.core.push_local(Bytes::from_static(null));
+                            self.watch_broken = false;
+                            self.client_in.advance(n);
+                            continue;
+                        }
+                        Command::Exec | Command::Discard | Command::Unwatch | Command::Reset => {
+                            self.watch_broken = false
+                        }
+                        Command::Eval => {
+                            if let Some(body) = args.get(1) {
+                                self.shared.scripts.remember(body);
+                            }
+                        }
+                        Command::Script if args.is(1, "LOAD") => {
+                            if let Some(body) = args.get(2) {
+                                self.shared.scripts.remember(body);
+                            }
+                        }
+                        Command::Script if args.is(1, "FLUSH") => self.shared.scripts.clear(),
+                        _ => {}
+                    }
+                    let blocked = if command.is_blocking() { Blocked::of(args) } else { None };
+                    let write = (gated && blocked.is_none()) || (in_transaction && command == Command::Exec);
+                    self.core.plan(command, args, write, blocked);
                     if self.parser.is_inline() {
                         self.parser.encode_multibulk(&self.client_in, &mut link.output);
                     } else {
@@ -183,6 +348,11 @@ impl Session {
             Err(error) => {
                 tracing::warn!(%error, "backend connect failed");
                 let reply = error_reply(&error.to_string());
+                if self.core.backend_lost(&reply) || self.reissue.take().is_some() {
+                    // Subscriptions, tracking or a blocked call could not be carried over: end the session as a
+                    // lost server connection would.
+                    self.closing = true;
+                }
                 loop {
                     match self.parser.parse(&self.client_in) {
                         Parsed::Request(n) => {
@@ -208,7 +378,13 @@ impl Session {
                         break;
                     }
                     Scanned::Frame { len, push } => {
-                        self.core.on_frame(&link.input[..len], push);
+                        let retired = link.generation != self.shared.primary.generation();
+                        if let Some(ended) = self.core.on_frame(&link.input[..len], push, retired) {
+                            match ended.remaining() {
+                                Some(again) => self.reissue = Some(again),
+                                None => self.core.client_out.extend_from_slice(&link.input[..len]),
+                            }
+                        }
                         link.input.advance(len);
                     }
                 }
@@ -312,6 +488,38 @@ impl Session {
     }
 }
 
+/// A session's place at the write gate.
+#[derive(Debug, Default)]
+struct GateSlot {
+    /// Whether the session holds a write ticket (see [`crate::gate`]).
+    has_ticket: bool,
+    /// Whether the next request is a write held at the closed gate.
+    held: bool,
+}
+
+impl GateSlot {
+    /// Lets a write through the gate, or holds it. The ticket is taken before the gate is looked at; a
+    /// blocking call takes none, since the handover cannot wait for it to be answered.
+    fn pass(&mut self, gate: &WriteGate, blocking: bool) -> bool {
+        if !blocking && !self.has_ticket {
+            gate.take_ticket();
+            self.has_ticket = true;
+        }
+        if gate.is_closed() {
+            if !self.held {
+                self.held = true;
+                gate.hold();
+            }
+            return false;
+        }
+        if self.held {
+            self.held = false;
+            gate.release();
+        }
+        true
+    }
+}
+
 /// Makes sure a read has room for a useful amount of data.
 fn make_room(buf: &mut BytesMut) {
     if buf.capacity() - buf.len() < READ_CHUNK / 4 {
@@ -326,6 +534,20 @@ pub fn error_reply(message: &str) -> Bytes {
         .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
         .collect();
     Bytes::from(format!("-ERR {clean}\r\n"))
+}
+
+impl Drop for Session {
+    // Gives back whatever the session holds in the shared accounting, however the session ends.
+    fn drop(&mut self) {
+        if self.gate.has_ticket {
+            self.shared.gate.return_ticket();
+        }
+        if self.gate.held {
+            self.shared.gate.release();
+        }
+        self.shared.moves.set_blocked(self.blocked_registered, None);
+        self.shared.moves.shift(self.mover_counted, None);
+    }
 }
 
 /// Decrements the client count when a session task ends, however it ends.

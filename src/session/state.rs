@@ -48,7 +48,8 @@ pub struct SessionState {
     pub patterns: BTreeSet<Bytes>,
     pub shard_channels: BTreeSet<Bytes>,
     pub monitor: bool,
-    pub tracking: bool,
+    /// The arguments of the CLIENT TRACKING ON that is in force (to turn it on again on a new connection).
+    pub tracking: Option<Vec<Bytes>>,
     /// Effects of commands queued inside MULTI, applied at EXEC: (position in the transaction, effect).
     queued: Vec<(usize, Effect)>,
     queued_count: usize,
@@ -95,7 +96,7 @@ impl SessionState {
             || self.watching
             || self.subscribed()
             || self.monitor
-            || self.tracking
+            || self.tracking.is_some()
             || reply_mode != ReplyMode::On
     }
 
@@ -110,7 +111,7 @@ impl SessionState {
     /// Applies a command's effect after the backend answered it with a success.
     fn apply(&mut self, effect: Effect, reply: &[u8]) {
         match effect {
-            Effect::None | Effect::Internal | Effect::Local(_) => {}
+            Effect::None | Effect::Local(_) | Effect::ClientId => {}
             Effect::Select(db) => self.db = db,
             Effect::Auth(auth) => {
                 self.user = auth.user;
@@ -153,7 +154,7 @@ impl SessionState {
             Effect::Watch => self.watching = true,
             Effect::Unwatch => self.watching = false,
             Effect::Monitor => self.monitor = true,
-            Effect::Tracking(on) => self.tracking = on,
+            Effect::Tracking(args) => self.tracking = args,
             Effect::Reset => *self = SessionState::new(),
         }
     }
@@ -206,8 +207,6 @@ pub enum Effect {
     None,
     /// A reply the proxy gives itself, sent to the client when it reaches the head of the queue.
     Local(Bytes),
-    /// A command the proxy sent itself (restoring state on a new connection): the client never sees its reply.
-    Internal,
     Select(i64),
     Auth(Box<Credentials>),
     Hello(Box<HelloArgs>),
@@ -219,8 +218,11 @@ pub enum Effect {
     Watch,
     Unwatch,
     Monitor,
-    Tracking(bool),
+    /// CLIENT TRACKING: the full arguments when turned on, `None` when turned off.
+    Tracking(Option<Vec<Bytes>>),
     Reset,
+    /// The backend connection's own client id (from an internal CLIENT ID).
+    ClientId,
 }
 
 /// How many frames settle a pending request.
@@ -240,6 +242,84 @@ pub struct Pending {
     pub expect: Expect,
     /// A command queued inside MULTI: its effect waits for EXEC.
     pub queued: bool,
+    /// A write whose answer the handover waits for.
+    pub write: bool,
+    /// A blocking call: what is needed to issue it again on another server.
+    pub blocked: Option<Box<Blocked>>,
+    /// A command the proxy sent itself (restoring state on a new connection): the client never sees its
+    /// reply, though its effect still applies.
+    pub hidden: bool,
+}
+
+impl Pending {
+    fn new(effect: Effect, expect: Expect) -> Self {
+        Pending {
+            effect,
+            expect,
+            queued: false,
+            write: false,
+            blocked: None,
+            hidden: false,
+        }
+    }
+}
+
+/// A blocking call (BLPOP, BLMOVE, BZPOPMIN, XREAD BLOCK, ...) in flight, which a switch may have to end on
+/// the old server and issue again on the new one with the time it had left.
+#[derive(Debug, Clone)]
+pub struct Blocked {
+    /// The call's arguments, command name first.
+    pub args: Vec<Bytes>,
+    /// Which argument is the timeout.
+    pub timeout_at: usize,
+    /// The timeout in milliseconds (0: wait forever).
+    pub timeout_ms: f64,
+    /// Whether the timeout argument is in seconds (BLPOP) rather than milliseconds (XREAD BLOCK).
+    pub in_seconds: bool,
+    pub sent_at: std::time::Instant,
+}
+
+impl Blocked {
+    /// Reads the timeout of a blocking call; `None` when the call does not block (XREAD without BLOCK).
+    pub fn of(args: Args<'_>) -> Option<Blocked> {
+        let name = args.get(0)?.to_ascii_uppercase();
+        let (timeout_at, in_seconds) = match name.as_slice() {
+            b"BLMPOP" | b"BZMPOP" => (1, true),
+            b"XREAD" | b"XREADGROUP" => ((1..args.len()).find(|&i| args.is(i, "BLOCK"))? + 1, false),
+            _ => (args.len().checked_sub(1)?, true),
+        };
+        let value: f64 = std::str::from_utf8(args.get(timeout_at)?).ok()?.parse().ok()?;
+        if !value.is_finite() || value < 0.0 {
+            return None;
+        }
+        Some(Blocked {
+            args: (0..args.len()).map(|i| owned(args.get(i))).collect(),
+            timeout_at,
+            timeout_ms: if in_seconds { value * 1000.0 } else { value },
+            in_seconds,
+            sent_at: std::time::Instant::now(),
+        })
+    }
+
+    /// The same call with the time it has left, or `None` if that time is up.
+    pub fn remaining(&self) -> Option<Blocked> {
+        let mut next = self.clone();
+        if self.timeout_ms > 0.0 {
+            let left = self.timeout_ms - self.sent_at.elapsed().as_secs_f64() * 1000.0;
+            if left < 1.0 {
+                return None;
+            }
+            next.timeout_ms = left;
+            let text = if self.in_seconds {
+                format!("{:.3}", left / 1000.0)
+            } else {
+                format!("{}", left as u64)
+            };
+            next.args[self.timeout_at] = Bytes::from(text);
+        }
+        next.sent_at = std::time::Instant::now();
+        Some(next)
+    }
 }
 
 /// A session's state and its queue of pending replies, with no I/O: requests go in through [`Core::plan`],
@@ -253,6 +333,10 @@ pub struct Core {
     pub reply_mode: ReplyMode,
     /// Whether a MULTI was forwarded and its EXEC or DISCARD not yet: commands sent now are queued.
     pub multi_open: bool,
+    /// Writes forwarded and not yet answered.
+    pub pending_writes: usize,
+    /// The backend connection's client id, once known.
+    pub link_client_id: Option<i64>,
 }
 
 impl Core {
@@ -263,11 +347,14 @@ impl Core {
             client_out: BytesMut::new(),
             reply_mode: ReplyMode::On,
             multi_open: false,
+            pending_writes: 0,
+            link_client_id: None,
         }
     }
 
-    /// Records a request about to be forwarded: its effect, and whether a reply will come for it.
-    pub fn plan(&mut self, command: Command, args: Args<'_>) {
+    /// Records a request about to be forwarded: its effect, whether it is a write the handover must wait for,
+    /// and, for a blocking call, how to issue it again.
+    pub fn plan(&mut self, command: Command, args: Args<'_>, write: bool, blocked: Option<Blocked>) {
         let (effect, expect) = effect_of(command, args);
         let queued = self.multi_open && !matches!(effect, Effect::Exec | Effect::Discard | Effect::Multi);
         match effect {
@@ -304,28 +391,56 @@ impl Core {
             }
         };
         if expects_reply {
-            self.pending.push_back(Pending { effect, expect, queued });
+            self.pending_writes += usize::from(write);
+            let blocked = blocked.map(Box::new);
+            self.pending.push_back(Pending {
+                effect,
+                expect,
+                queued,
+                write,
+                blocked,
+                hidden: false,
+            });
         }
+    }
+
+    /// Records a blocking call issued again on a new primary after a switch ended it on the old one.
+    pub fn plan_reissued(&mut self, blocked: Blocked) {
+        let pending = Pending {
+            blocked: Some(Box::new(blocked)),
+            ..Pending::new(Effect::None, Expect::One)
+        };
+        self.pending.push_back(pending);
     }
 
     /// Queues a reply the proxy gives itself, in order with the replies still to come from the backend.
     pub fn push_local(&mut self, reply: Bytes) {
-        self.pending.push_back(Pending {
-            effect: Effect::Local(reply),
-            expect: Expect::One,
-            queued: false,
-        });
+        self.pending.push_back(Pending::new(Effect::Local(reply), Expect::One));
         self.flush_locals();
     }
 
     /// Queues a command the proxy sends itself and writes it to `out`; its reply is kept from the client.
     pub fn push_internal(&mut self, out: &mut BytesMut, args: &[&[u8]]) {
+        self.push_hidden(out, args, Effect::None, Expect::One);
+    }
+
+    /// Queues a command the proxy sends itself whose effect applies when it succeeds.
+    pub fn push_hidden(&mut self, out: &mut BytesMut, args: &[&[u8]], effect: Effect, expect: Expect) {
         write_command(out, args);
         self.pending.push_back(Pending {
-            effect: Effect::Internal,
-            expect: Expect::One,
-            queued: false,
+            hidden: true,
+            ..Pending::new(effect, expect)
         });
+    }
+
+    /// Whether a command the proxy sent itself is still unanswered (the link is not fully restored yet).
+    pub fn awaiting_internal(&self) -> bool {
+        self.pending.iter().any(|p| p.hidden)
+    }
+
+    /// Whether the oldest unanswered request is a blocking call.
+    pub fn blocked_call(&self) -> Option<&Blocked> {
+        self.pending.front().and_then(|p| p.blocked.as_deref())
     }
 
     /// Moves local replies that reached the head of the queue to the client's output.
@@ -350,12 +465,14 @@ impl Core {
         self.pending.iter().any(|p| !matches!(p.effect, Effect::Local(_)))
     }
 
-    /// Handles one complete frame from the backend.
-    pub fn on_frame(&mut self, frame: &[u8], push: bool) {
+    /// Handles one complete frame from the backend. `link_retired` says the link belongs to a primary that
+    /// was replaced: a blocking call it answers with a timeout was ended by the switch, and the call is
+    /// returned (instead of the client getting the timeout) so that it can be issued again on the new primary.
+    pub fn on_frame(&mut self, frame: &[u8], push: bool, link_retired: bool) -> Option<Blocked> {
         if self.state.monitor {
             // After MONITOR the connection only streams: every frame goes to the client.
             self.client_out.extend_from_slice(frame);
-            return;
+            return None;
         }
         let expecting_confirmation = matches!(
             self.pending.front(),
@@ -369,17 +486,17 @@ impl Core {
             match pubsub_frame_kind(frame) {
                 Some(PubSubFrame::Message) => {
                     self.client_out.extend_from_slice(frame);
-                    return;
+                    return None;
                 }
                 Some(PubSubFrame::Confirmation) => {
                     self.state.confirm_subscription(frame);
                     self.settle_confirmation(frame);
-                    return;
+                    return None;
                 }
                 None if push => {
                     // Other pushes (tracking invalidations, ...) answer no request.
                     self.client_out.extend_from_slice(frame);
-                    return;
+                    return None;
                 }
                 None => {}
             }
@@ -388,45 +505,51 @@ impl Core {
             // A reply to nothing: Redis does not do this, but forwarding it keeps the client's view honest.
             tracing::warn!("reply from the backend with no request pending");
             self.client_out.extend_from_slice(frame);
-            return;
+            return None;
         };
+        self.pending_writes -= usize::from(head.write);
+        let hidden = head.hidden;
+        if link_retired
+            && is_null_frame(frame)
+            && let Some(blocked) = head.blocked
+        {
+            self.flush_locals();
+            return Some(*blocked);
+        }
         let error = is_error_frame(frame);
+        if hidden && error {
+            tracing::warn!(reply = %String::from_utf8_lossy(frame).trim_end(), "restoring session state failed");
+        }
+        if !hidden {
+            self.client_out.extend_from_slice(frame);
+        }
         match head.effect {
-            Effect::Internal => {
-                if error {
-                    tracing::warn!(reply = %String::from_utf8_lossy(frame).trim_end(), "restoring session state failed");
+            Effect::ClientId => {
+                if let Some(Value::Int(id)) = Value::decode(frame, self.state.protocol) {
+                    self.link_client_id = Some(id);
                 }
             }
-            effect => {
-                self.client_out.extend_from_slice(frame);
-                if head.queued {
-                    if frame.starts_with(b"+QUEUED") {
-                        let position = self.state.queued_count;
-                        self.state.queued_count += 1;
-                        if !matches!(effect, Effect::None) {
-                            self.state.queued.push((position, effect));
-                        }
+            effect if head.queued => {
+                if frame.starts_with(b"+QUEUED") {
+                    let position = self.state.queued_count;
+                    self.state.queued_count += 1;
+                    if !matches!(effect, Effect::None) {
+                        self.state.queued.push((position, effect));
                     }
-                } else if !error {
-                    self.state.apply(effect, frame);
-                } else if matches!(effect, Effect::Exec) {
-                    // EXECABORT and friends end the transaction too.
-                    self.state.end_transaction();
                 }
             }
+            effect if !error => self.state.apply(effect, frame),
+            // EXECABORT and friends end the transaction too.
+            Effect::Exec => self.state.end_transaction(),
+            _ => {}
         }
         self.flush_locals();
+        None
     }
 
     /// Counts a (un)subscribe confirmation against the request at the head of the queue.
     fn settle_confirmation(&mut self, frame: &[u8]) {
-        let hidden = matches!(
-            self.pending.front(),
-            Some(Pending {
-                effect: Effect::Internal,
-                ..
-            })
-        );
+        let hidden = self.pending.front().is_some_and(|p| p.hidden);
         if !hidden {
             self.client_out.extend_from_slice(frame);
         }
@@ -451,24 +574,24 @@ impl Core {
         let answered = std::mem::take(&mut self.pending)
             .into_iter()
             .filter_map(|pending| match pending.effect {
-                Effect::Internal => None,
+                _ if pending.hidden => None,
                 Effect::Local(_) => Some(pending),
-                _ => Some(Pending {
-                    effect: Effect::Local(reply.clone()),
-                    expect: Expect::One,
-                    queued: false,
-                }),
+                _ => Some(Pending::new(Effect::Local(reply.clone()), Expect::One)),
             });
         self.pending = answered.collect();
+        self.pending_writes = 0;
+        self.link_client_id = None;
         self.flush_locals();
         let close = self.state.has_unrestorable_state(self.reply_mode) || self.multi_open;
         self.multi_open = false;
         close
     }
 
-    /// Writes the commands that give a new backend connection this session's state, with hidden replies.
+    /// Writes the commands that give a new backend connection this session's state, with hidden replies:
+    /// protocol and user, db, name, READONLY, subscriptions and tracking, and asks for the connection's id.
     pub fn restore_on(&mut self, out: &mut BytesMut) {
         let state = self.state.clone();
+        self.push_hidden(out, &[b"CLIENT", b"ID"], Effect::ClientId, Expect::One);
         let default_user = Bytes::from_static(b"default");
         if state.protocol >= 3 {
             let mut args: Vec<&[u8]> = vec![b"HELLO", b"3"];
@@ -490,6 +613,26 @@ impl Core {
         }
         if state.readonly {
             self.push_internal(out, &[b"READONLY"]);
+        }
+        let kinds: [(&[u8], &BTreeSet<Bytes>); 3] = [
+            (b"SUBSCRIBE", &state.channels),
+            (b"PSUBSCRIBE", &state.patterns),
+            (b"SSUBSCRIBE", &state.shard_channels),
+        ];
+        for (command, set) in kinds {
+            if !set.is_empty() {
+                let mut args: Vec<&[u8]> = vec![command];
+                args.extend(set.iter().map(|c| &c[..]));
+                self.push_hidden(out, &args, Effect::None, Expect::Confirmations(set.len()));
+            }
+        }
+        if let Some(tracking) = &state.tracking {
+            let args: Vec<&[u8]> = tracking.iter().map(|a| &a[..]).collect();
+            self.push_internal(out, &args);
+            if state.protocol >= 3 {
+                // What the client cached may have changed while it had no tracking: tell it to drop everything.
+                self.client_out.extend_from_slice(b">2\r\n$10\r\ninvalidate\r\n_\r\n");
+            }
         }
     }
 }
@@ -524,7 +667,12 @@ fn effect_of(command: Command, args: Args<'_>) -> (Effect, Expect) {
             let name = owned(args.get(2));
             one(Effect::SetName((!name.is_empty()).then_some(name)))
         }
-        Command::Client if args.is(1, "TRACKING") && args.len() >= 3 => one(Effect::Tracking(args.is(2, "ON"))),
+        Command::Client if args.is(1, "TRACKING") && args.len() >= 3 => {
+            let on = args.is(2, "ON");
+            one(Effect::Tracking(
+                on.then(|| (0..args.len()).map(|i| owned(args.get(i))).collect()),
+            ))
+        }
         Command::ReadOnly => one(Effect::ReadOnly(true)),
         Command::ReadWrite => one(Effect::ReadOnly(false)),
         Command::Multi => one(Effect::Multi),
@@ -581,6 +729,11 @@ pub fn parse_hello(args: Args<'_>) -> Option<HelloArgs> {
         }
     }
     Some(hello)
+}
+
+/// Whether a reply is a null: what a blocking call answers when its timeout passes.
+fn is_null_frame(frame: &[u8]) -> bool {
+    matches!(frame, b"*-1\r\n" | b"$-1\r\n" | b"_\r\n")
 }
 
 fn owned(arg: Option<&[u8]>) -> Bytes {
@@ -653,7 +806,19 @@ mod tests {
         let mut parser = RequestParser::new();
         assert!(matches!(parser.parse(command), Parsed::Request(_)));
         let args = parser.args(command);
-        core.plan(Command::classify(args.get(0).unwrap()), args);
+        let command = Command::classify(args.get(0).unwrap());
+        core.plan(
+            command,
+            args,
+            command.is_write(args.get(1)),
+            Blocked::of(args).filter(|_| command.is_blocking()),
+        );
+    }
+
+    impl Core {
+        fn on_frame_test(&mut self, frame: &[u8], push: bool) {
+            assert!(self.on_frame(frame, push, false).is_none());
+        }
     }
 
     fn taken(core: &mut Core) -> Vec<u8> {
@@ -665,8 +830,8 @@ mod tests {
         let mut core = Core::new();
         forward(&mut core, b"SELECT 3\r\n");
         forward(&mut core, b"SELECT 99\r\n");
-        core.on_frame(b"+OK\r\n", false);
-        core.on_frame(b"-ERR DB index is out of range\r\n", false);
+        core.on_frame_test(b"+OK\r\n", false);
+        core.on_frame_test(b"-ERR DB index is out of range\r\n", false);
         assert_eq!(core.state.db, 3);
         assert!(core.pending.is_empty());
     }
@@ -685,11 +850,11 @@ mod tests {
             forward(&mut core, cmd);
         }
         for reply in [&b"+OK\r\n"[..], b"+QUEUED\r\n", b"+OK\r\n", b"+OK\r\n", b"+QUEUED\r\n"] {
-            core.on_frame(reply, false);
+            core.on_frame_test(reply, false);
         }
         assert_eq!(core.state.db, 0, "a discarded SELECT changes nothing");
         assert!(core.state.in_multi);
-        core.on_frame(b"*1\r\n+OK\r\n", false);
+        core.on_frame_test(b"*1\r\n+OK\r\n", false);
         assert_eq!(core.state.db, 5);
         assert!(!core.state.in_multi);
     }
@@ -698,16 +863,16 @@ mod tests {
     fn resp2_subscribe_counts_confirmations_and_passes_messages() {
         let mut core = Core::new();
         forward(&mut core, b"SUBSCRIBE a b\r\n");
-        core.on_frame(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n", false);
-        core.on_frame(b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$2\r\nhi\r\n", false);
+        core.on_frame_test(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n", false);
+        core.on_frame_test(b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$2\r\nhi\r\n", false);
         assert_eq!(core.pending.len(), 1);
-        core.on_frame(b"*3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n", false);
+        core.on_frame_test(b"*3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n", false);
         assert!(core.pending.is_empty());
         assert_eq!(core.state.channels.len(), 2);
         forward(&mut core, b"UNSUBSCRIBE\r\n");
-        core.on_frame(b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:1\r\n", false);
+        core.on_frame_test(b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:1\r\n", false);
         assert_eq!(core.pending.len(), 1);
-        core.on_frame(b"*3\r\n$11\r\nunsubscribe\r\n$1\r\nb\r\n:0\r\n", false);
+        core.on_frame_test(b"*3\r\n$11\r\nunsubscribe\r\n$1\r\nb\r\n:0\r\n", false);
         assert!(core.pending.is_empty());
         assert!(!core.state.subscribed());
         assert_eq!(taken(&mut core).iter().filter(|&&b| b == b'*').count(), 5);
@@ -733,7 +898,7 @@ mod tests {
         forward(&mut core, b"GET a\r\n");
         core.push_local(Bytes::from_static(b"-ERR local\r\n"));
         assert!(taken(&mut core).is_empty());
-        core.on_frame(b"$1\r\nx\r\n", false);
+        core.on_frame_test(b"$1\r\nx\r\n", false);
         assert_eq!(taken(&mut core), b"$1\r\nx\r\n-ERR local\r\n");
     }
 
@@ -747,6 +912,23 @@ mod tests {
         assert_eq!(taken(&mut core), b"-ERR gone\r\n-ERR gone\r\n");
         forward(&mut core, b"MULTI\r\n");
         assert!(core.backend_lost(&Bytes::from_static(b"-ERR gone\r\n")));
+    }
+
+    #[test]
+    fn a_blocked_call_ended_by_a_switch_is_returned_with_its_time_left() {
+        let mut core = Core::new();
+        forward(&mut core, b"BLPOP q 10\r\n");
+        assert!(core.blocked_call().is_some());
+        let blocked = core.on_frame(b"*-1\r\n", false, true).expect("returned for reissue");
+        assert!(taken(&mut core).is_empty(), "the client does not see the timeout");
+        let again = blocked.remaining().unwrap();
+        let left: f64 = std::str::from_utf8(&again.args[2]).unwrap().parse().unwrap();
+        assert!(left > 9.0 && left <= 10.0, "{left}");
+        forward(&mut core, b"XREAD BLOCK 0 STREAMS s $\r\n");
+        let blocked = core.on_frame(b"*-1\r\n", false, true).unwrap();
+        assert_eq!(blocked.remaining().unwrap().args[2], Bytes::from_static(b"0"));
+        forward(&mut core, b"XREAD STREAMS s 0\r\n");
+        assert!(core.blocked_call().is_none(), "XREAD without BLOCK does not block");
     }
 
     #[test]
