@@ -1,23 +1,26 @@
-//! The admin HTTP port: health and status for operators and their tools.
+//! The admin HTTP port: health, status, and the handover's controls, as JSON.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::routing::get;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::server::Shared;
+use crate::handover::{Handover, Request, StartError};
 
-/// Serves the admin API on `listener` until the task is dropped or the proxy shuts down.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let shutdown = shared.shutdown.clone();
+/// Serves the admin API on `listener` until the proxy shuts down.
+pub async fn serve(listener: TcpListener, handover: Arc<Handover>, shutdown: tokio_util::sync::CancellationToken) {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/status", get(status))
-        .with_state(shared);
+        .route("/handover", post(start_handover))
+        .route("/handover/abort", post(abort_handover))
+        .with_state(handover);
     if let Err(error) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
@@ -26,13 +29,35 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
-    let primary = shared.primary.current();
-    Json(json!({
-        "phase": "idle",
-        "primary": { "side": primary.server.side, "addr": &*primary.server.addr, "generation": primary.generation },
-        "old": { "addr": shared.config.old },
-        "new": { "addr": shared.config.new },
-        "clients": shared.clients.load(Ordering::Relaxed),
-    }))
+async fn status(State(handover): State<Arc<Handover>>) -> Json<serde_json::Value> {
+    Json(handover.status())
+}
+
+/// `POST /handover` with an optional JSON body of [`Request`] options: starts a handover and returns at once.
+async fn start_handover(State(handover): State<Arc<Handover>>, body: Bytes) -> Response {
+    let request: Request = if body.iter().all(u8::is_ascii_whitespace) {
+        Request::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(request) => request,
+            Err(error) => return refuse(StatusCode::BAD_REQUEST, format!("invalid handover options: {error}")),
+        }
+    };
+    match handover.start(request) {
+        Ok(()) => (StatusCode::ACCEPTED, Json(handover.status())).into_response(),
+        Err(error @ StartError::Running(_)) => refuse(StatusCode::CONFLICT, error.to_string()),
+        Err(error @ StartError::NoTarget) => refuse(StatusCode::BAD_REQUEST, error.to_string()),
+    }
+}
+
+/// `POST /handover/abort`: stops a running handover before the promotion.
+async fn abort_handover(State(handover): State<Arc<Handover>>) -> Response {
+    match handover.abort() {
+        Ok(()) => (StatusCode::ACCEPTED, Json(json!({ "aborting": true }))).into_response(),
+        Err(reason) => refuse(StatusCode::CONFLICT, reason),
+    }
+}
+
+fn refuse(code: StatusCode, error: String) -> Response {
+    (code, Json(json!({ "error": error }))).into_response()
 }

@@ -24,6 +24,16 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     /// `text` or `json`.
     pub log_format: LogFormat,
+    /// The user the proxy authenticates as on OLD for its own connections (pre-flight, replication setup).
+    pub old_user: Option<String>,
+    /// The password for those connections to OLD; also given to NEW as `masterauth` so it can replicate.
+    pub old_password: Option<String>,
+    pub new_user: Option<String>,
+    pub new_password: Option<String>,
+    /// The address NEW uses to reach OLD for replication, when it differs from `old` (NAT, containers).
+    pub old_replication_addr: Option<String>,
+    /// The address OLD uses to reach NEW, for a handover back.
+    pub new_replication_addr: Option<String>,
 }
 
 /// How log lines are written.
@@ -45,6 +55,12 @@ impl Default for Config {
             connect_timeout_ms: 1_000,
             shutdown_grace_ms: 5_000,
             log_format: LogFormat::Text,
+            old_user: None,
+            old_password: None,
+            new_user: None,
+            new_password: None,
+            old_replication_addr: None,
+            new_replication_addr: None,
         }
     }
 }

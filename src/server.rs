@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::gate::WriteGate;
+use crate::handover::Handover;
 use crate::moves::MoveTracker;
 use crate::primary::{PrimaryCell, Server, Side};
 use crate::scripts::ScriptCache;
@@ -68,9 +69,10 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
         new = shared.config.new.as_deref().unwrap_or("-"),
         "redis-handover started; OLD is the primary"
     );
+    let handover = Handover::new(shared.clone());
     let admin = listeners
         .admin
-        .map(|listener| tokio::spawn(crate::admin::serve(listener, shared.clone())));
+        .map(|listener| tokio::spawn(crate::admin::serve(listener, handover.clone(), shared.shutdown.clone())));
     let result = serve(listeners.proxy, shared.clone(), shutdown).await;
     if let Some(admin) = admin {
         admin.abort();

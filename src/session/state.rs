@@ -529,15 +529,15 @@ impl Core {
                     self.link_client_id = Some(id);
                 }
             }
-            effect if head.queued => {
-                if frame.starts_with(b"+QUEUED") {
-                    let position = self.state.queued_count;
-                    self.state.queued_count += 1;
-                    if !matches!(effect, Effect::None) {
-                        self.state.queued.push((position, effect));
-                    }
+            // A command queued inside MULTI: its effect waits for EXEC (an error reply means it was not queued).
+            effect if head.queued && frame.starts_with(b"+QUEUED") => {
+                let position = self.state.queued_count;
+                self.state.queued_count += 1;
+                if !matches!(effect, Effect::None) {
+                    self.state.queued.push((position, effect));
                 }
             }
+            _ if head.queued => {}
             effect if !error => self.state.apply(effect, frame),
             // EXECABORT and friends end the transaction too.
             Effect::Exec => self.state.end_transaction(),

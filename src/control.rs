@@ -1,0 +1,216 @@
+//! The proxy's own connections to a Redis server, for the handover: one command at a time, every call bounded.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::backend::{self, BackendError};
+use crate::primary::Server;
+use crate::protocol::reply::{ReplyScanner, Scanned};
+use crate::protocol::request::write_command;
+use crate::protocol::value::Value;
+
+/// Why a control call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Connect(#[from] BackendError),
+    #[error("{side} {addr}: {source}")]
+    Io {
+        side: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{side} {addr} did not answer {command} within {timeout_ms} ms")]
+    Timeout {
+        side: &'static str,
+        addr: String,
+        command: String,
+        timeout_ms: u64,
+    },
+    #[error("{side} {addr} answered {command} with an error: {message}")]
+    Refused {
+        side: &'static str,
+        addr: String,
+        command: String,
+        message: String,
+    },
+    #[error("{side} {addr} sent a reply that is not RESP")]
+    Protocol { side: &'static str, addr: String },
+}
+
+/// Credentials the proxy uses for its own connections to a server.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+/// One control connection.
+pub struct ControlConn {
+    stream: TcpStream,
+    pub server: Server,
+    input: BytesMut,
+    scanner: ReplyScanner,
+}
+
+impl ControlConn {
+    /// Connects and authenticates, each step within `timeout`.
+    pub async fn connect(server: &Server, credentials: &Credentials, timeout: Duration) -> Result<Self, ControlError> {
+        let stream = backend::connect(server, timeout).await?;
+        let mut conn = ControlConn {
+            stream,
+            server: server.clone(),
+            input: BytesMut::new(),
+            scanner: ReplyScanner::new(),
+        };
+        if let Some(password) = &credentials.password {
+            match &credentials.user {
+                Some(user) => conn.ok(&["AUTH", user, password], timeout).await?,
+                None => conn.ok(&["AUTH", password], timeout).await?,
+            };
+        }
+        Ok(conn)
+    }
+
+    /// Sends several commands in one write and reads their replies; error replies come back as values.
+    pub async fn pipeline(&mut self, commands: &[&[&str]], timeout: Duration) -> Result<Vec<Value>, ControlError> {
+        let mut out = BytesMut::new();
+        for args in commands {
+            let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+            write_command(&mut out, &args);
+        }
+        let name = commands.first().map(|c| c.join(" ")).unwrap_or_default();
+        let work = async {
+            self.stream.write_all(&out).await.map_err(|e| self.io(e))?;
+            let mut replies = Vec::with_capacity(commands.len());
+            while replies.len() < commands.len() {
+                replies.push(self.read_reply().await?);
+            }
+            Ok(replies)
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(ControlError::Timeout {
+                side: self.server.side.name(),
+                addr: self.server.addr.to_string(),
+                command: name,
+                timeout_ms: timeout.as_millis() as u64,
+            }),
+        }
+    }
+
+    /// One command; its reply, which may be an error value.
+    pub async fn call(&mut self, args: &[&str], timeout: Duration) -> Result<Value, ControlError> {
+        Ok(self.pipeline(&[args], timeout).await?.remove(0))
+    }
+
+    /// One command that must succeed: an error reply is an error.
+    pub async fn ok(&mut self, args: &[&str], timeout: Duration) -> Result<Value, ControlError> {
+        match self.call(args, timeout).await? {
+            Value::Error(message) => Err(self.refused(args, message)),
+            value => Ok(value),
+        }
+    }
+
+    /// `INFO section` as a map of its `key:value` lines.
+    pub async fn info(&mut self, section: &str, timeout: Duration) -> Result<HashMap<String, String>, ControlError> {
+        let value = self.ok(&["INFO", section], timeout).await?;
+        Ok(parse_info(value.as_bytes().unwrap_or_default()))
+    }
+
+    /// `CONFIG GET name`: the value, or `None` when the server does not know the setting.
+    pub async fn config_get(&mut self, name: &str, timeout: Duration) -> Result<Option<String>, ControlError> {
+        Ok(match self.ok(&["CONFIG", "GET", name], timeout).await? {
+            Value::Array(items) => items
+                .get(1)
+                .and_then(Value::as_bytes)
+                .map(|v| String::from_utf8_lossy(v).into()),
+            Value::Map(entries) => entries
+                .first()
+                .and_then(|(_, v)| v.as_bytes())
+                .map(|v| String::from_utf8_lossy(v).into()),
+            _ => None,
+        })
+    }
+
+    /// Builds the error for a command the server refused.
+    pub fn refused(&self, args: &[&str], message: String) -> ControlError {
+        ControlError::Refused {
+            side: self.server.side.name(),
+            addr: self.server.addr.to_string(),
+            command: args.first().copied().unwrap_or_default().to_string(),
+            message,
+        }
+    }
+
+    async fn read_reply(&mut self) -> Result<Value, ControlError> {
+        loop {
+            match self.scanner.scan(&self.input) {
+                Scanned::Frame { len, .. } => {
+                    let value = Value::decode(&self.input[..len], 2).ok_or_else(|| self.protocol())?;
+                    self.input.advance(len);
+                    return Ok(value);
+                }
+                Scanned::Invalid => return Err(self.protocol()),
+                Scanned::Incomplete => {
+                    self.input.reserve(16 * 1024);
+                    let n = self.stream.read_buf(&mut self.input).await.map_err(|e| self.io(e))?;
+                    if n == 0 {
+                        let closed = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed");
+                        return Err(self.io(closed));
+                    }
+                }
+            }
+        }
+    }
+
+    fn io(&self, source: std::io::Error) -> ControlError {
+        ControlError::Io {
+            side: self.server.side.name(),
+            addr: self.server.addr.to_string(),
+            source,
+        }
+    }
+
+    fn protocol(&self) -> ControlError {
+        ControlError::Protocol {
+            side: self.server.side.name(),
+            addr: self.server.addr.to_string(),
+        }
+    }
+}
+
+/// Parses INFO text: `key:value` lines; section headers and blank lines are skipped.
+pub fn parse_info(text: &[u8]) -> HashMap<String, String> {
+    String::from_utf8_lossy(text)
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// A Redis version as (major, minor, patch), from `redis_version:6.2.14`.
+pub fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = text.split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_and_versions() {
+        let info = parse_info(b"# Replication\r\nrole:master\r\nmaster_repl_offset:42\r\n\r\n");
+        assert_eq!(info["role"], "master");
+        assert_eq!(info["master_repl_offset"], "42");
+        assert_eq!(parse_version("6.2.14"), Some((6, 2, 14)));
+        assert!(parse_version("7.0.15") > parse_version("6.2.14"));
+        assert_eq!(parse_version("x"), None);
+    }
+}

@@ -1,0 +1,373 @@
+//! The live handover: NEW replicates from OLD, catches up, and takes over during a brief, bounded write pause.
+//!
+//! Phases: `preflight` (both servers reachable, NEW at least OLD's version, NEW empty, memory and settings
+//! compatible), `syncing` (NEW does a full sync from OLD with native `REPLICAOF`), `catching_up` (until the
+//! replication lag is under `max_lag_bytes`), `paused` (writes held in the proxy, OLD paused for writers that
+//! bypass the proxy, NEW reaches OLD's last offset, NEW is promoted, the primary switches), then `switched`, or
+//! `aborted` with OLD still primary and nothing lost. Every transition is one call of [`Run::enter`].
+//! The Redis facts this rests on are in REDIS-FACTS.md ("Replication across versions", "Primitives").
+
+mod run;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::control::{ControlConn, Credentials};
+use crate::primary::{Server, Side};
+use crate::server::Shared;
+
+/// The options of one handover (the JSON body of `POST /handover`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Request {
+    /// The longest writes may be held: past it the handover aborts before the promotion.
+    pub max_pause_ms: u64,
+    /// How long the full sync and the catch-up may take together.
+    pub catchup_timeout_s: u64,
+    /// The replication lag under which writes are paused.
+    pub max_lag_bytes: u64,
+    /// Go on even though NEW holds keys (they will be replaced by OLD's data).
+    pub allow_nonempty: bool,
+    /// Copy `maxmemory-policy` and `notify-keyspace-events` from OLD to NEW when they differ.
+    pub copy_config: bool,
+}
+
+impl Default for Request {
+    fn default() -> Self {
+        Request {
+            max_pause_ms: 1000,
+            catchup_timeout_s: 600,
+            max_lag_bytes: 1 << 20,
+            allow_nonempty: false,
+            copy_config: false,
+        }
+    }
+}
+
+/// Where a handover is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Idle,
+    Preflight,
+    Syncing,
+    CatchingUp,
+    Paused,
+    Switched,
+    Aborted,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Idle => "idle",
+            Phase::Preflight => "preflight",
+            Phase::Syncing => "syncing",
+            Phase::CatchingUp => "catching_up",
+            Phase::Paused => "paused",
+            Phase::Switched => "switched",
+            Phase::Aborted => "aborted",
+        }
+    }
+}
+
+/// What the proxy last saw of a server.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServerView {
+    pub addr: String,
+    /// `primary` (the proxy's), `standby`, or `replica` (replicating for a handover); `unknown` if unreachable.
+    pub role: String,
+    pub version: Option<String>,
+    pub reachable: bool,
+}
+
+/// When a phase began and ended, in milliseconds since the handover started.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseSpan {
+    pub phase: Phase,
+    pub started_ms: f64,
+    pub ended_ms: Option<f64>,
+}
+
+/// The record of one handover, running or finished.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `switched` or `aborted` once finished; the current phase while running.
+    pub outcome: Phase,
+    pub reason: Option<String>,
+    pub from: String,
+    pub to: String,
+    pub request: Request,
+    pub started_at_unix_ms: u64,
+    pub timeline: Vec<PhaseSpan>,
+    /// How long writes were held (gate closed to gate open).
+    pub pause_ms: Option<f64>,
+    /// Writes held at the gate during the pause.
+    pub writes_held: u64,
+    pub config_differences: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Live progress, read by `GET /status`.
+#[derive(Debug, Default)]
+struct Progress {
+    phase: Option<Phase>,
+    sync_bytes_read: Option<u64>,
+    sync_bytes_total: Option<u64>,
+    lag_bytes: Option<i64>,
+    current: Option<Report>,
+    last: Option<Report>,
+    /// How the former primary is kept from taking writes after a switch.
+    fence: Option<String>,
+    /// Whether the current handover promoted NEW (then it can no longer be aborted).
+    promoted: bool,
+    views: [ServerView; 2],
+}
+
+/// Why a handover could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("a handover is already running (phase {0})")]
+    Running(&'static str),
+    #[error("no NEW server is configured (--new)")]
+    NoTarget,
+}
+
+/// The handover controller: at most one handover at a time.
+pub struct Handover {
+    shared: Arc<Shared>,
+    progress: Mutex<Progress>,
+    running: AtomicBool,
+    cancel: Mutex<Option<CancellationToken>>,
+    /// The side the proxy fenced after a switch (min-replicas-to-write), undone if it becomes the target.
+    fenced: Mutex<Option<Side>>,
+}
+
+impl Handover {
+    pub fn new(shared: Arc<Shared>) -> Arc<Self> {
+        let handover = Arc::new(Handover {
+            shared,
+            progress: Mutex::new(Progress::default()),
+            running: AtomicBool::new(false),
+            cancel: Mutex::new(None),
+            fenced: Mutex::new(None),
+        });
+        tokio::spawn(probe(Arc::downgrade(&handover)));
+        handover
+    }
+
+    /// Starts a handover to the server that is not the primary now; returns at once.
+    pub fn start(self: &Arc<Self>, request: Request) -> Result<(), StartError> {
+        let (source, target) = self.servers().ok_or(StartError::NoTarget)?;
+        if self.running.swap(true, Ordering::SeqCst) {
+            let phase = self.lock().phase.unwrap_or(Phase::Idle);
+            return Err(StartError::Running(phase.name()));
+        }
+        let cancel = CancellationToken::new();
+        *self.cancel.lock().unwrap_or_else(|e| e.into_inner()) = Some(cancel.clone());
+        let report = Report {
+            outcome: Phase::Preflight,
+            reason: None,
+            from: format!("{} {}", source.side.name(), source.addr),
+            to: format!("{} {}", target.side.name(), target.addr),
+            request: request.clone(),
+            started_at_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            timeline: Vec::new(),
+            pause_ms: None,
+            writes_held: 0,
+            config_differences: Vec::new(),
+            warnings: Vec::new(),
+        };
+        {
+            let mut progress = self.lock();
+            progress.current = Some(report);
+            progress.promoted = false;
+            progress.sync_bytes_read = None;
+            progress.sync_bytes_total = None;
+            progress.lag_bytes = None;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            run::Run::new(this.clone(), source, target, request, cancel)
+                .execute()
+                .await;
+            this.running.store(false, Ordering::SeqCst);
+        });
+        Ok(())
+    }
+
+    /// Asks a running handover to stop; refused once NEW was promoted.
+    pub fn abort(&self) -> Result<(), String> {
+        let progress = self.lock();
+        if !self.running.load(Ordering::SeqCst) {
+            return Err("no handover is running".into());
+        }
+        if progress.promoted {
+            return Err("NEW was already promoted: the switch cannot be aborted any more".into());
+        }
+        if let Some(cancel) = &*self.cancel.lock().unwrap_or_else(|e| e.into_inner()) {
+            cancel.cancel();
+        }
+        Ok(())
+    }
+
+    /// Whether a handover is running now.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// The current phase (`idle` before any handover).
+    pub fn phase(&self) -> Phase {
+        self.lock().phase.unwrap_or(Phase::Idle)
+    }
+
+    /// The report of the last finished handover.
+    pub fn last_report(&self) -> Option<Report> {
+        self.lock().last.clone()
+    }
+
+    /// Everything `GET /status` shows.
+    pub fn status(&self) -> serde_json::Value {
+        let progress = self.lock();
+        let primary = self.shared.primary.current();
+        let gate = &self.shared.gate;
+        let view = |side: Side| {
+            let mut view = progress.views[side_index(side)].clone();
+            view.addr = self.addr_of(side).unwrap_or_default();
+            if view.reachable || view.role.is_empty() {
+                if side == primary.server.side {
+                    view.role = "primary".into();
+                } else if view.role != "replica" {
+                    view.role = "standby".into();
+                }
+            }
+            view
+        };
+        let primary_view = view(primary.server.side);
+        json!({
+            "phase": progress.phase.unwrap_or(Phase::Idle),
+            "primary": {
+                "side": primary.server.side,
+                "addr": &*primary.server.addr,
+                "version": primary_view.version,
+                "generation": primary.generation,
+            },
+            "servers": { "old": view(Side::Old), "new": view(Side::New) },
+            "sync": { "bytes_read": progress.sync_bytes_read, "bytes_total": progress.sync_bytes_total },
+            "lag_bytes": progress.lag_bytes,
+            "clients": self.shared.clients.load(Ordering::Relaxed),
+            "writes_held": gate.held_now(),
+            "fence": progress.fence,
+            "scripts_known": self.shared.scripts.len(),
+            "handover": progress.current,
+            "last_handover": progress.last,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn addr_of(&self, side: Side) -> Option<String> {
+        match side {
+            Side::Old => Some(self.shared.config.old.clone()),
+            Side::New => self.shared.config.new.clone(),
+        }
+    }
+
+    /// The primary now and the other server, the handover's target.
+    fn servers(&self) -> Option<(Server, Server)> {
+        let source = self.shared.primary.current().server.clone();
+        let target_side = match source.side {
+            Side::Old => Side::New,
+            Side::New => Side::Old,
+        };
+        let target = Server {
+            side: target_side,
+            addr: self.addr_of(target_side)?.into(),
+        };
+        Some((source, target))
+    }
+
+    fn credentials(&self, side: Side) -> Credentials {
+        let config = &self.shared.config;
+        match side {
+            Side::Old => Credentials {
+                user: config.old_user.clone(),
+                password: config.old_password.clone(),
+            },
+            Side::New => Credentials {
+                user: config.new_user.clone(),
+                password: config.new_password.clone(),
+            },
+        }
+    }
+
+    /// The address `to` uses to reach `from` for replication.
+    fn replication_addr(&self, from: &Server) -> String {
+        let config = &self.shared.config;
+        let configured = match from.side {
+            Side::Old => config.old_replication_addr.clone(),
+            Side::New => config.new_replication_addr.clone(),
+        };
+        configured.unwrap_or_else(|| from.addr.to_string())
+    }
+}
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::Old => 0,
+        Side::New => 1,
+    }
+}
+
+/// Looks at both servers every two seconds, for the versions and roles `GET /status` shows.
+async fn probe(handover: std::sync::Weak<Handover>) {
+    let timeout = Duration::from_millis(500);
+    loop {
+        let Some(this) = handover.upgrade() else { return };
+        if this.shared.shutdown.is_cancelled() {
+            return;
+        }
+        for side in [Side::Old, Side::New] {
+            let Some(addr) = this.addr_of(side) else { continue };
+            let server = Server {
+                side,
+                addr: addr.as_str().into(),
+            };
+            let seen = async {
+                let mut conn = ControlConn::connect(&server, &this.credentials(side), timeout).await?;
+                let info = conn.info("server", timeout).await?;
+                let replication = conn.info("replication", timeout).await?;
+                Ok::<_, crate::control::ControlError>((info, replication))
+            }
+            .await;
+            let mut progress = this.lock();
+            let view = &mut progress.views[side_index(side)];
+            match seen {
+                Ok((info, replication)) => {
+                    view.reachable = true;
+                    view.version = info.get("redis_version").cloned();
+                    view.role = if replication.get("role").map(String::as_str) == Some("slave") {
+                        "replica".into()
+                    } else {
+                        String::new()
+                    };
+                }
+                Err(_) => {
+                    view.reachable = false;
+                    view.role = "unknown".into();
+                }
+            }
+        }
+        drop(this);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}

@@ -1,0 +1,654 @@
+//! One handover, step by step. Before the promotion every failure undoes what was done, so OLD stays primary
+//! with nothing lost; after it, failures become warnings in the report.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Handover, Phase, PhaseSpan, Request, side_index};
+use crate::control::{ControlConn, ControlError, parse_info, parse_version};
+use crate::primary::Server;
+use crate::protocol::value::Value;
+
+/// The bound on one control call outside the pause.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often progress is polled during the sync and the catch-up.
+const SYNC_POLL: Duration = Duration::from_millis(100);
+const CATCH_UP_POLL: Duration = Duration::from_millis(20);
+/// How often the pause looks again at in-flight writes and NEW's offset.
+const PAUSE_POLL: Duration = Duration::from_millis(1);
+
+/// Why a handover stopped before the promotion.
+#[derive(Debug)]
+struct Abort(String);
+
+impl From<ControlError> for Abort {
+    fn from(error: ControlError) -> Self {
+        Abort(error.to_string())
+    }
+}
+
+/// What was changed on OLD during the pause, to be undone on an abort.
+#[derive(Debug, Default)]
+struct PauseState {
+    gate_closed: bool,
+    source_paused: bool,
+    /// The `min-replicas-to-write` OLD had before the proxy fenced it.
+    fence_was: Option<String>,
+    /// When OLD's CLIENT PAUSE ends by itself (Redis 5.0 cannot be unpaused).
+    pause_expires: Option<Instant>,
+}
+
+pub(super) struct Run {
+    handover: Arc<Handover>,
+    source: Server,
+    target: Server,
+    request: Request,
+    cancel: CancellationToken,
+    started: Instant,
+    source_conn: Option<ControlConn>,
+    target_conn: Option<ControlConn>,
+    source_version: (u32, u32, u32),
+    target_version: (u32, u32, u32),
+    pause: PauseState,
+}
+
+impl Run {
+    pub(super) fn new(
+        handover: Arc<Handover>,
+        source: Server,
+        target: Server,
+        request: Request,
+        cancel: CancellationToken,
+    ) -> Run {
+        Run {
+            handover,
+            source,
+            target,
+            request,
+            cancel,
+            started: Instant::now(),
+            source_conn: None,
+            target_conn: None,
+            source_version: (0, 0, 0),
+            target_version: (0, 0, 0),
+            pause: PauseState::default(),
+        }
+    }
+
+    /// Runs the handover to its end and records the outcome.
+    pub(super) async fn execute(mut self) {
+        tracing::info!(from = %self.source.addr, to = %self.target.addr, request = ?self.request, "handover started");
+        let outcome = async {
+            self.enter(Phase::Preflight);
+            self.preflight().await?;
+            self.enter(Phase::Syncing);
+            self.sync().await?;
+            self.enter(Phase::CatchingUp);
+            self.catch_up().await?;
+            self.enter(Phase::Paused);
+            self.pause_and_switch().await
+        }
+        .await;
+        match outcome {
+            Ok(()) => {
+                self.enter(Phase::Switched);
+                metrics::counter!("redis_handover_handovers_total", "outcome" => "switched").increment(1);
+            }
+            Err(Abort(reason)) => {
+                tracing::warn!(%reason, "handover aborted; OLD stays primary");
+                self.undo().await;
+                self.finish_with_reason(reason);
+                self.enter(Phase::Aborted);
+                metrics::counter!("redis_handover_handovers_total", "outcome" => "aborted").increment(1);
+            }
+        }
+        let mut progress = self.handover.lock();
+        progress.last = progress.current.take();
+    }
+
+    /// Moves to `phase`: closes the previous span of the timeline, opens the next, and logs it.
+    fn enter(&self, phase: Phase) {
+        let at = self.started.elapsed().as_secs_f64() * 1000.0;
+        let mut progress = self.handover.lock();
+        progress.phase = Some(phase);
+        if let Some(report) = progress.current.as_mut() {
+            if let Some(last) = report.timeline.last_mut() {
+                last.ended_ms.get_or_insert(at);
+            }
+            report.outcome = phase;
+            let finished = matches!(phase, Phase::Switched | Phase::Aborted);
+            report.timeline.push(PhaseSpan {
+                phase,
+                started_ms: at,
+                ended_ms: finished.then_some(at),
+            });
+        }
+        tracing::info!(phase = phase.name(), at_ms = at, "handover phase");
+        metrics::gauge!("redis_handover_phase").set(phase as u8 as f64);
+    }
+
+    fn finish_with_reason(&self, reason: String) {
+        if let Some(report) = self.handover.lock().current.as_mut() {
+            report.reason = Some(reason);
+        }
+    }
+
+    fn warn(&self, warning: String) {
+        tracing::warn!(%warning, "handover");
+        if let Some(report) = self.handover.lock().current.as_mut() {
+            report.warnings.push(warning);
+        }
+    }
+
+    fn cancelled(&self) -> Result<(), Abort> {
+        if self.cancel.is_cancelled() {
+            Err(Abort("aborted by the operator".into()))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn source(&mut self) -> &mut ControlConn {
+        self.source_conn.as_mut().expect("connected in pre-flight")
+    }
+
+    fn target(&mut self) -> &mut ControlConn {
+        self.target_conn.as_mut().expect("connected in pre-flight")
+    }
+
+    fn target_name(&self) -> String {
+        format!("{} ({})", self.target.side.name().to_uppercase(), self.target.addr)
+    }
+
+    fn source_name(&self) -> String {
+        format!("{} ({})", self.source.side.name().to_uppercase(), self.source.addr)
+    }
+
+    /// Pre-flight: both reachable with the configured credentials, NEW's version at least OLD's, NEW empty,
+    /// NEW's maxmemory large enough, settings compared (and copied on request), users and passwords copied.
+    async fn preflight(&mut self) -> Result<(), Abort> {
+        let source_credentials = self.handover.credentials(self.source.side);
+        let target_credentials = self.handover.credentials(self.target.side);
+        let source = ControlConn::connect(&self.source, &source_credentials, CALL_TIMEOUT).await?;
+        let target = ControlConn::connect(&self.target, &target_credentials, CALL_TIMEOUT).await?;
+        self.source_conn = Some(source);
+        self.target_conn = Some(target);
+
+        let source_info = self.source().info("server", CALL_TIMEOUT).await?;
+        let target_info = self.target().info("server", CALL_TIMEOUT).await?;
+        let source_version_text = source_info.get("redis_version").cloned().unwrap_or_default();
+        let target_version_text = target_info.get("redis_version").cloned().unwrap_or_default();
+        self.source_version = parse_version(&source_version_text).unwrap_or_default();
+        self.target_version = parse_version(&target_version_text).unwrap_or_default();
+        {
+            let mut progress = self.handover.lock();
+            progress.views[side_index(self.source.side)].version = Some(source_version_text.clone());
+            progress.views[side_index(self.target.side)].version = Some(target_version_text.clone());
+        }
+        if self.target_version < self.source_version {
+            return Err(Abort(format!(
+                "{} runs Redis {target_version_text}, older than {}'s {source_version_text}: a replica cannot load \
+                 an RDB newer than its own, so the handover must go to the same or a newer version",
+                self.target_name(),
+                self.source_name()
+            )));
+        }
+        let source_replication = self.source().info("replication", CALL_TIMEOUT).await?;
+        if source_replication.get("role").map(String::as_str) != Some("master") {
+            return Err(Abort(format!(
+                "{} is not a master (role {:?})",
+                self.source_name(),
+                source_replication.get("role")
+            )));
+        }
+
+        // A target the proxy fenced after an earlier switch must take writes again once promoted.
+        let fenced = *self.handover.fenced.lock().unwrap_or_else(|e| e.into_inner());
+        if fenced == Some(self.target.side) {
+            self.target()
+                .ok(&["CONFIG", "SET", "min-replicas-to-write", "0"], CALL_TIMEOUT)
+                .await?;
+        }
+
+        let target_replication = self.target().info("replication", CALL_TIMEOUT).await?;
+        let already_replica = self.replicates_from_source(&target_replication);
+        if !already_replica && !self.request.allow_nonempty {
+            let keyspace = self.target().info("keyspace", CALL_TIMEOUT).await?;
+            let keys: u64 = keyspace.values().filter_map(|v| keys_in(v)).sum();
+            if keys > 0 {
+                return Err(Abort(format!(
+                    "{} is not empty: it holds {keys} keys, which the sync would replace; empty it or pass \
+                     \"allow_nonempty\": true",
+                    self.target_name()
+                )));
+            }
+        }
+
+        let used: u64 = self
+            .source()
+            .info("memory", CALL_TIMEOUT)
+            .await?
+            .get("used_memory")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let target_max: u64 = self
+            .target()
+            .config_get("maxmemory", CALL_TIMEOUT)
+            .await?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if target_max > 0 && target_max < used {
+            return Err(Abort(format!(
+                "{}'s maxmemory is {target_max} bytes, less than the {used} bytes {} uses",
+                self.target_name(),
+                self.source_name()
+            )));
+        }
+
+        self.compare_settings().await?;
+        self.copy_users().await?;
+
+        // NEW needs OLD's credentials to replicate from it.
+        if let Some(password) = source_credentials.password.as_deref() {
+            self.target()
+                .ok(&["CONFIG", "SET", "masterauth", password], CALL_TIMEOUT)
+                .await?;
+            if let Some(user) = source_credentials.user.as_deref() {
+                self.target()
+                    .ok(&["CONFIG", "SET", "masteruser", user], CALL_TIMEOUT)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports differences in the settings that replication does not carry; copies them on request.
+    async fn compare_settings(&mut self) -> Result<(), Abort> {
+        let mut differences = Vec::new();
+        for name in ["databases", "maxmemory-policy", "notify-keyspace-events"] {
+            let source = self.source().config_get(name, CALL_TIMEOUT).await?.unwrap_or_default();
+            let target = self.target().config_get(name, CALL_TIMEOUT).await?.unwrap_or_default();
+            if source == target {
+                continue;
+            }
+            let mut line = format!(
+                "{name}: {} has {source:?}, {} has {target:?}",
+                self.source_name(),
+                self.target_name()
+            );
+            if name == "databases" {
+                let (s, t): (u32, u32) = (source.parse().unwrap_or(16), target.parse().unwrap_or(16));
+                if t < s {
+                    return Err(Abort(format!(
+                        "{line}; NEW must have at least as many databases (a restart setting)"
+                    )));
+                }
+            } else if self.request.copy_config {
+                self.target()
+                    .ok(&["CONFIG", "SET", name, &source], CALL_TIMEOUT)
+                    .await?;
+                line.push_str(" (copied)");
+            }
+            differences.push(line);
+        }
+        if let Some(report) = self.handover.lock().current.as_mut() {
+            report.config_differences = differences;
+        }
+        Ok(())
+    }
+
+    /// Gives NEW the users and passwords OLD has, so clients authenticate the same way after the switch:
+    /// the ACL users on 6.0 and later, `requirepass` on 5.0.
+    async fn copy_users(&mut self) -> Result<(), Abort> {
+        if self.source_version >= (6, 0, 0) {
+            let Value::Array(lines) = self.source().ok(&["ACL", "LIST"], CALL_TIMEOUT).await? else {
+                return Ok(());
+            };
+            for line in lines.iter().filter_map(Value::as_bytes) {
+                let line = String::from_utf8_lossy(line);
+                let mut words = line.split(' ');
+                let (Some("user"), Some(name)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let rules: Vec<&str> = words.collect();
+                if name == "default" && rules.contains(&"nopass") && rules.contains(&"+@all") {
+                    continue; // the default user as every server has it
+                }
+                let mut args = vec!["ACL", "SETUSER", name, "reset"];
+                args.extend(rules);
+                self.target().ok(&args, CALL_TIMEOUT).await?;
+            }
+        } else if let Some(password) = self
+            .source()
+            .config_get("requirepass", CALL_TIMEOUT)
+            .await?
+            .filter(|p| !p.is_empty())
+        {
+            self.target()
+                .ok(&["CONFIG", "SET", "requirepass", &password], CALL_TIMEOUT)
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn replicates_from_source(&self, replication: &std::collections::HashMap<String, String>) -> bool {
+        let addr = self.handover.replication_addr(&self.source);
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            return false;
+        };
+        replication.get("role").map(String::as_str) == Some("slave")
+            && replication.get("master_port").map(String::as_str) == Some(port)
+            && replication
+                .get("master_host")
+                .is_some_and(|h| h == host || (is_loopback(h) && is_loopback(host)))
+    }
+
+    /// NEW replicates from OLD; the full sync's progress is followed until the link is up.
+    async fn sync(&mut self) -> Result<(), Abort> {
+        let addr = self.handover.replication_addr(&self.source);
+        let (host, port) = addr
+            .rsplit_once(':')
+            .ok_or_else(|| Abort(format!("bad replication address {addr}")))?;
+        let (host, port) = (host.to_string(), port.to_string());
+        self.target().ok(&["REPLICAOF", &host, &port], CALL_TIMEOUT).await?;
+        let deadline = self.started + Duration::from_secs(self.request.catchup_timeout_s);
+        loop {
+            self.cancelled()?;
+            let info = self
+                .target()
+                .info("replication", CALL_TIMEOUT)
+                .await
+                .map_err(|e| Abort(format!("{} failed during the full sync: {e}", self.target_name())))?;
+            let syncing = info.get("master_sync_in_progress").map(String::as_str) == Some("1");
+            let link_up = info.get("master_link_status").map(String::as_str) == Some("up");
+            {
+                let mut progress = self.handover.lock();
+                progress.sync_bytes_total = info.get("master_sync_total_bytes").and_then(|v| v.parse().ok());
+                progress.sync_bytes_read = info.get("master_sync_read_bytes").and_then(|v| v.parse().ok());
+                if link_up && !syncing {
+                    progress.sync_bytes_read = progress.sync_bytes_total.or(progress.sync_bytes_read);
+                }
+            }
+            if link_up && !syncing {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Abort(format!(
+                    "the full sync did not finish within catchup_timeout_s = {}",
+                    self.request.catchup_timeout_s
+                )));
+            }
+            tokio::time::sleep(SYNC_POLL).await;
+        }
+    }
+
+    /// Waits until NEW is within `max_lag_bytes` of OLD.
+    async fn catch_up(&mut self) -> Result<(), Abort> {
+        let deadline = self.started + Duration::from_secs(self.request.catchup_timeout_s);
+        loop {
+            self.cancelled()?;
+            let (source, target) = self.offsets(CALL_TIMEOUT).await?;
+            let lag = source - target;
+            self.handover.lock().lag_bytes = Some(lag);
+            metrics::gauge!("redis_handover_lag_bytes").set(lag as f64);
+            if lag <= self.request.max_lag_bytes as i64 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Abort(format!(
+                    "NEW did not catch up within catchup_timeout_s = {} (lag {lag} bytes, max_lag_bytes {})",
+                    self.request.catchup_timeout_s, self.request.max_lag_bytes
+                )));
+            }
+            tokio::time::sleep(CATCH_UP_POLL).await;
+        }
+    }
+
+    /// OLD's `master_repl_offset` and NEW's applied `slave_repl_offset`, each read fresh.
+    async fn offsets(&mut self, timeout: Duration) -> Result<(i64, i64), Abort> {
+        let source = self.source().info("replication", timeout).await?;
+        let target = self
+            .target()
+            .info("replication", timeout)
+            .await
+            .map_err(|e| Abort(format!("{} failed: {e}", self.target_name())))?;
+        if target.get("master_link_status").map(String::as_str) != Some("up") {
+            return Err(Abort(format!("{}'s replication link is down", self.target_name())));
+        }
+        Ok((
+            offset(&source, "master_repl_offset")?,
+            offset(&target, "slave_repl_offset")?,
+        ))
+    }
+
+    /// The pause: hold writes, let in-flight writes finish, pause and fence OLD, wait for NEW to apply OLD's
+    /// last offset, promote NEW, switch, move the sessions that cannot wait, release the writes.
+    async fn pause_and_switch(&mut self) -> Result<(), Abort> {
+        let budget = Duration::from_millis(self.request.max_pause_ms);
+        let fence_was = self
+            .source()
+            .config_get("min-replicas-to-write", CALL_TIMEOUT)
+            .await?
+            .unwrap_or_else(|| "0".into());
+        let gate = &self.handover.shared.gate;
+        let paused_at = Instant::now();
+        let deadline = paused_at + budget;
+        let old_generation = self.handover.shared.primary.generation();
+        gate.close();
+        self.pause.gate_closed = true;
+
+        while gate.writes_in_flight() > 0 {
+            self.cancelled()?;
+            if Instant::now() > deadline {
+                return Err(Abort(format!(
+                    "{} sessions still waited for write replies (or had a MULTI open) after max_pause_ms = {}",
+                    gate.writes_in_flight(),
+                    self.request.max_pause_ms
+                )));
+            }
+            tokio::time::sleep(PAUSE_POLL).await;
+        }
+
+        // Pause OLD for writers that bypass the proxy and fence it in one transaction: on Redis 5.0 CLIENT
+        // PAUSE stops every command of every client (there is no WRITE mode), so nothing can follow it.
+        let left = remaining(deadline);
+        let pause_ms = left.as_millis().max(1).to_string();
+        let modern = self.source_version >= (6, 2, 0);
+        let pause: Vec<&str> = if modern {
+            vec!["CLIENT", "PAUSE", &pause_ms, "WRITE"]
+        } else {
+            vec!["CLIENT", "PAUSE", &pause_ms]
+        };
+        let replies = self
+            .source()
+            .pipeline(
+                &[
+                    &["MULTI"],
+                    &["CONFIG", "SET", "min-replicas-to-write", "1"],
+                    &pause,
+                    &["INFO", "replication"],
+                    &["EXEC"],
+                ],
+                left.max(Duration::from_millis(50)),
+            )
+            .await?;
+        self.pause.fence_was = Some(fence_was);
+        self.pause.pause_expires = Some(Instant::now() + left);
+        let Some(Value::Array(results)) = replies.last() else {
+            return Err(Abort(format!(
+                "{} refused to pause: {:?}",
+                self.source_name(),
+                replies.last()
+            )));
+        };
+        if let Some(error) = results.iter().find(|r| r.is_error()) {
+            return Err(Abort(format!("{} refused to pause: {error:?}", self.source_name())));
+        }
+        self.pause.source_paused = true;
+        let mut source_offset = offset(
+            &parse_info(results[2].as_bytes().unwrap_or_default()),
+            "master_repl_offset",
+        )?;
+
+        // Wait until NEW has applied everything OLD has. OLD's offset can still move (a replication PING every
+        // repl-ping-replica-period), so it is read again each time where OLD answers during the pause.
+        loop {
+            self.cancelled()?;
+            let left = remaining(deadline);
+            if left.is_zero() {
+                return Err(Abort(format!(
+                    "NEW did not reach OLD's replication offset {source_offset} within max_pause_ms = {}",
+                    self.request.max_pause_ms
+                )));
+            }
+            let target = self
+                .target()
+                .info("replication", left)
+                .await
+                .map_err(|e| Abort(format!("{} failed during the pause: {e}", self.target_name())))?;
+            let target_offset = offset(&target, "slave_repl_offset")?;
+            if modern {
+                source_offset = offset(&self.source().info("replication", left).await?, "master_repl_offset")?;
+            }
+            self.handover.lock().lag_bytes = Some(source_offset - target_offset);
+            if target_offset >= source_offset {
+                break;
+            }
+            tokio::time::sleep(PAUSE_POLL).await;
+        }
+
+        // Promote NEW and confirm it.
+        let left = remaining(deadline).max(Duration::from_millis(50));
+        self.target().ok(&["REPLICAOF", "NO", "ONE"], left).await?;
+        let role = self.target().ok(&["ROLE"], left).await?;
+        let is_master =
+            matches!(&role, Value::Array(items) if items.first().and_then(Value::as_bytes) == Some(b"master"));
+        if !is_master {
+            return Err(Abort(format!(
+                "{} did not become a master: ROLE answered {role:?}",
+                self.target_name()
+            )));
+        }
+
+        // The point of no return: from here on, failures are warnings.
+        self.handover.lock().promoted = true;
+        let shared = self.handover.shared.clone();
+        let primary = shared.primary.switch_to(self.target.clone());
+        shared.gate.notify();
+        tracing::info!(primary = %primary.server.addr, generation = primary.generation, "primary switched");
+        *self.handover.fenced.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.source.side);
+
+        // Blocked calls on OLD end as if timed out; their sessions issue them again on NEW.
+        for id in shared.moves.blocked_on(old_generation) {
+            let wait = remaining(deadline).max(Duration::from_millis(200));
+            if let Err(error) = self
+                .source()
+                .call(&["CLIENT", "UNBLOCK", &id.to_string(), "TIMEOUT"], wait)
+                .await
+            {
+                self.warn(format!(
+                    "could not end blocked call of backend client {id} on {}: {error}",
+                    self.source_name()
+                ));
+            }
+        }
+        // NEW's script cache starts empty (REDIS-FACTS.md, "Scripts"): load what clients used.
+        for body in shared.scripts.all() {
+            let body = String::from_utf8_lossy(&body).into_owned();
+            if let Err(error) = self.target().ok(&["SCRIPT", "LOAD", &body], CALL_TIMEOUT).await {
+                self.warn(format!("could not load a script on NEW: {error}"));
+            }
+        }
+        // Subscribers, tracking users and blocked calls settle on NEW before any write reaches it.
+        let settle_by = deadline.max(Instant::now() + Duration::from_millis(200));
+        while shared.moves.unsettled(primary.generation) > 0 && Instant::now() < settle_by {
+            tokio::time::sleep(PAUSE_POLL).await;
+        }
+        let unsettled = shared.moves.unsettled(primary.generation);
+        if unsettled > 0 {
+            self.warn(format!(
+                "{unsettled} sessions with subscriptions or blocked calls had not moved when writes resumed"
+            ));
+        }
+
+        shared.gate.open();
+        self.pause.gate_closed = false;
+        let pause = paused_at.elapsed();
+        let held = shared.gate.held_total();
+        metrics::histogram!("redis_handover_pause_seconds").record(pause.as_secs_f64());
+        tracing::info!(
+            pause_ms = pause.as_secs_f64() * 1000.0,
+            writes_held = held,
+            "writes released to NEW"
+        );
+        if let Some(report) = self.handover.lock().current.as_mut() {
+            report.pause_ms = Some(pause.as_secs_f64() * 1000.0);
+            report.writes_held = held;
+        }
+
+        if modern && let Err(error) = self.source().call(&["CLIENT", "UNPAUSE"], CALL_TIMEOUT).await {
+            self.warn(format!("could not unpause {}: {error}", self.source_name()));
+        }
+        self.handover.lock().fence = Some(format!(
+            "min-replicas-to-write 1 on the former primary {}: it has no replica, so writes sent to it directly \
+             get NOREPLICAS; its data is left as it was",
+            self.source.addr
+        ));
+        Ok(())
+    }
+
+    /// Undoes the pause after an abort: OLD unpaused and unfenced, then the held writes go to OLD.
+    async fn undo(&mut self) {
+        if self.pause.source_paused
+            && self.source_version >= (6, 2, 0)
+            && let Err(error) = self.source().call(&["CLIENT", "UNPAUSE"], CALL_TIMEOUT).await
+        {
+            self.warn(format!("could not unpause {}: {error}", self.source_name()));
+        }
+        if let Some(was) = self.pause.fence_was.take() {
+            // On 5.0 this waits for OLD's pause to end by itself.
+            let wait = self.pause.pause_expires.map_or(Duration::ZERO, remaining) + CALL_TIMEOUT;
+            if let Err(error) = self
+                .source()
+                .call(&["CONFIG", "SET", "min-replicas-to-write", &was], wait)
+                .await
+            {
+                self.warn(format!(
+                    "could not restore min-replicas-to-write on {}: {error}",
+                    self.source_name()
+                ));
+            }
+        }
+        if self.pause.gate_closed {
+            let gate = &self.handover.shared.gate;
+            if let Some(report) = self.handover.lock().current.as_mut() {
+                report.writes_held = gate.held_total();
+            }
+            gate.open();
+            self.pause.gate_closed = false;
+        }
+    }
+}
+
+fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+fn offset(info: &std::collections::HashMap<String, String>, key: &str) -> Result<i64, Abort> {
+    info.get(key)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| Abort(format!("INFO replication has no {key}")))
+}
+
+/// The key count in an INFO keyspace line such as `keys=12,expires=0,avg_ttl=0`.
+fn keys_in(line: &str) -> Option<u64> {
+    line.split(',')
+        .find_map(|part| part.strip_prefix("keys="))
+        .and_then(|n| n.parse().ok())
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.starts_with("127.") || host == "::1"
+}
