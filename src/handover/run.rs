@@ -18,6 +18,10 @@ const SYNC_POLL: Duration = Duration::from_millis(100);
 const CATCH_UP_POLL: Duration = Duration::from_millis(20);
 /// How often the pause looks again at in-flight writes and NEW's offset.
 const PAUSE_POLL: Duration = Duration::from_millis(1);
+/// How long each CLIENT PAUSE on a Redis 5.0 OLD lasts; it is renewed while the handover waits.
+const PAUSE_SLICE_5_0: Duration = Duration::from_millis(50);
+/// The least a 5.0 pause slice must have left for the promotion to start within it.
+const SLICE_MARGIN: Duration = Duration::from_millis(10);
 
 /// Why a handover stopped before the promotion.
 #[derive(Debug)]
@@ -451,49 +455,13 @@ impl Run {
             tokio::time::sleep(PAUSE_POLL).await;
         }
 
-        // Pause OLD for writers that bypass the proxy and fence it in one transaction: on Redis 5.0 CLIENT
-        // PAUSE stops every command of every client (there is no WRITE mode), so nothing can follow it.
-        let left = remaining(deadline);
-        let pause_ms = left.as_millis().max(1).to_string();
         let modern = self.source_version >= (6, 2, 0);
-        let pause: Vec<&str> = if modern {
-            vec!["CLIENT", "PAUSE", &pause_ms, "WRITE"]
-        } else {
-            vec!["CLIENT", "PAUSE", &pause_ms]
-        };
-        let replies = self
-            .source()
-            .pipeline(
-                &[
-                    &["MULTI"],
-                    &["CONFIG", "SET", "min-replicas-to-write", "1"],
-                    &pause,
-                    &["INFO", "replication"],
-                    &["EXEC"],
-                ],
-                left.max(Duration::from_millis(50)),
-            )
-            .await?;
+        let mut source_offset = self.pause_source(deadline, modern).await?;
         self.pause.fence_was = Some(fence_was);
-        self.pause.pause_expires = Some(Instant::now() + left);
-        let Some(Value::Array(results)) = replies.last() else {
-            return Err(Abort(format!(
-                "{} refused to pause: {:?}",
-                self.source_name(),
-                replies.last()
-            )));
-        };
-        if let Some(error) = results.iter().find(|r| r.is_error()) {
-            return Err(Abort(format!("{} refused to pause: {error:?}", self.source_name())));
-        }
-        self.pause.source_paused = true;
-        let mut source_offset = offset(
-            &parse_info(results[2].as_bytes().unwrap_or_default()),
-            "master_repl_offset",
-        )?;
 
         // Wait until NEW has applied everything OLD has. OLD's offset can still move (a replication PING every
-        // repl-ping-replica-period), so it is read again each time where OLD answers during the pause.
+        // repl-ping-replica-period), so it is read again each time where OLD answers during the pause. On 5.0
+        // OLD's pause is renewed in slices, and NEW is promoted only while a slice still has time left.
         loop {
             self.cancelled()?;
             let left = remaining(deadline);
@@ -502,6 +470,9 @@ impl Run {
                     "NEW did not reach OLD's replication offset {source_offset} within max_pause_ms = {}",
                     self.request.max_pause_ms
                 )));
+            }
+            if !modern && self.pause.pause_expires.is_none_or(|end| remaining(end) < SLICE_MARGIN) {
+                source_offset = self.pause_source(deadline, modern).await?;
             }
             let target = self
                 .target()
@@ -513,7 +484,12 @@ impl Run {
                 source_offset = offset(&self.source().info("replication", left).await?, "master_repl_offset")?;
             }
             self.handover.lock().lag_bytes = Some(source_offset - target_offset);
-            if target_offset >= source_offset {
+            let slice_left = modern
+                || self
+                    .pause
+                    .pause_expires
+                    .is_some_and(|end| remaining(end) >= SLICE_MARGIN);
+            if target_offset >= source_offset && slice_left {
                 break;
             }
             tokio::time::sleep(PAUSE_POLL).await;
@@ -597,6 +573,46 @@ impl Run {
             self.source.addr
         ));
         Ok(())
+    }
+
+    /// Pauses OLD for writers that bypass the proxy and fences it, in one transaction that also reads OLD's
+    /// replication offset: on Redis 5.0 CLIENT PAUSE stops every command of every client (there is no WRITE
+    /// mode, and no UNPAUSE), so nothing can follow it, and it is given a short slice instead of the budget.
+    async fn pause_source(&mut self, deadline: Instant, modern: bool) -> Result<i64, Abort> {
+        let left = remaining(deadline);
+        let length = if modern { left } else { left.min(PAUSE_SLICE_5_0) };
+        let length_ms = length.as_millis().max(1).to_string();
+        let pause: Vec<&str> = if modern {
+            vec!["CLIENT", "PAUSE", &length_ms, "WRITE"]
+        } else {
+            vec!["CLIENT", "PAUSE", &length_ms]
+        };
+        let commands: [&[&str]; 5] = [
+            &["MULTI"],
+            &["CONFIG", "SET", "min-replicas-to-write", "1"],
+            &pause,
+            &["INFO", "replication"],
+            &["EXEC"],
+        ];
+        // On 5.0 a renewal waits for the slice before it to end.
+        let wait = left.max(Duration::from_millis(50)) + self.pause.pause_expires.map_or(Duration::ZERO, remaining);
+        let replies = self.source().pipeline(&commands, wait).await?;
+        let Some(Value::Array(results)) = replies.last() else {
+            return Err(Abort(format!(
+                "{} refused to pause: {:?}",
+                self.source_name(),
+                replies.last()
+            )));
+        };
+        if let Some(error) = results.iter().find(|r| r.is_error()) {
+            return Err(Abort(format!("{} refused to pause: {error:?}", self.source_name())));
+        }
+        self.pause.source_paused = true;
+        self.pause.pause_expires = Some(Instant::now() + length);
+        offset(
+            &parse_info(results[2].as_bytes().unwrap_or_default()),
+            "master_repl_offset",
+        )
     }
 
     /// Undoes the pause after an abort: OLD unpaused and unfenced, then the held writes go to OLD.

@@ -483,3 +483,162 @@ pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> 
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+impl Proxy {
+    fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// `GET /status` on the admin port.
+    pub fn status(&self) -> serde_json::Value {
+        ureq::get(&self.admin_url("/status"))
+            .call()
+            .expect("GET /status")
+            .body_mut()
+            .read_json()
+            .unwrap()
+    }
+
+    /// `POST path` with a JSON body; the HTTP status and the JSON answer.
+    pub fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let mut response = agent
+            .post(&self.admin_url(path))
+            .send_json(body)
+            .expect("POST to the admin port");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.body_mut().read_json().unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// Starts a handover with `options` and waits until it ends; the report of the finished handover.
+    pub fn handover(&self, options: serde_json::Value) -> serde_json::Value {
+        let (status, answer) = self.post("/handover", options);
+        assert_eq!(status, 202, "POST /handover refused: {answer}");
+        self.wait_for_handover_end(Duration::from_secs(60))
+    }
+
+    /// Waits until no handover runs, then returns the last one's report.
+    pub fn wait_for_handover_end(&self, timeout: Duration) -> serde_json::Value {
+        let mut status = self.status();
+        wait_until("the handover to end", timeout, || {
+            status = self.status();
+            status["handover"].is_null() && !status["last_handover"].is_null()
+        });
+        status["last_handover"].clone()
+    }
+
+    /// Waits until the running handover reaches `phase`.
+    pub fn wait_for_phase(&self, phase: &str, timeout: Duration) {
+        wait_until(&format!("phase {phase}"), timeout, || self.status()["phase"] == phase);
+    }
+}
+
+/// The servers and the proxy of a handover test: OLD is primary at start, NEW empty.
+pub struct Harness {
+    pub old: RedisServer,
+    pub new: RedisServer,
+    pub proxy: Proxy,
+}
+
+impl Harness {
+    /// OLD of `old` version and NEW of `new` version, with the proxy in front.
+    pub fn start(old: Version, new: Version) -> Harness {
+        Harness::start_with(old, &[], new, &[], |_| {})
+    }
+
+    /// The same with extra Redis arguments for each server and proxy settings.
+    pub fn start_with(
+        old: Version,
+        old_args: &[&str],
+        new: Version,
+        new_args: &[&str],
+        configure: impl FnOnce(&mut redis_handover::config::Config),
+    ) -> Harness {
+        let old = RedisServer::start(old, old_args);
+        let new = RedisServer::start(new, new_args);
+        let proxy = Proxy::start(old.addr(), Some(new.addr()), configure);
+        Harness { old, new, proxy }
+    }
+}
+
+/// A TCP relay that delays every chunk by a fixed time: a slow network link between two real servers, for
+/// faults a real server cannot be made to show by itself. It stops when dropped.
+pub struct SlowLink {
+    pub addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SlowLink {
+    pub fn start(upstream: SocketAddr, delay: Duration) -> SlowLink {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        std::thread::spawn(move || {
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((down, _)) => {
+                        down.set_nonblocking(false).unwrap();
+                        let Ok(up) = TcpStream::connect(upstream) else { continue };
+                        for (from, to) in [(down.try_clone().unwrap(), up.try_clone().unwrap()), (up, down)] {
+                            pump_with_delay(from, to, delay, stopping.clone());
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        SlowLink { addr, stop }
+    }
+}
+
+impl Drop for SlowLink {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Copies `from` to `to`, each chunk `delay` after it was read; ends when either side closes or on stop.
+fn pump_with_delay(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    delay: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    let reader_stop = stop.clone();
+    std::thread::spawn(move || {
+        from.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        while !reader_stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        while let Ok((read_at, chunk)) = rx.recv() {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            if let Some(wait) = (read_at + delay).checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            if to.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    });
+}

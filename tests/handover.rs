@@ -1,0 +1,441 @@
+//! Live handover from OLD to NEW through the proxy, on real servers: under load no client sees an error or a
+//! reconnect and no acknowledged write is lost; every kind of session state is carried over; failures before the
+//! promotion abort with OLD still primary and nothing lost.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{Client, Harness, Reply, SlowLink, Version};
+
+/// What one writer connection saw: the writes acknowledged to it, in order.
+struct WriterLog {
+    id: usize,
+    /// Sequence numbers of the `SET w:<id>:<seq> <seq>` that were answered OK.
+    acked_sets: u64,
+    /// INCRs of `c:<id>` answered with the expected next value.
+    acked_incrs: u64,
+    /// The longest time a pipeline waited for its replies.
+    longest_wait: Duration,
+}
+
+/// Writer connections through the proxy, each sending pipelines of SETs and INCRs until stopped. Any error
+/// reply, wrong reply or closed connection fails the test (a client must not notice the handover).
+struct Writers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<WriterLog>>,
+}
+
+impl Writers {
+    fn start(addr: std::net::SocketAddr, connections: usize, pipeline: u64) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..connections)
+            .map(|id| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut client = Client::connect(addr);
+                    let mut log = WriterLog {
+                        id,
+                        acked_sets: 0,
+                        acked_incrs: 0,
+                        longest_wait: Duration::ZERO,
+                    };
+                    while !stop.load(Ordering::Relaxed) {
+                        let mut batch = Vec::new();
+                        for j in 0..pipeline {
+                            let seq = (log.acked_sets + j).to_string();
+                            batch.extend(support::encode(&["SET", &format!("w:{id}:{seq}"), &seq]));
+                            batch.extend(support::encode(&["INCR", &format!("c:{id}")]));
+                        }
+                        let sent = Instant::now();
+                        client.write_raw(&batch);
+                        for _ in 0..pipeline {
+                            assert_eq!(client.read(), Reply::ok(), "writer {id}: SET {}", log.acked_sets);
+                            log.acked_sets += 1;
+                            assert_eq!(
+                                client.read(),
+                                Reply::Int(log.acked_incrs as i64 + 1),
+                                "writer {id}: INCR"
+                            );
+                            log.acked_incrs += 1;
+                        }
+                        log.longest_wait = log.longest_wait.max(sent.elapsed());
+                    }
+                    log
+                })
+            })
+            .collect();
+        Writers { stop, threads }
+    }
+
+    fn stop(self) -> Vec<WriterLog> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|t| t.join().expect("a writer saw an error or lost its connection"))
+            .collect()
+    }
+}
+
+/// Every acknowledged write of every writer is on `server`: each SET key with its value, each counter equal
+/// to the INCRs acknowledged.
+fn assert_all_acknowledged_writes_on(server: &support::RedisServer, logs: &[WriterLog]) -> u64 {
+    let mut direct = server.direct();
+    let mut checked = 0;
+    for log in logs {
+        let keys: Vec<String> = (0..log.acked_sets).map(|seq| format!("w:{}:{seq}", log.id)).collect();
+        for chunk in keys.chunks(1000) {
+            let mut args = vec!["MGET".to_string()];
+            args.extend(chunk.iter().cloned());
+            let values = direct.cmd(&args);
+            for (key, value) in chunk.iter().zip(values.items()) {
+                let seq = key.rsplit(':').next().unwrap();
+                assert_eq!(
+                    value,
+                    &Reply::bulk(seq),
+                    "{key} acknowledged but missing on {:?}",
+                    server.version
+                );
+            }
+        }
+        let counter = direct.cmd(&["GET", &format!("c:{}", log.id)]);
+        assert_eq!(
+            counter,
+            Reply::bulk(log.acked_incrs.to_string()),
+            "counter c:{}",
+            log.id
+        );
+        checked += log.acked_sets + log.acked_incrs;
+    }
+    checked
+}
+
+fn handover_under_load(old: Version) {
+    let h = Harness::start(old, Version::V7_0);
+    let mut seed = h.proxy.client();
+    for i in 0..2000 {
+        seed.send(&["SET", &format!("seed:{i}"), "x"]);
+    }
+    for _ in 0..2000 {
+        assert_eq!(seed.read(), Reply::ok());
+    }
+    let clients_before = h.proxy.status()["clients"].as_u64().unwrap();
+    let writers = Writers::start(h.proxy.addr, 20, 8);
+    std::thread::sleep(Duration::from_millis(300));
+    let report = h.proxy.handover(json!({ "max_pause_ms": 3000 }));
+    std::thread::sleep(Duration::from_millis(300));
+    let status = h.proxy.status();
+    let logs = writers.stop();
+    assert_eq!(report["outcome"], "switched", "{report:#}");
+    assert_eq!(status["primary"]["side"], "new");
+    assert_eq!(status["primary"]["version"], "7.0.15");
+    assert_eq!(
+        status["clients"].as_u64().unwrap(),
+        clients_before + 20,
+        "no client reconnected"
+    );
+    let checked = assert_all_acknowledged_writes_on(&h.new, &logs);
+    let longest = logs.iter().map(|l| l.longest_wait).max().unwrap();
+    println!(
+        "OLD {} -> NEW 7.0: pause {:.1} ms, writes held {}, longest client wait {:.1} ms, {checked} acknowledged writes checked on NEW",
+        old.name(),
+        report["pause_ms"].as_f64().unwrap(),
+        report["writes_held"],
+        longest.as_secs_f64() * 1000.0
+    );
+    // Writes after the switch land on NEW, and OLD is fenced against stray writers.
+    assert!(h.old.direct().run("SET stray 1").text().starts_with("NOREPLICAS"));
+    assert_eq!(h.proxy.client().run("SET after switch"), Reply::ok());
+    assert_eq!(h.new.direct().run("GET after"), Reply::bulk("switch"));
+}
+
+#[test]
+fn handover_6_2_to_7_0_under_load_loses_nothing() {
+    handover_under_load(Version::V6_2);
+}
+
+#[test]
+fn handover_5_0_to_7_0_under_load_loses_nothing() {
+    handover_under_load(Version::V5_0);
+}
+
+#[test]
+fn session_state_is_carried_over() {
+    for old in [Version::V5_0, Version::V6_2] {
+        let h = Harness::start(old, Version::V7_0);
+        let mut db3 = h.proxy.client();
+        assert_eq!(db3.run("SELECT 3"), Reply::ok());
+        assert_eq!(db3.run("SET k in-db-3"), Reply::ok());
+        let mut named = h.proxy.client();
+        assert_eq!(named.run("CLIENT SETNAME worker-7"), Reply::ok());
+        let mut script = h.proxy.client();
+        let sha = script
+            .cmd(&["SCRIPT", "LOAD", "return redis.call('INCR', KEYS[1])"])
+            .text();
+        let mut evaluated = h.proxy.client();
+        assert_eq!(evaluated.cmd(&["EVAL", "return ARGV[1]", "0", "hi"]), Reply::bulk("hi"));
+        let mut watcher = h.proxy.client();
+        assert_eq!(watcher.run("WATCH guarded"), Reply::ok());
+        let mut waiter = h.proxy.client();
+        waiter.send(&["BLPOP", "jobs", "0"]);
+        let mut timed = h.proxy.client();
+        timed.send(&["BLPOP", "never", "3"]);
+        let mut transaction = h.proxy.client();
+        assert_eq!(transaction.run("MULTI"), Reply::ok());
+        assert_eq!(transaction.run("INCR in-tx"), Reply::Status("QUEUED".into()));
+        std::thread::sleep(Duration::from_millis(100));
+
+        // The open MULTI holds the pause until its EXEC, which then runs on OLD.
+        let (status, answer) = h.proxy.post("/handover", json!({ "max_pause_ms": 5000 }));
+        assert_eq!(status, 202, "{answer}");
+        h.proxy.wait_for_phase("paused", Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(100));
+        let blocked_at = Instant::now();
+        assert_eq!(transaction.run("EXEC"), Reply::Array(vec![Reply::Int(1)]));
+        let report = h.proxy.wait_for_handover_end(Duration::from_secs(30));
+        assert_eq!(report["outcome"], "switched", "{report:#}");
+        let on_new = |c: &mut Client| c.run("INFO server").text().contains("redis_version:7.0.15");
+
+        assert!(
+            on_new(&mut db3) && db3.run("GET k") == Reply::bulk("in-db-3"),
+            "{old:?}: SELECT 3 carried over"
+        );
+        assert_eq!(named.run("CLIENT GETNAME"), Reply::bulk("worker-7"));
+        assert!(on_new(&mut named));
+        assert_eq!(
+            script.cmd(&["EVALSHA", &sha, "1", "n"]),
+            Reply::Int(1),
+            "{old:?}: EVALSHA after the switch"
+        );
+        let eval_sha = sha1_smol::Sha1::from("return ARGV[1]").digest().to_string();
+        let direct_sha = h.new.direct().cmd(&["SCRIPT", "EXISTS", &eval_sha]);
+        assert_eq!(
+            direct_sha,
+            Reply::Array(vec![Reply::Int(1)]),
+            "the EVAL body was loaded on NEW"
+        );
+        // WATCH spanned the switch: the transaction aborts (null), and the retry runs.
+        assert_eq!(watcher.run("MULTI"), Reply::ok());
+        assert_eq!(watcher.run("INCR guarded"), Reply::Status("QUEUED".into()));
+        assert_eq!(
+            watcher.run("EXEC"),
+            Reply::Nil,
+            "{old:?}: EXEC after a WATCH that spanned the switch"
+        );
+        assert_eq!(watcher.run("WATCH guarded"), Reply::ok());
+        assert_eq!(watcher.run("MULTI"), Reply::ok());
+        assert_eq!(watcher.run("INCR guarded"), Reply::Status("QUEUED".into()));
+        assert_eq!(watcher.run("EXEC"), Reply::Array(vec![Reply::Int(1)]));
+        // The blocked call waited through the switch and is served by a push on NEW.
+        assert_eq!(h.proxy.client().run("RPUSH jobs j1"), Reply::Int(1));
+        assert_eq!(
+            waiter.read(),
+            Reply::Array(vec![Reply::bulk("jobs"), Reply::bulk("j1")]),
+            "{old:?}"
+        );
+        assert!(on_new(&mut waiter));
+        // A timed blocking call keeps its deadline across the switch.
+        assert_eq!(timed.read(), Reply::Nil);
+        let waited = blocked_at.elapsed();
+        assert!(
+            waited < Duration::from_millis(3500),
+            "BLPOP 3 ran {waited:?} after being moved"
+        );
+        assert_eq!(h.new.direct().run("GET in-tx"), Reply::bulk("1"));
+    }
+}
+
+#[test]
+fn acl_user_and_resp3_sessions_are_carried_over() {
+    let h = Harness::start(Version::V6_2, Version::V7_0);
+    assert_eq!(
+        h.old.direct().run("ACL SETUSER alice on >wonderland ~app:* +@all"),
+        Reply::ok()
+    );
+    let mut alice = h.proxy.client();
+    assert_eq!(alice.run("AUTH alice wonderland"), Reply::ok());
+    let mut resp3 = h.proxy.client();
+    resp3.protocol = 3;
+    assert!(matches!(resp3.run("HELLO 3"), Reply::Map(_)));
+    assert_eq!(resp3.run("HSET app:h f v"), Reply::Int(1));
+    let report = h.proxy.handover(json!({}));
+    assert_eq!(report["outcome"], "switched", "{report:#}");
+    assert_eq!(alice.run("ACL WHOAMI"), Reply::bulk("alice"));
+    assert!(
+        alice.run("SET other v").text().starts_with("NOPERM"),
+        "the user's rules came along"
+    );
+    assert_eq!(alice.run("SET app:x v"), Reply::ok());
+    assert!(alice.run("INFO server").text().contains("redis_version:7.0.15"));
+    let map = resp3.run("HGETALL app:h");
+    assert_eq!(
+        map,
+        Reply::Map(vec![(Reply::bulk("f"), Reply::bulk("v"))]),
+        "still RESP3 on NEW"
+    );
+}
+
+#[test]
+fn a_subscriber_receives_every_message_before_during_and_after_the_switch() {
+    for old in [Version::V5_0, Version::V6_2] {
+        let h = Harness::start(old, Version::V7_0);
+        let mut subscriber = h.proxy.client();
+        subscriber.send(&["SUBSCRIBE", "events"]);
+        assert_eq!(subscriber.read().items()[0], Reply::bulk("subscribe"));
+        let stop = Arc::new(AtomicBool::new(false));
+        let publisher = {
+            let (stop, addr) = (stop.clone(), h.proxy.addr);
+            std::thread::spawn(move || {
+                let mut client = Client::connect(addr);
+                let mut sent = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    assert_eq!(
+                        client.cmd(&["PUBLISH", "events", &sent.to_string()]),
+                        Reply::Int(1),
+                        "message {sent}"
+                    );
+                    sent += 1;
+                }
+                sent
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        let report = h.proxy.handover(json!({}));
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, Ordering::Relaxed);
+        let sent = publisher.join().unwrap();
+        assert_eq!(report["outcome"], "switched", "{report:#}");
+        for expected in 0..sent {
+            let message = subscriber.read();
+            assert_eq!(
+                message.items()[2],
+                Reply::bulk(expected.to_string()),
+                "{old:?}: message {expected} of {sent}"
+            );
+        }
+        assert!(
+            subscriber.read_within(Duration::from_millis(200)).is_none(),
+            "no duplicate messages"
+        );
+        assert_eq!(
+            subscriber.run("PING"),
+            Reply::Array(vec![Reply::bulk("pong"), Reply::bulk("")])
+        );
+    }
+}
+
+#[test]
+fn unreachable_new_aborts_in_preflight_and_old_stays_primary() {
+    let old = support::RedisServer::start(Version::V6_2, &[]);
+    let nowhere = std::net::SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let proxy = support::Proxy::start(old.addr(), Some(nowhere), |_| {});
+    let mut c = proxy.client();
+    assert_eq!(c.run("SET before 1"), Reply::ok());
+    let report = proxy.handover(json!({}));
+    assert_eq!(report["outcome"], "aborted");
+    assert!(report["reason"].as_str().unwrap().contains("unreachable"), "{report:#}");
+    assert_eq!(proxy.status()["primary"]["side"], "old");
+    assert_eq!(c.run("SET after 2"), Reply::ok());
+    assert_eq!(old.direct().run("GET after"), Reply::bulk("2"));
+}
+
+/// OLD delays the start of the full sync (diskless sync after a delay), which holds the handover in `syncing`.
+const SLOW_SYNC: [&str; 4] = ["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "3"];
+
+#[test]
+fn new_killed_during_the_full_sync_aborts_and_nothing_is_lost() {
+    let mut h = Harness::start_with(Version::V6_2, &SLOW_SYNC, Version::V7_0, &[], |_| {});
+    let writers = Writers::start(h.proxy.addr, 4, 4);
+    let (status, _) = h.proxy.post("/handover", json!({}));
+    assert_eq!(status, 202);
+    h.proxy.wait_for_phase("syncing", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    h.new.kill();
+    let report = h.proxy.wait_for_handover_end(Duration::from_secs(30));
+    let logs = writers.stop();
+    assert_eq!(report["outcome"], "aborted", "{report:#}");
+    assert!(report["reason"].as_str().unwrap().contains("full sync"), "{report:#}");
+    assert_eq!(h.proxy.status()["primary"]["side"], "old");
+    assert_all_acknowledged_writes_on(&h.old, &logs);
+    assert_eq!(h.proxy.client().run("SET still writable"), Reply::ok());
+}
+
+#[test]
+fn catch_up_timeout_aborts() {
+    let h = Harness::start_with(Version::V6_2, &SLOW_SYNC, Version::V7_0, &[], |_| {});
+    let report = h.proxy.handover(json!({ "catchup_timeout_s": 1 }));
+    assert_eq!(report["outcome"], "aborted", "{report:#}");
+    assert!(
+        report["reason"].as_str().unwrap().contains("catchup_timeout_s = 1"),
+        "{report:#}"
+    );
+    assert_eq!(h.proxy.status()["primary"]["side"], "old");
+    assert_eq!(h.proxy.client().run("SET k v"), Reply::ok());
+}
+
+#[test]
+fn exceeding_the_pause_budget_aborts_and_held_writes_go_to_old() {
+    // NEW replicates through a link that delays every byte by 300 ms; the pause budget is 50 ms.
+    let old = support::RedisServer::start(Version::V6_2, &[]);
+    let new = support::RedisServer::start(Version::V7_0, &[]);
+    let slow = SlowLink::start(old.addr(), Duration::from_millis(300));
+    let proxy = support::Proxy::start(old.addr(), Some(new.addr()), |c| {
+        c.old_replication_addr = Some(slow.addr.to_string());
+    });
+    let writers = Writers::start(proxy.addr, 4, 4);
+    let report = proxy.handover(json!({ "max_pause_ms": 50 }));
+    std::thread::sleep(Duration::from_millis(200));
+    let logs = writers.stop();
+    assert_eq!(report["outcome"], "aborted", "{report:#}");
+    assert!(
+        report["reason"].as_str().unwrap().contains("max_pause_ms = 50"),
+        "{report:#}"
+    );
+    assert_eq!(proxy.status()["primary"]["side"], "old");
+    assert_all_acknowledged_writes_on(&old, &logs);
+    assert_eq!(
+        old.direct().run("SET direct ok"),
+        Reply::ok(),
+        "OLD is unpaused and unfenced"
+    );
+}
+
+#[test]
+fn a_second_handover_is_refused_while_one_runs_and_abort_stops_it() {
+    let h = Harness::start_with(Version::V6_2, &SLOW_SYNC, Version::V7_0, &[], |_| {});
+    let (status, _) = h.proxy.post("/handover", json!({}));
+    assert_eq!(status, 202);
+    let (status, answer) = h.proxy.post("/handover", json!({}));
+    assert_eq!(status, 409);
+    assert!(
+        answer["error"].as_str().unwrap().contains("already running"),
+        "{answer}"
+    );
+    let (status, _) = h.proxy.post("/handover/abort", json!({}));
+    assert_eq!(status, 202);
+    let report = h.proxy.wait_for_handover_end(Duration::from_secs(30));
+    assert_eq!(report["outcome"], "aborted");
+    assert_eq!(report["reason"], "aborted by the operator");
+    let (status, _) = h.proxy.post("/handover/abort", json!({}));
+    assert_eq!(status, 409, "nothing to abort any more");
+    assert_eq!(h.proxy.client().run("SET k v"), Reply::ok());
+}
+
+#[test]
+fn after_a_switch_a_handover_back_to_an_older_version_is_refused() {
+    let h = Harness::start(Version::V6_2, Version::V7_0);
+    assert_eq!(h.proxy.handover(json!({}))["outcome"], "switched");
+    let back = h.proxy.handover(json!({}));
+    assert_eq!(back["outcome"], "aborted");
+    let reason = back["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("6.2.14") && reason.contains("7.0.15") && reason.contains("older"),
+        "{reason}"
+    );
+    assert_eq!(h.proxy.status()["primary"]["side"], "new");
+    assert_eq!(h.proxy.status()["servers"]["old"]["role"], "standby");
+}
