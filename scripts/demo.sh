@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The main job: starts OLD (Redis 6.2) and NEW (Redis 7.0) on free local ports with redis-handover in front,
-# loads data, puts load through the proxy and straight at OLD, and prints a report. Stops everything it
-# started when it ends, also on Ctrl-C.
+# loads data, measures throughput, performs a live handover while 20 clients write through the proxy, and
+# prints a report (timeline, pause, longest client wait, errors, keys on each side). Stops everything it
+# started when it ends, also on Ctrl-C. Exits non-zero if the handover did not switch or a client saw an error.
 # Usage: scripts/demo.sh [--quick]      (--quick: smaller load, for CI)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
 requests=200000
+during=1500000
 keys=100000
 if [ "${1:-}" = "--quick" ]; then
   requests=20000
@@ -58,25 +60,60 @@ wait_port "$proxy_port"
 echo "== loading $keys keys through the proxy"
 redis-benchmark -p "$proxy_port" -t set -n "$keys" -r "$keys" -P 16 -q >/dev/null
 
-bench() { # port label
+bench() { # port label pipeline
   redis-benchmark -p "$1" -t set,get -n "$requests" -c 50 -P "$3" --csv -e 2>&1 |
     awk -F'"' -v label="$2" -v p="$3" '/^"(SET|GET)"/ { printf "   %-8s %-4s -P %-3s %12.0f req/s   p50 %s ms   p99 %s ms\n", label, $2, p, $4, $10, $14 }
       /ERR|Error/ { errors++ } END { exit errors > 0 }'
 }
-echo "== load: redis-benchmark, 50 clients, SET and GET, straight at OLD and through the proxy"
+echo "== throughput before the handover: redis-benchmark, 50 clients, SET and GET, straight at OLD and through the proxy"
 for pipeline in 1 16; do
   bench "$old_port" "direct" "$pipeline"
   bench "$proxy_port" "proxy" "$pipeline"
 done
 
-old_keys=$(redis-cli -p "$old_port" DBSIZE)
-new_keys=$(redis-cli -p "$new_port" DBSIZE)
-errors=$(grep -c '"level":"ERROR"\|ERROR' "$work/proxy.log" || true)
-echo
-echo "== report"
-echo "   primary:        OLD 127.0.0.1:$old_port ($(redis-cli -p "$old_port" INFO server | grep -o 'redis_version:[0-9.]*'))"
-echo "   keys on OLD:    $old_keys"
-echo "   keys on NEW:    $new_keys"
-echo "   proxy errors:   $errors"
-echo "   status:         $(curl -s "127.0.0.1:$admin_port/status" 2>/dev/null || echo unavailable)"
-echo "   handover:       not implemented yet (the live-handover issue adds it); OLD stays primary"
+echo "== live handover: 20 clients write through the proxy (SET and INCR, pipelined) while it runs"
+redis-benchmark -p "$proxy_port" -t set,incr -n "$during" -c 20 -P 4 -r "$keys" --csv -e >"$work/during.csv" 2>&1 &
+load=$!
+sleep 1
+curl -s -XPOST "127.0.0.1:$admin_port/handover" -d '{"max_pause_ms": 1000}' >/dev/null
+for _ in $(seq 1 600); do
+  phase=$(curl -s "127.0.0.1:$admin_port/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["phase"])')
+  case "$phase" in switched|aborted) break ;; esac
+  sleep 0.1
+done
+wait "$load" || true
+curl -s "127.0.0.1:$admin_port/status" >"$work/status.json"
+
+echo "== throughput after the handover, through the proxy (now in front of NEW)"
+bench "$proxy_port" "proxy" 1
+bench "$proxy_port" "proxy" 16
+
+redis-cli -p "$old_port" DBSIZE >"$work/old_keys"
+redis-cli -p "$new_port" DBSIZE >"$work/new_keys"
+python3 - "$work" <<'REPORT'
+import csv, json, sys
+work = sys.argv[1]
+status = json.load(open(f"{work}/status.json"))
+last = status["last_handover"] or {}
+rows = [r for r in csv.reader(open(f"{work}/during.csv")) if r and r[0] in ("SET", "INCR")]
+errors = sum(1 for line in open(f"{work}/during.csv") if "ERR" in line or "Error" in line)
+print()
+print("== report")
+print(f"   handover:           {last.get('outcome')} ({last.get('from')} -> {last.get('to')})")
+if last.get("reason"):
+    print(f"   reason:             {last['reason']}")
+for span in last.get("timeline", []):
+    ended = span["ended_ms"] if span["ended_ms"] is not None else span["started_ms"]
+    print(f"     {span['phase']:<12} {span['started_ms']:9.1f} ms -> {ended:9.1f} ms  ({ended - span['started_ms']:.1f} ms)")
+pause = last.get("pause_ms")
+print(f"   write pause:        {pause:.1f} ms" if pause is not None else "   write pause:        none")
+print(f"   writes held:        {last.get('writes_held')}")
+for row in rows:
+    print(f"   during, {row[0]:<5}       {float(row[1]):10.0f} req/s, longest client wait {row[7]} ms")
+print(f"   error replies:      {errors}")
+print(f"   primary now:        {status['primary']['side'].upper()} {status['primary']['addr']} (Redis {status['primary']['version']})")
+print(f"   keys on OLD:        {open(f'{work}/old_keys').read().strip()}")
+print(f"   keys on NEW:        {open(f'{work}/new_keys').read().strip()}")
+print(f"   OLD fenced:         {status['fence']}")
+sys.exit(0 if last.get("outcome") == "switched" and errors == 0 else 1)
+REPORT
