@@ -6,11 +6,12 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::config::Resp3Mode;
 use crate::handover::{Handover, Request, StartError};
 
 /// Serves the admin API on `listener` until the proxy shuts down.
@@ -20,6 +21,7 @@ pub async fn serve(listener: TcpListener, handover: Arc<Handover>, shutdown: tok
         .route("/status", get(status))
         .route("/handover", post(start_handover))
         .route("/handover/abort", post(abort_handover))
+        .route("/config/resp3", put(set_resp3).get(get_resp3))
         .with_state(handover);
     if let Err(error) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -56,6 +58,38 @@ async fn abort_handover(State(handover): State<Arc<Handover>>) -> Response {
         Ok(()) => (StatusCode::ACCEPTED, Json(json!({ "aborting": true }))).into_response(),
         Err(reason) => refuse(StatusCode::CONFLICT, reason),
     }
+}
+
+/// `GET /config/resp3`: the setting in force.
+async fn get_resp3(State(handover): State<Arc<Handover>>) -> Json<serde_json::Value> {
+    Json(json!({ "resp3": handover.shared().resp3_mode().name() }))
+}
+
+/// `PUT /config/resp3` with `allow` or `pin-resp2` (plain, as a JSON string, or as `{"resp3": ...}`): applies
+/// to the HELLOs that follow; sessions keep the protocol they negotiated.
+async fn set_resp3(State(handover): State<Arc<Handover>>, body: Bytes) -> Response {
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    let word = match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(serde_json::Value::String(word)) => word,
+        Ok(serde_json::Value::Object(map)) => map
+            .get("resp3")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string(),
+        _ => text,
+    };
+    let mode = match word.as_str() {
+        "allow" => Resp3Mode::Allow,
+        "pin-resp2" => Resp3Mode::PinResp2,
+        other => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("resp3 must be allow or pin-resp2, not {other:?}"),
+            );
+        }
+    };
+    handover.shared().set_resp3_mode(mode);
+    Json(json!({ "resp3": mode.name() })).into_response()
 }
 
 fn refuse(code: StatusCode, error: String) -> Response {

@@ -24,6 +24,9 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     /// `text` or `json`.
     pub log_format: LogFormat,
+    /// What a client's `HELLO 3` gets: `allow` (passed to the primary) or `pin-resp2` (refused, so that the
+    /// client stays on RESP2 and sees the same reply shapes before and after the upgrade).
+    pub resp3: Resp3Mode,
     /// The user the proxy authenticates as on OLD for its own connections (pre-flight, replication setup).
     pub old_user: Option<String>,
     /// The password for those connections to OLD; also given to NEW as `masterauth` so it can replicate.
@@ -34,6 +37,26 @@ pub struct Config {
     pub old_replication_addr: Option<String>,
     /// The address OLD uses to reach NEW, for a handover back.
     pub new_replication_addr: Option<String>,
+}
+
+/// What the proxy does with `HELLO 3`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resp3Mode {
+    /// HELLO goes to the primary as it is.
+    #[default]
+    Allow,
+    /// `HELLO 3` is refused with an error that makes clients fall back to RESP2.
+    PinResp2,
+}
+
+impl Resp3Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Resp3Mode::Allow => "allow",
+            Resp3Mode::PinResp2 => "pin-resp2",
+        }
+    }
 }
 
 /// How log lines are written.
@@ -55,6 +78,7 @@ impl Default for Config {
             connect_timeout_ms: 1_000,
             shutdown_grace_ms: 5_000,
             log_format: LogFormat::Text,
+            resp3: Resp3Mode::Allow,
             old_user: None,
             old_password: None,
             new_user: None,
@@ -106,6 +130,9 @@ pub struct Overrides {
     /// Log format [default: text].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// What HELLO 3 gets: passed on (allow), or refused so clients stay on RESP2 (pin-resp2) [default: allow].
+    #[arg(long, value_enum)]
+    pub resp3: Option<Resp3Mode>,
 }
 
 impl Config {
@@ -156,6 +183,9 @@ impl Config {
         }
         if let Some(v) = o.log_format {
             config.log_format = v;
+        }
+        if let Some(v) = o.resp3 {
+            config.resp3 = v;
         }
         config.validate()?;
         Ok(config)

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::Config;
+use crate::config::{Config, Resp3Mode};
 use crate::gate::WriteGate;
 use crate::handover::Handover;
 use crate::moves::MoveTracker;
@@ -32,6 +32,8 @@ pub struct Shared {
     pub gate: WriteGate,
     pub moves: MoveTracker,
     pub scripts: ScriptCache,
+    /// Whether `HELLO 3` is refused (the `resp3` setting, changeable at run time).
+    pub resp3_pinned: AtomicBool,
 }
 
 impl Shared {
@@ -41,6 +43,7 @@ impl Shared {
             addr: config.old.as_str().into(),
         };
         Shared {
+            resp3_pinned: AtomicBool::new(config.resp3 == Resp3Mode::PinResp2),
             config,
             primary: PrimaryCell::new(old),
             clients: AtomicUsize::new(0),
@@ -50,6 +53,23 @@ impl Shared {
             moves: MoveTracker::default(),
             scripts: ScriptCache::default(),
         }
+    }
+}
+
+impl Shared {
+    /// The `resp3` setting in force.
+    pub fn resp3_mode(&self) -> Resp3Mode {
+        if self.resp3_pinned.load(Ordering::Relaxed) {
+            Resp3Mode::PinResp2
+        } else {
+            Resp3Mode::Allow
+        }
+    }
+
+    /// Changes the `resp3` setting; it applies to the HELLOs that follow.
+    pub fn set_resp3_mode(&self, mode: Resp3Mode) {
+        self.resp3_pinned.store(mode == Resp3Mode::PinResp2, Ordering::Relaxed);
+        tracing::info!(resp3 = mode.name(), "resp3 setting changed");
     }
 }
 

@@ -218,6 +218,11 @@ impl Handover {
         Ok(())
     }
 
+    /// The state shared with the sessions.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// Whether a handover is running now.
     pub fn is_running(&self) -> bool {
         self.running.load(Ordering::SeqCst)
@@ -266,6 +271,7 @@ impl Handover {
             "writes_held": gate.held_now(),
             "fence": progress.fence,
             "scripts_known": self.shared.scripts.len(),
+            "resp3": self.shared.resp3_mode().name(),
             "handover": progress.current,
             "last_handover": progress.last,
         })

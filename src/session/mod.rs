@@ -28,6 +28,11 @@ use crate::protocol::request::{Parsed, RequestParser};
 use crate::server::Shared;
 use state::{Blocked, Core, Effect, Expect};
 
+/// The reply to `HELLO 3` when clients are pinned to RESP2: the error Redis gives for a protocol version it
+/// does not support, which the common clients take as the signal to stay on RESP2 (README, "Upgrading without
+/// the RESP3 surprise").
+pub const PINNED_HELLO_REPLY: &[u8] = b"-NOPROTO sorry, this protocol version is not supported\r\n";
+
 /// Room made in a read buffer before each read.
 const READ_CHUNK: usize = 16 * 1024;
 /// Requests waiting for the backend beyond this stop the session reading more from its client.
@@ -274,6 +279,14 @@ impl Session {
                             self.core.push_local(Bytes::from_static(b"+OK\r\n"));
                             self.closing = true;
                             return Next::Wait;
+                        }
+                        // Redis checks the protocol version before HELLO's options: a server without RESP3
+                        // answers NOPROTO whatever follows the 3.
+                        Command::Hello if self.shared.resp3_pinned.load(Ordering::Relaxed) && args.is(1, "3") => {
+                            tracing::debug!("HELLO 3 refused: clients are pinned to RESP2");
+                            self.client_in.advance(n);
+                            self.core.push_local(Bytes::from_static(PINNED_HELLO_REPLY));
+                            continue;
                         }
                         _ => {}
                     }

@@ -432,6 +432,38 @@ impl Client {
         }
     }
 
+    /// Reads one complete reply frame as raw bytes (framed by redis-protocol's RESP3 decoder, or as a RESP2
+    /// null), failing the test after [`REPLY_TIMEOUT`].
+    pub fn read_raw_frame(&mut self) -> Vec<u8> {
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        loop {
+            let used = if self.buf.starts_with(b"$-1\r\n") || self.buf.starts_with(b"*-1\r\n") {
+                Some(5)
+            } else {
+                match redis_protocol::resp3::decode::complete::decode(&self.buf) {
+                    Ok(Some((_, used))) => Some(used),
+                    Ok(None) => None,
+                    Err(e) => panic!("bad RESP from proxy: {e:?}: {:?}", String::from_utf8_lossy(&self.buf)),
+                }
+            };
+            if let Some(used) = used {
+                return self.buf.drain(..used).collect();
+            }
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .expect("no reply in time");
+            self.stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            let mut chunk = [0u8; 64 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => panic!("connection closed while waiting for a reply"),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) => panic!("read error: {e}"),
+            }
+        }
+    }
+
     fn decode(&mut self) -> Option<Reply> {
         if self.buf.is_empty() {
             return None;
@@ -506,6 +538,20 @@ impl Proxy {
             .post(&self.admin_url(path))
             .send_json(body)
             .expect("POST to the admin port");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.body_mut().read_json().unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// `PUT /config/resp3` with `mode`; the HTTP status and the JSON answer.
+    pub fn put_resp3(&self, mode: &str) -> (u16, serde_json::Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let mut response = agent
+            .put(&self.admin_url("/config/resp3"))
+            .send(mode)
+            .expect("PUT /config/resp3");
         let status = response.status().as_u16();
         (
             status,
