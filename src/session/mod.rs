@@ -28,11 +28,6 @@ use crate::protocol::request::{Parsed, RequestParser};
 use crate::server::Shared;
 use state::{Blocked, Core, Effect, Expect};
 
-/// The reply to `HELLO 3` when clients are pinned to RESP2: the error Redis gives for a protocol version it
-/// does not support, which the common clients take as the signal to stay on RESP2 (README, "Upgrading without
-/// the RESP3 surprise").
-pub const PINNED_HELLO_REPLY: &[u8] = b"-NOPROTO sorry, this protocol version is not supported\r\n";
-
 /// Room made in a read buffer before each read.
 const READ_CHUNK: usize = 16 * 1024;
 /// Requests waiting for the backend beyond this stop the session reading more from its client.
@@ -284,8 +279,9 @@ impl Session {
                         // answers NOPROTO whatever follows the 3.
                         Command::Hello if self.shared.resp3_pinned.load(Ordering::Relaxed) && args.is(1, "3") => {
                             tracing::debug!("HELLO 3 refused: clients are pinned to RESP2");
+                            let reply = unknown_command_reply(args);
                             self.client_in.advance(n);
-                            self.core.push_local(Bytes::from_static(PINNED_HELLO_REPLY));
+                            self.core.push_local(reply);
                             continue;
                         }
                         _ => {}
@@ -538,6 +534,36 @@ fn make_room(buf: &mut BytesMut) {
     if buf.capacity() - buf.len() < READ_CHUNK / 4 {
         buf.reserve(READ_CHUNK);
     }
+}
+
+/// The reply to `HELLO 3` when clients are pinned to RESP2: exactly what Redis 5.0, which has no HELLO, answers
+/// (`networking.c`/`server.c` of 5.0: the name as sent, then each argument in backquotes while the list is under
+/// 128 characters). Clients that negotiate RESP3 take it as "stay on RESP2" (README, "Upgrading without the
+/// RESP3 surprise"), as they did when OLD was a 5.0.
+pub fn unknown_command_reply(args: crate::protocol::request::Args<'_>) -> Bytes {
+    let until_nul = |a: &[u8]| a.iter().position(|&b| b == 0).map_or(a, |end| &a[..end]).to_vec();
+    let mut listed: Vec<u8> = Vec::new();
+    for i in 1..args.len() {
+        if listed.len() >= 128 {
+            break;
+        }
+        let arg = until_nul(args.get(i).unwrap_or_default());
+        let room = 128 - listed.len();
+        listed.push(b'`');
+        listed.extend_from_slice(&arg[..arg.len().min(room)]);
+        listed.extend_from_slice(b"`, ");
+    }
+    let mut reply = b"-ERR unknown command `".to_vec();
+    reply.extend(until_nul(args.get(0).unwrap_or_default()));
+    reply.extend_from_slice(b"`, with args beginning with: ");
+    reply.extend(listed);
+    for byte in &mut reply[1..] {
+        if *byte == b'\r' || *byte == b'\n' {
+            *byte = b' ';
+        }
+    }
+    reply.extend_from_slice(b"\r\n");
+    Bytes::from(reply)
 }
 
 /// An `-ERR` reply with `message`, as Redis writes errors (no CR or LF inside).
