@@ -24,6 +24,8 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     /// `text` or `json`.
     pub log_format: LogFormat,
+    /// Worker threads: 1 runs everything on one thread.
+    pub threads: usize,
     /// What a client's `HELLO 3` gets: `allow` (passed to the primary) or `pin-resp2` (refused, so that the
     /// client stays on RESP2 and sees the same reply shapes before and after the upgrade).
     pub resp3: Resp3Mode,
@@ -78,6 +80,7 @@ impl Default for Config {
             connect_timeout_ms: 1_000,
             shutdown_grace_ms: 5_000,
             log_format: LogFormat::Text,
+            threads: 1,
             resp3: Resp3Mode::Allow,
             old_user: None,
             old_password: None,
@@ -130,6 +133,9 @@ pub struct Overrides {
     /// Log format [default: text].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Worker threads; 1 runs everything on one thread [default: 1].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
     /// What HELLO 3 gets: passed on (allow), or refused so clients stay on RESP2 (pin-resp2) [default: allow].
     #[arg(long, value_enum)]
     pub resp3: Option<Resp3Mode>,
@@ -183,6 +189,9 @@ impl Config {
         }
         if let Some(v) = o.log_format {
             config.log_format = v;
+        }
+        if let Some(v) = o.threads {
+            config.threads = v;
         }
         if let Some(v) = o.resp3 {
             config.resp3 = v;

@@ -14,11 +14,24 @@ struct Cli {
     overrides: Overrides,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(&cli.overrides)?;
     init_logging(config.log_format);
+    // One thread by default: a proxy's work per command is a few syscalls, and a second worker thread mostly
+    // adds wake-ups between threads (measured with scripts/bench.sh, README "Performance").
+    let runtime = if config.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.threads)
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
     let proxy = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -1,6 +1,7 @@
 //! The one value every session agrees on: which server is the primary, and its generation.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 
@@ -38,23 +39,32 @@ pub struct Primary {
     pub server: Server,
 }
 
-/// The shared, atomically swapped primary: read lock-free on every command, replaced whole by the handover.
+/// The shared, atomically swapped primary: read lock-free, replaced whole by the handover. Its generation is
+/// also kept in a plain atomic, which sessions check on every batch; they load the whole value only when it
+/// changed. The value is stored before the generation, so a session that sees the new generation also finds
+/// the new primary.
 #[derive(Debug)]
-pub struct PrimaryCell(ArcSwap<Primary>);
+pub struct PrimaryCell {
+    primary: ArcSwap<Primary>,
+    generation: AtomicU64,
+}
 
 impl PrimaryCell {
     pub fn new(server: Server) -> Self {
-        PrimaryCell(ArcSwap::from_pointee(Primary { generation: 0, server }))
+        PrimaryCell {
+            primary: ArcSwap::from_pointee(Primary { generation: 0, server }),
+            generation: AtomicU64::new(0),
+        }
     }
 
     /// The current primary. The `Arc` is owned: never hold an arc-swap guard across an `.await`.
     pub fn current(&self) -> Arc<Primary> {
-        self.0.load_full()
+        self.primary.load_full()
     }
 
-    /// The current generation, without taking a reference to the value.
+    /// The current generation: one atomic load.
     pub fn generation(&self) -> u64 {
-        self.0.load().generation
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Makes `server` the primary with the next generation.
@@ -63,7 +73,8 @@ impl PrimaryCell {
             generation: self.generation() + 1,
             server,
         });
-        self.0.store(next.clone());
+        self.primary.store(next.clone());
+        self.generation.store(next.generation, Ordering::Release);
         next
     }
 }

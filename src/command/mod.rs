@@ -3,8 +3,6 @@
 
 mod table;
 
-use std::cmp::Ordering;
-
 /// The class of a command, by its name (and for container commands, its subcommand).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -50,10 +48,19 @@ pub enum Command {
 }
 
 impl Command {
-    /// Classifies a command by its name, in any letter case.
+    /// Classifies a command by its name, in any letter case: the name is upper-cased once into a stack buffer,
+    /// then found by binary search with plain byte comparisons.
     pub fn classify(name: &[u8]) -> Command {
+        let mut upper = [0u8; 32];
+        let Some(upper) = upper.get_mut(..name.len()) else {
+            return Command::Unknown;
+        };
+        for (to, from) in upper.iter_mut().zip(name) {
+            *to = from.to_ascii_uppercase();
+        }
+        let upper: &[u8] = upper;
         table::COMMANDS
-            .binary_search_by(|(known, _)| cmp_ignore_case(known, name))
+            .binary_search_by(|(known, _)| (*known).cmp(upper))
             .map(|i| table::COMMANDS[i].1)
             .unwrap_or(Command::Unknown)
     }
@@ -78,17 +85,6 @@ impl Command {
     }
 }
 
-/// Compares an upper-case table name with a client's name in any case, byte by byte.
-fn cmp_ignore_case(upper: &[u8], name: &[u8]) -> Ordering {
-    for (a, b) in upper.iter().zip(name) {
-        match a.cmp(&b.to_ascii_uppercase()) {
-            Ordering::Equal => {}
-            other => return other,
-        }
-    }
-    upper.len().cmp(&name.len())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +105,7 @@ mod tests {
         assert_eq!(Command::classify(b"my.module"), Command::Unknown);
         assert_eq!(Command::classify(b""), Command::Unknown);
         assert_eq!(Command::classify(b"GETX"), Command::Unknown);
+        assert_eq!(Command::classify(&[b'A'; 40]), Command::Unknown);
     }
 
     #[test]

@@ -379,6 +379,7 @@ impl Session {
     /// Passes every complete reply from the backend to the client, then deals with a failed link.
     fn handle_replies(&mut self) {
         if let Some(link) = self.link.as_mut() {
+            let retired = link.generation != self.shared.primary.generation();
             loop {
                 match link.scanner.scan(&link.input) {
                     Scanned::Incomplete => break,
@@ -387,7 +388,6 @@ impl Session {
                         break;
                     }
                     Scanned::Frame { len, push } => {
-                        let retired = link.generation != self.shared.primary.generation();
                         if let Some(ended) = self.core.on_frame(&link.input[..len], push, retired) {
                             match ended.remaining() {
                                 Some(again) => self.reissue = Some(again),

@@ -355,6 +355,17 @@ impl Core {
     /// Records a request about to be forwarded: its effect, whether it is a write the handover must wait for,
     /// and, for a blocking call, how to issue it again.
     pub fn plan(&mut self, command: Command, args: Args<'_>, write: bool, blocked: Option<Blocked>) {
+        if matches!(command, Command::Read | Command::Write) && self.reply_mode == ReplyMode::On {
+            // The common case: a data command that changes nothing in the session.
+            self.pending_writes += usize::from(write);
+            let pending = Pending {
+                write,
+                queued: self.multi_open,
+                ..Pending::new(Effect::None, Expect::One)
+            };
+            self.pending.push_back(pending);
+            return;
+        }
         let (effect, expect) = effect_of(command, args);
         let queued = self.multi_open && !matches!(effect, Effect::Exec | Effect::Discard | Effect::Multi);
         match effect {
