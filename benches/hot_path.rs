@@ -4,6 +4,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use redis_handover::command::Command;
 use redis_handover::protocol::reply::{ReplyScanner, Scanned};
 use redis_handover::protocol::request::{Parsed, RequestParser, write_command};
+use redis_handover::session::state::parse_hello;
 
 fn requests(c: &mut Criterion) {
     let mut group = c.benchmark_group("request");
@@ -66,5 +67,20 @@ fn replies(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, requests, replies);
+fn hello(c: &mut Criterion) {
+    let mut group = c.benchmark_group("hello");
+    let forms: [&[u8]; 3] = [b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n", b"HELLO 3 AUTH default secret SETNAME app\r\n", b"hello\r\n"];
+    for (name, input) in ["multibulk", "inline_auth_setname", "bare"].into_iter().zip(forms) {
+        group.bench_function(name, |b| {
+            let mut parser = RequestParser::new();
+            b.iter(|| {
+                let Parsed::Request(_) = parser.parse(input) else { panic!("not a request") };
+                parse_hello(parser.args(input)).map(|h| h.protocol)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, requests, replies, hello);
 criterion_main!(benches);
