@@ -18,7 +18,8 @@ use crate::handover::{Handover, Request, StartError};
 pub async fn serve(listener: TcpListener, handover: Arc<Handover>, shutdown: tokio_util::sync::CancellationToken) {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/status", get(status))
+                .route("/status", get(status))
+        .route("/metrics", get(metrics))
         .route("/handover", post(start_handover))
         .route("/handover/abort", post(abort_handover))
         .route("/config/resp3", put(set_resp3).get(get_resp3))
@@ -33,6 +34,14 @@ pub async fn serve(listener: TcpListener, handover: Arc<Handover>, shutdown: tok
 
 async fn status(State(handover): State<Arc<Handover>>) -> Json<serde_json::Value> {
     Json(handover.status())
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(handover): State<Arc<Handover>>) -> Response {
+    let shared = handover.shared();
+    let clients = shared.clients.load(std::sync::atomic::Ordering::Relaxed);
+    let text = shared.telemetry.render(clients, shared.gate.held_now());
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// `POST /handover` with an optional JSON body of [`Request`] options: starts a handover and returns at once.

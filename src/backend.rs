@@ -1,5 +1,6 @@
 //! A connection from the proxy to a Redis server: connect with a bound, and the buffers of one session's link.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -7,6 +8,7 @@ use tokio::net::TcpStream;
 
 use crate::primary::Server;
 use crate::protocol::reply::ReplyScanner;
+use crate::telemetry::Telemetry;
 
 /// Why a backend could not be used; the text goes to the client in an `-ERR` reply.
 #[derive(Debug, thiserror::Error)]
@@ -62,10 +64,12 @@ pub struct BackendLink {
     /// Replies read and not yet forwarded.
     pub input: BytesMut,
     pub scanner: ReplyScanner,
+    telemetry: Arc<Telemetry>,
 }
 
 impl BackendLink {
-    pub fn new(stream: TcpStream, server: Server, generation: u64) -> Self {
+    pub fn new(stream: TcpStream, server: Server, generation: u64, telemetry: Arc<Telemetry>) -> Self {
+        telemetry.backend_link(server.side, 1);
         BackendLink {
             stream,
             server,
@@ -73,6 +77,13 @@ impl BackendLink {
             output: BytesMut::new(),
             input: BytesMut::new(),
             scanner: ReplyScanner::new(),
+            telemetry,
         }
+    }
+}
+
+impl Drop for BackendLink {
+    fn drop(&mut self) {
+        self.telemetry.backend_link(self.server.side, -1);
     }
 }

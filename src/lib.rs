@@ -18,3 +18,4 @@ pub mod protocol;
 pub mod scripts;
 pub mod server;
 pub mod session;
+pub mod telemetry;

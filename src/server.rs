@@ -17,6 +17,7 @@ use crate::handover::Handover;
 use crate::moves::MoveTracker;
 use crate::primary::{PrimaryCell, Server, Side};
 use crate::scripts::ScriptCache;
+use crate::telemetry::Telemetry;
 use crate::session::{ClientSlot, Session};
 
 /// What every session and the admin port share.
@@ -32,6 +33,7 @@ pub struct Shared {
     pub gate: WriteGate,
     pub moves: MoveTracker,
     pub scripts: ScriptCache,
+    pub telemetry: Arc<Telemetry>,
     /// Whether `HELLO 3` is refused (the `resp3` setting, changeable at run time).
     pub resp3_pinned: AtomicBool,
 }
@@ -52,6 +54,7 @@ impl Shared {
             gate: WriteGate::default(),
             moves: MoveTracker::default(),
             scripts: ScriptCache::default(),
+            telemetry: Arc::new(Telemetry::new()),
         }
     }
 }

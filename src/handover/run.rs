@@ -96,16 +96,18 @@ impl Run {
         }
         .await;
         match outcome {
-            Ok(()) => {
+                        Ok(()) => {
                 self.enter(Phase::Switched);
-                metrics::counter!("redis_handover_handovers_total", "outcome" => "switched").increment(1);
+                let pause = self.handover.lock().current.as_ref().and_then(|r| r.pause_ms);
+                let pause = pause.map(|ms| Duration::from_secs_f64(ms / 1000.0));
+                self.handover.shared.telemetry.handover_finished(true, pause);
             }
             Err(Abort(reason)) => {
                 tracing::warn!(%reason, "handover aborted; OLD stays primary");
                 self.undo().await;
                 self.finish_with_reason(reason);
-                self.enter(Phase::Aborted);
-                metrics::counter!("redis_handover_handovers_total", "outcome" => "aborted").increment(1);
+                                self.enter(Phase::Aborted);
+                self.handover.shared.telemetry.handover_finished(false, None);
             }
         }
         let mut progress = self.handover.lock();
@@ -130,7 +132,7 @@ impl Run {
             });
         }
         tracing::info!(phase = phase.name(), at_ms = at, "handover phase");
-        metrics::gauge!("redis_handover_phase").set(phase as u8 as f64);
+                self.handover.shared.telemetry.handover_phase.set(phase as u8 as f64);
     }
 
     fn finish_with_reason(&self, reason: String) {
@@ -396,7 +398,7 @@ impl Run {
             let (source, target) = self.offsets(CALL_TIMEOUT).await?;
             let lag = source - target;
             self.handover.lock().lag_bytes = Some(lag);
-            metrics::gauge!("redis_handover_lag_bytes").set(lag as f64);
+                        self.handover.shared.telemetry.lag_bytes.set(lag as f64);
             if lag <= self.request.max_lag_bytes as i64 {
                 return Ok(());
             }
@@ -553,7 +555,7 @@ impl Run {
         self.pause.gate_closed = false;
         let pause = paused_at.elapsed();
         let held = shared.gate.held_total();
-        metrics::histogram!("redis_handover_pause_seconds").record(pause.as_secs_f64());
+        
         tracing::info!(
             pause_ms = pause.as_secs_f64() * 1000.0,
             writes_held = held,

@@ -26,6 +26,7 @@ use crate::gate::WriteGate;
 use crate::protocol::reply::Scanned;
 use crate::protocol::request::{Parsed, RequestParser};
 use crate::server::Shared;
+use crate::telemetry::Family;
 use state::{Blocked, Core, Effect, Expect};
 
 /// Room made in a read buffer before each read.
@@ -86,7 +87,8 @@ pub struct Session {
 
 impl Session {
     pub fn new(client: TcpStream, shared: Arc<Shared>) -> Self {
-        Session {
+                Session {
+            core: Core::new(shared.telemetry.clone()),
             shared,
             client,
             client_in: BytesMut::new(),
@@ -94,7 +96,7 @@ impl Session {
             parser: RequestParser::new(),
             link: None,
             link_failure: None,
-            core: Core::new(),
+            
             closing: false,
             draining: false,
             gate: GateSlot::default(),
@@ -349,7 +351,8 @@ impl Session {
         let timeout = Duration::from_millis(self.shared.config.connect_timeout_ms);
         match backend::connect(&primary.server, timeout).await {
             Ok(stream) => {
-                let mut link = BackendLink::new(stream, primary.server.clone(), primary.generation);
+                                let telemetry = self.shared.telemetry.clone();
+                let mut link = BackendLink::new(stream, primary.server.clone(), primary.generation, telemetry);
                 self.core.restore_on(&mut link.output);
                 tracing::debug!(backend = %primary.server.addr, "backend link open");
                 self.link = Some(link);
@@ -364,7 +367,10 @@ impl Session {
                 }
                 loop {
                     match self.parser.parse(&self.client_in) {
-                        Parsed::Request(n) => {
+                                                Parsed::Request(n) => {
+                            let family = Family::of(Command::classify(self.parser.arg(&self.client_in, 0)));
+                            self.shared.telemetry.command(family);
+                            self.shared.telemetry.local_error(family);
                             self.client_in.advance(n);
                             self.core.push_local(reply.clone());
                         }
@@ -437,8 +443,9 @@ impl Session {
         while !self.core.client_out.is_empty() {
             match Pin::new(&mut self.client).poll_write(cx, &self.core.client_out) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(SessionError::ClientGone)),
-                Poll::Ready(Ok(n)) => {
+                                Poll::Ready(Ok(n)) => {
                     self.core.client_out.advance(n);
+                    self.shared.telemetry.bytes_to_clients.increment(n as u64);
                     progress = true;
                 }
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
@@ -483,12 +490,15 @@ impl Session {
         }
         if self.wants_client_input() {
             make_room(&mut self.client_in);
-            match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.client_in) {
+                        match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.client_in) {
                 Poll::Ready(Ok(0)) => {
                     self.client_eof = true;
                     progress = true;
                 }
-                Poll::Ready(Ok(_)) => progress = true,
+                Poll::Ready(Ok(n)) => {
+                    self.shared.telemetry.bytes_from_clients.increment(n as u64);
+                    progress = true;
+                }
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
                 Poll::Pending => {}
             }

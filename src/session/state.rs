@@ -7,12 +7,15 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
 use crate::command::Command;
 use crate::protocol::request::{Args, string_to_i64, write_command};
 use crate::protocol::value::{Value, is_error_frame};
+use crate::telemetry::{Family, Telemetry};
 
 /// The kind of a Pub/Sub subscription: plain channels, patterns, or (7.0) shard channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,19 +251,16 @@ pub struct Pending {
     pub blocked: Option<Box<Blocked>>,
     /// A command the proxy sent itself (restoring state on a new connection): the client never sees its
     /// reply, though its effect still applies.
-    pub hidden: bool,
+        pub hidden: bool,
+    /// The command's family and when it was forwarded, for the latency and error metrics.
+    pub family: Family,
+    pub sent_at: Instant,
 }
 
 impl Pending {
     fn new(effect: Effect, expect: Expect) -> Self {
-        Pending {
-            effect,
-            expect,
-            queued: false,
-            write: false,
-            blocked: None,
-            hidden: false,
-        }
+        let (family, sent_at) = (Family::Other, Instant::now());
+        Pending { effect, expect, queued: false, write: false, blocked: None, hidden: false, family, sent_at }
     }
 }
 
@@ -336,12 +336,14 @@ pub struct Core {
     /// Writes forwarded and not yet answered.
     pub pending_writes: usize,
     /// The backend connection's client id, once known.
-    pub link_client_id: Option<i64>,
+        pub link_client_id: Option<i64>,
+    pub telemetry: Arc<Telemetry>,
 }
 
 impl Core {
-    pub fn new() -> Self {
+    pub fn new(telemetry: Arc<Telemetry>) -> Self {
         Core {
+            telemetry,
             state: SessionState::new(),
             pending: VecDeque::new(),
             client_out: BytesMut::new(),
@@ -355,14 +357,12 @@ impl Core {
     /// Records a request about to be forwarded: its effect, whether it is a write the handover must wait for,
     /// and, for a blocking call, how to issue it again.
     pub fn plan(&mut self, command: Command, args: Args<'_>, write: bool, blocked: Option<Blocked>) {
+                let family = Family::of(command);
+        self.telemetry.command(family);
         if matches!(command, Command::Read | Command::Write) && self.reply_mode == ReplyMode::On {
             // The common case: a data command that changes nothing in the session.
             self.pending_writes += usize::from(write);
-            let pending = Pending {
-                write,
-                queued: self.multi_open,
-                ..Pending::new(Effect::None, Expect::One)
-            };
+            let pending = Pending { write, queued: self.multi_open, family, ..Pending::new(Effect::None, Expect::One) };
             self.pending.push_back(pending);
             return;
         }
@@ -403,15 +403,9 @@ impl Core {
         };
         if expects_reply {
             self.pending_writes += usize::from(write);
-            let blocked = blocked.map(Box::new);
-            self.pending.push_back(Pending {
-                effect,
-                expect,
-                queued,
-                write,
-                blocked,
-                hidden: false,
-            });
+                        let blocked = blocked.map(Box::new);
+            let sent_at = Instant::now();
+            self.pending.push_back(Pending { effect, expect, queued, write, blocked, hidden: false, family, sent_at });
         }
     }
 
@@ -519,7 +513,10 @@ impl Core {
             return None;
         };
         self.pending_writes -= usize::from(head.write);
-        let hidden = head.hidden;
+                let hidden = head.hidden;
+        if !hidden {
+            self.telemetry.reply(head.family, head.sent_at, is_error_frame(frame));
+        }
         if link_retired
             && is_null_frame(frame)
             && let Some(blocked) = head.blocked
@@ -650,7 +647,7 @@ impl Core {
 
 impl Default for Core {
     fn default() -> Self {
-        Core::new()
+        Core::new(Arc::new(Telemetry::new()))
     }
 }
 
@@ -838,7 +835,7 @@ mod tests {
 
     #[test]
     fn select_applies_only_on_success() {
-        let mut core = Core::new();
+        let mut core = Core::default();
         forward(&mut core, b"SELECT 3\r\n");
         forward(&mut core, b"SELECT 99\r\n");
         core.on_frame_test(b"+OK\r\n", false);
@@ -849,7 +846,7 @@ mod tests {
 
     #[test]
     fn queued_select_applies_at_exec() {
-        let mut core = Core::new();
+        let mut core = Core::default();
         for cmd in [
             &b"MULTI\r\n"[..],
             b"SELECT 2\r\n",
@@ -872,7 +869,7 @@ mod tests {
 
     #[test]
     fn resp2_subscribe_counts_confirmations_and_passes_messages() {
-        let mut core = Core::new();
+        let mut core = Core::default();
         forward(&mut core, b"SUBSCRIBE a b\r\n");
         core.on_frame_test(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n", false);
         core.on_frame_test(b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$2\r\nhi\r\n", false);
@@ -891,7 +888,7 @@ mod tests {
 
     #[test]
     fn client_reply_off_expects_nothing() {
-        let mut core = Core::new();
+        let mut core = Core::default();
         forward(&mut core, b"CLIENT REPLY OFF\r\n");
         forward(&mut core, b"SET a 1\r\n");
         assert!(core.pending.is_empty());
@@ -905,7 +902,7 @@ mod tests {
 
     #[test]
     fn local_replies_keep_their_place() {
-        let mut core = Core::new();
+        let mut core = Core::default();
         forward(&mut core, b"GET a\r\n");
         core.push_local(Bytes::from_static(b"-ERR local\r\n"));
         assert!(taken(&mut core).is_empty());
@@ -915,7 +912,7 @@ mod tests {
 
     #[test]
     fn lost_backend_answers_every_pending_request() {
-        let mut core = Core::new();
+        let mut core = Core::default();
         forward(&mut core, b"GET a\r\n");
         forward(&mut core, b"GET b\r\n");
         let close = core.backend_lost(&Bytes::from_static(b"-ERR gone\r\n"));
@@ -927,7 +924,7 @@ mod tests {
 
     #[test]
     fn a_blocked_call_ended_by_a_switch_is_returned_with_its_time_left() {
-        let mut core = Core::new();
+        let mut core = Core::default();
         forward(&mut core, b"BLPOP q 10\r\n");
         assert!(core.blocked_call().is_some());
         let blocked = core.on_frame(b"*-1\r\n", false, true).expect("returned for reissue");

@@ -1,0 +1,230 @@
+//! Prometheus metrics, rendered on the admin port's `GET /metrics`.
+//!
+//! Each proxy has its own recorder (not the process-wide one), so that several proxies in one process (the
+//! tests) keep separate figures. Every handle is registered once at start: the per-command path increments
+//! counters and records histograms through handles, with no name lookup.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+use crate::command::Command;
+use crate::primary::Side;
+
+/// The command families metrics are kept by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Read,
+    Write,
+    Blocking,
+    PubSub,
+    Transaction,
+    Scripting,
+    Connection,
+    Other,
+}
+
+const FAMILIES: [Family; 8] = [
+    Family::Read,
+    Family::Write,
+    Family::Blocking,
+    Family::PubSub,
+    Family::Transaction,
+    Family::Scripting,
+    Family::Connection,
+    Family::Other,
+];
+
+impl Family {
+    pub fn of(command: Command) -> Family {
+        match command {
+            Command::Read => Family::Read,
+            Command::Write | Command::XGroup => Family::Write,
+            Command::BlockingRead | Command::BlockingWrite => Family::Blocking,
+            Command::Subscribe | Command::Unsubscribe => Family::PubSub,
+            Command::Multi | Command::Exec | Command::Discard | Command::Watch | Command::Unwatch => Family::Transaction,
+            Command::Eval | Command::EvalSha | Command::Script | Command::Function => Family::Scripting,
+            Command::Auth
+            | Command::Hello
+            | Command::Select
+            | Command::Client
+            | Command::Quit
+            | Command::Reset
+            | Command::ReadOnly
+            | Command::ReadWrite
+            | Command::Monitor => Family::Connection,
+            Command::Unknown | Command::SecurityWarning => Family::Other,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Family::Read => "read",
+            Family::Write => "write",
+            Family::Blocking => "blocking",
+            Family::PubSub => "pubsub",
+            Family::Transaction => "transaction",
+            Family::Scripting => "scripting",
+            Family::Connection => "connection",
+            Family::Other => "other",
+        }
+    }
+}
+
+/// The handles of every metric the proxy keeps.
+pub struct Telemetry {
+    handle: PrometheusHandle,
+    commands: Vec<Counter>,
+    errors: Vec<Counter>,
+    latency: Vec<Histogram>,
+    pub bytes_from_clients: Counter,
+    pub bytes_to_clients: Counter,
+    client_connections: Gauge,
+    backend_connections: [Gauge; 2],
+    /// Backend connections open now, by side (old, new).
+    open_links: [AtomicI64; 2],
+    pub handover_phase: Gauge,
+    pub lag_bytes: Gauge,
+    writes_held: Gauge,
+    pub pause_seconds: Histogram,
+    handovers: [Counter; 2],
+}
+
+impl Telemetry {
+    pub fn new() -> Telemetry {
+        let latency_buckets = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+        let pause_buckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full("redis_handover_command_duration_seconds".into()), &latency_buckets)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full("redis_handover_pause_seconds".into()), &pause_buckets))
+            .expect("bucket lists are not empty")
+            .build_recorder();
+        let families = |name: &'static str, help: &'static str| {
+            FAMILIES.iter().map(|f| counter(&recorder, name, help, &[("family", f.name())])).collect::<Vec<_>>()
+        };
+        let commands = families("redis_handover_commands_total", "Commands received from clients, by family.");
+        let errors = families("redis_handover_command_errors_total", "Error replies sent to clients, by family.");
+        let latency = FAMILIES
+            .iter()
+            .map(|f| {
+                let help = "Time from forwarding a command to its reply, by family.";
+                histogram(&recorder, "redis_handover_command_duration_seconds", help, &[("family", f.name())])
+            })
+            .collect();
+        let sides = |name: &'static str, help: &'static str| {
+            [gauge(&recorder, name, help, &[("server", "old")]), gauge(&recorder, name, help, &[("server", "new")])]
+        };
+        let outcome = |outcome: &'static str| {
+            counter(&recorder, "redis_handover_handovers_total", "Handovers, by outcome.", &[("outcome", outcome)])
+        };
+        Telemetry {
+            commands,
+            errors,
+            latency,
+            bytes_from_clients: counter(&recorder, "redis_handover_client_bytes_received_total", "Bytes read from clients.", &[]),
+            bytes_to_clients: counter(&recorder, "redis_handover_client_bytes_sent_total", "Bytes written to clients.", &[]),
+            client_connections: gauge(&recorder, "redis_handover_client_connections", "Client connections open.", &[]),
+            backend_connections: sides("redis_handover_backend_connections", "Backend connections open, by server."),
+            open_links: [AtomicI64::new(0), AtomicI64::new(0)],
+            handover_phase: gauge(
+                &recorder,
+                "redis_handover_phase",
+                "Handover phase: 0 idle, 1 preflight, 2 syncing, 3 catching_up, 4 paused, 5 switched, 6 aborted.",
+                &[],
+            ),
+            lag_bytes: gauge(&recorder, "redis_handover_replication_lag_bytes", "NEW's replication lag behind OLD.", &[]),
+            writes_held: gauge(&recorder, "redis_handover_writes_held", "Writes held at the gate now.", &[]),
+            pause_seconds: histogram(&recorder, "redis_handover_pause_seconds", "Write pauses of handovers.", &[]),
+            handovers: [outcome("switched"), outcome("aborted")],
+            handle: recorder.handle(),
+        }
+    }
+
+    /// Counts a command received from a client.
+    pub fn command(&self, family: Family) {
+        self.commands[family as usize].increment(1);
+    }
+
+    /// Records a reply: its latency since the command was forwarded, and whether it is an error.
+    pub fn reply(&self, family: Family, sent_at: Instant, error: bool) {
+        self.latency[family as usize].record(sent_at.elapsed().as_secs_f64());
+        if error {
+            self.errors[family as usize].increment(1);
+        }
+    }
+
+    /// Counts an error reply the proxy gave itself.
+    pub fn local_error(&self, family: Family) {
+        self.errors[family as usize].increment(1);
+    }
+
+    /// A backend connection to `side` opened (`+1`) or closed (`-1`).
+    pub fn backend_link(&self, side: Side, delta: i64) {
+        let i = side_index(side);
+        let open = self.open_links[i].fetch_add(delta, Ordering::Relaxed) + delta;
+        self.backend_connections[i].set(open as f64);
+    }
+
+    pub fn handover_finished(&self, switched: bool, pause: Option<Duration>) {
+        self.handovers[usize::from(!switched)].increment(1);
+        if let Some(pause) = pause {
+            self.pause_seconds.record(pause.as_secs_f64());
+        }
+    }
+
+    /// The Prometheus text exposition, with the gauges read at scrape time filled in.
+    pub fn render(&self, clients: usize, writes_held: usize) -> String {
+        self.client_connections.set(clients as f64);
+        self.writes_held.set(writes_held as f64);
+        self.handle.render()
+    }
+
+    /// Drains the histograms' buffers; called periodically.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry::new()
+    }
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Telemetry")
+    }
+}
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::Old => 0,
+        Side::New => 1,
+    }
+}
+
+fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
+    Key::from_parts(name, labels.iter().map(|(k, v)| Label::new(*k, *v)).collect::<Vec<_>>())
+}
+
+fn metadata() -> Metadata<'static> {
+    Metadata::new(module_path!(), Level::INFO, None)
+}
+
+fn counter(recorder: &PrometheusRecorder, name: &'static str, help: &'static str, labels: &[(&'static str, &'static str)]) -> Counter {
+    recorder.describe_counter(name.into(), None, help.into());
+    recorder.register_counter(&key(name, labels), &metadata())
+}
+
+fn gauge(recorder: &PrometheusRecorder, name: &'static str, help: &'static str, labels: &[(&'static str, &'static str)]) -> Gauge {
+    recorder.describe_gauge(name.into(), None, help.into());
+    recorder.register_gauge(&key(name, labels), &metadata())
+}
+
+fn histogram(recorder: &PrometheusRecorder, name: &'static str, help: &'static str, labels: &[(&'static str, &'static str)]) -> Histogram {
+    recorder.describe_histogram(name.into(), None, help.into());
+    recorder.register_histogram(&key(name, labels), &metadata())
+}
