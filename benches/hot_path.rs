@@ -69,12 +69,18 @@ fn replies(c: &mut Criterion) {
 
 fn hello(c: &mut Criterion) {
     let mut group = c.benchmark_group("hello");
-    let forms: [&[u8]; 3] = [b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n", b"HELLO 3 AUTH default secret SETNAME app\r\n", b"hello\r\n"];
+    let forms: [&[u8]; 3] = [
+        b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n",
+        b"HELLO 3 AUTH default secret SETNAME app\r\n",
+        b"hello\r\n",
+    ];
     for (name, input) in ["multibulk", "inline_auth_setname", "bare"].into_iter().zip(forms) {
         group.bench_function(name, |b| {
             let mut parser = RequestParser::new();
             b.iter(|| {
-                let Parsed::Request(_) = parser.parse(input) else { panic!("not a request") };
+                let Parsed::Request(_) = parser.parse(input) else {
+                    panic!("not a request")
+                };
                 parse_hello(parser.args(input)).map(|h| h.protocol)
             })
         });

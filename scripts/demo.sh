@@ -75,14 +75,9 @@ echo "== live handover: 20 clients write through the proxy (SET and INCR, pipeli
 redis-benchmark -p "$proxy_port" -t set,incr -n "$during" -c 20 -P 4 -r "$keys" --csv -e >"$work/during.csv" 2>&1 &
 load=$!
 sleep 1
-curl -s -XPOST "127.0.0.1:$admin_port/handover" -d '{"max_pause_ms": 1000}' >/dev/null
-for _ in $(seq 1 600); do
-  phase=$(curl -s "127.0.0.1:$admin_port/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["phase"])')
-  case "$phase" in switched|aborted) break ;; esac
-  sleep 0.1
-done
+# The operator's side: ctl starts the handover and follows it until it ends.
+"$proxy_bin" ctl --admin "127.0.0.1:$admin_port" handover --max-pause-ms 1000 --wait --json >"$work/status.json" || true
 wait "$load" || true
-curl -s "127.0.0.1:$admin_port/status" >"$work/status.json"
 
 echo "== throughput after the handover, through the proxy (now in front of NEW)"
 bench "$proxy_port" "proxy" 1

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: installs the Redis versions and clients the tests use (scripts/install-redis.sh, node-redis
-# from npm), then `cargo test`.
+# from npm), runs the demo in its quick form, then `cargo test`.
 # Usage: scripts/test.sh [cargo test arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,4 +9,6 @@ scripts/install-redis.sh
 if [ ! -d tests/clients/node/node_modules/redis ]; then
   npm ci --prefix tests/clients/node --no-audit --no-fund --loglevel=error
 fi
+# The demo, shortened: it must switch under load with zero error replies (it exits non-zero otherwise).
+scripts/demo.sh --quick
 cargo test --all-targets "$@"

@@ -18,7 +18,7 @@ use crate::handover::{Handover, Request, StartError};
 pub async fn serve(listener: TcpListener, handover: Arc<Handover>, shutdown: tokio_util::sync::CancellationToken) {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-                .route("/status", get(status))
+        .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/handover", post(start_handover))
         .route("/handover/abort", post(abort_handover))

@@ -1,4 +1,5 @@
-//! Settings: defaults, then `handover.toml`, then command-line flags (a flag overrides the file).
+//! Settings: defaults, then `handover.toml`, then environment variables (`REDIS_HANDOVER_*`), then command-line
+//! flags. Each later source overrides the earlier ones.
 
 use std::path::{Path, PathBuf};
 
@@ -33,8 +34,11 @@ pub struct Config {
     pub old_user: Option<String>,
     /// The password for those connections to OLD; also given to NEW as `masterauth` so it can replicate.
     pub old_password: Option<String>,
+    /// A file holding `old_password` (its first line), instead of the password itself.
+    pub old_password_file: Option<PathBuf>,
     pub new_user: Option<String>,
     pub new_password: Option<String>,
+    pub new_password_file: Option<PathBuf>,
     /// The address NEW uses to reach OLD for replication, when it differs from `old` (NAT, containers).
     pub old_replication_addr: Option<String>,
     /// The address OLD uses to reach NEW, for a handover back.
@@ -84,8 +88,10 @@ impl Default for Config {
             resp3: Resp3Mode::Allow,
             old_user: None,
             old_password: None,
+            old_password_file: None,
             new_user: None,
             new_password: None,
+            new_password_file: None,
             old_replication_addr: None,
             new_replication_addr: None,
         }
@@ -103,42 +109,75 @@ pub enum ConfigError {
     Invalid { key: &'static str, reason: String },
 }
 
-/// Command-line settings; each one given overrides the file.
+/// Settings given on the command line or in the environment; each one given overrides the file.
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct Overrides {
     /// A TOML file with any of the settings below (see handover.example.toml).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "REDIS_HANDOVER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Address clients connect to [default: 127.0.0.1:6380].
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, env = "REDIS_HANDOVER_LISTEN", value_name = "HOST:PORT")]
     pub listen: Option<String>,
     /// The OLD Redis server, primary at start [default: 127.0.0.1:6379].
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, env = "REDIS_HANDOVER_OLD", value_name = "HOST:PORT")]
     pub old: Option<String>,
     /// The NEW Redis server to hand over to.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, env = "REDIS_HANDOVER_NEW", value_name = "HOST:PORT")]
     pub new: Option<String>,
     /// The admin HTTP address [default: 127.0.0.1:7380].
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, env = "REDIS_HANDOVER_ADMIN", value_name = "HOST:PORT")]
     pub admin: Option<String>,
     /// Most client connections at once [default: 10000].
-    #[arg(long, value_name = "N")]
+    #[arg(long, env = "REDIS_HANDOVER_MAX_CLIENTS", value_name = "N")]
     pub max_clients: Option<usize>,
     /// Backend connect timeout [default: 1000].
-    #[arg(long, value_name = "MS")]
+    #[arg(long, env = "REDIS_HANDOVER_CONNECT_TIMEOUT_MS", value_name = "MS")]
     pub connect_timeout_ms: Option<u64>,
     /// Grace period for in-flight replies on SIGTERM/SIGINT [default: 5000].
-    #[arg(long, value_name = "MS")]
+    #[arg(long, env = "REDIS_HANDOVER_SHUTDOWN_GRACE_MS", value_name = "MS")]
     pub shutdown_grace_ms: Option<u64>,
     /// Log format [default: text].
-    #[arg(long, value_enum)]
+    #[arg(long, env = "REDIS_HANDOVER_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
     /// Worker threads; 1 runs everything on one thread [default: 1].
-    #[arg(long, value_name = "N")]
+    #[arg(long, env = "REDIS_HANDOVER_THREADS", value_name = "N")]
     pub threads: Option<usize>,
     /// What HELLO 3 gets: passed on (allow), or refused so clients stay on RESP2 (pin-resp2) [default: allow].
-    #[arg(long, value_enum)]
+    #[arg(long, env = "REDIS_HANDOVER_RESP3", value_enum)]
     pub resp3: Option<Resp3Mode>,
+    /// User for the proxy's own connections to OLD.
+    #[arg(long, env = "REDIS_HANDOVER_OLD_USER", value_name = "USER")]
+    pub old_user: Option<String>,
+    /// Password for the proxy's own connections to OLD (only from the environment, never a flag).
+    #[arg(skip)]
+    pub old_password: Option<String>,
+    /// A file holding the password for OLD.
+    #[arg(long, env = "REDIS_HANDOVER_OLD_PASSWORD_FILE", value_name = "FILE")]
+    pub old_password_file: Option<PathBuf>,
+    /// User for the proxy's own connections to NEW.
+    #[arg(long, env = "REDIS_HANDOVER_NEW_USER", value_name = "USER")]
+    pub new_user: Option<String>,
+    #[arg(skip)]
+    pub new_password: Option<String>,
+    /// A file holding the password for NEW.
+    #[arg(long, env = "REDIS_HANDOVER_NEW_PASSWORD_FILE", value_name = "FILE")]
+    pub new_password_file: Option<PathBuf>,
+    /// The address NEW replicates from, when it differs from --old.
+    #[arg(long, env = "REDIS_HANDOVER_OLD_REPLICATION_ADDR", value_name = "HOST:PORT")]
+    pub old_replication_addr: Option<String>,
+    /// The address OLD replicates from for a handover back, when it differs from --new.
+    #[arg(long, env = "REDIS_HANDOVER_NEW_REPLICATION_ADDR", value_name = "HOST:PORT")]
+    pub new_replication_addr: Option<String>,
+}
+
+impl Overrides {
+    /// Adds what only the environment can give: passwords (`REDIS_HANDOVER_OLD_PASSWORD`, `..._NEW_PASSWORD`),
+    /// kept off the command line where every user of the machine could read them.
+    pub fn with_environment_secrets(mut self) -> Self {
+        self.old_password = std::env::var("REDIS_HANDOVER_OLD_PASSWORD").ok().or(self.old_password);
+        self.new_password = std::env::var("REDIS_HANDOVER_NEW_PASSWORD").ok().or(self.new_password);
+        self
+    }
 }
 
 impl Config {
@@ -159,43 +198,55 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
     }
 
-    /// The file (if any), then the flags given on top of it, then a validity check.
+    /// The file (if any), then the environment and flags on top of it, passwords read from their files, then a
+    /// validity check.
     pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
         let mut config = match &overrides.config {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
         let o = overrides.clone();
-        if let Some(v) = o.listen {
-            config.listen = v;
+        macro_rules! set {
+            ($($field:ident),*) => {$(
+                if let Some(v) = o.$field { config.$field = v; }
+            )*};
         }
-        if let Some(v) = o.old {
-            config.old = v;
+        macro_rules! set_option {
+            ($($field:ident),*) => {$(
+                if let Some(v) = o.$field { config.$field = Some(v); }
+            )*};
         }
-        if let Some(v) = o.new {
-            config.new = Some(v);
-        }
-        if let Some(v) = o.admin {
-            config.admin = v;
-        }
-        if let Some(v) = o.max_clients {
-            config.max_clients = v;
-        }
-        if let Some(v) = o.connect_timeout_ms {
-            config.connect_timeout_ms = v;
-        }
-        if let Some(v) = o.shutdown_grace_ms {
-            config.shutdown_grace_ms = v;
-        }
-        if let Some(v) = o.log_format {
-            config.log_format = v;
-        }
-        if let Some(v) = o.threads {
-            config.threads = v;
-        }
-        if let Some(v) = o.resp3 {
-            config.resp3 = v;
-        }
+        set!(
+            listen,
+            old,
+            admin,
+            max_clients,
+            connect_timeout_ms,
+            shutdown_grace_ms,
+            log_format,
+            threads,
+            resp3
+        );
+        set_option!(
+            new,
+            old_user,
+            old_password,
+            old_password_file,
+            new_user,
+            new_password,
+            new_password_file
+        );
+        set_option!(old_replication_addr, new_replication_addr);
+        config.old_password = read_password(
+            "old_password",
+            config.old_password.take(),
+            config.old_password_file.as_deref(),
+        )?;
+        config.new_password = read_password(
+            "new_password",
+            config.new_password.take(),
+            config.new_password_file.as_deref(),
+        )?;
         config.validate()?;
         Ok(config)
     }
@@ -206,25 +257,65 @@ impl Config {
             ("listen", Some(&self.listen)),
             ("old", Some(&self.old)),
             ("new", self.new.as_ref()),
+            ("admin", Some(&self.admin)),
+            ("old_replication_addr", self.old_replication_addr.as_ref()),
+            ("new_replication_addr", self.new_replication_addr.as_ref()),
         ];
-        for (key, value) in addresses.into_iter().chain([("admin", Some(&self.admin))]) {
+        for (key, value) in addresses {
             if let Some(value) = value {
                 check_address(key, value)?;
             }
         }
-        if self.max_clients == 0 {
-            return Err(ConfigError::Invalid {
-                key: "max_clients",
-                reason: "must be at least 1".into(),
-            });
-        }
-        if self.connect_timeout_ms == 0 {
-            return Err(ConfigError::Invalid {
-                key: "connect_timeout_ms",
-                reason: "must be at least 1".into(),
-            });
+        for (key, value) in [
+            ("max_clients", self.max_clients as u64),
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("threads", self.threads as u64),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be at least 1".into(),
+                });
+            }
         }
         Ok(())
+    }
+
+    /// The same settings with every password replaced by asterisks, for printing.
+    pub fn masked(&self) -> Config {
+        let mask = |p: &Option<String>| p.as_ref().map(|_| "********".to_string());
+        Config {
+            old_password: mask(&self.old_password),
+            new_password: mask(&self.new_password),
+            ..self.clone()
+        }
+    }
+
+    /// The settings as TOML, as a file would give them.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("the settings serialize")
+    }
+}
+
+/// A password given directly or in a file (its first line); both at once is an error.
+fn read_password(
+    key: &'static str,
+    direct: Option<String>,
+    file: Option<&Path>,
+) -> Result<Option<String>, ConfigError> {
+    match (direct, file) {
+        (Some(_), Some(_)) => Err(ConfigError::Invalid {
+            key,
+            reason: "given both directly and as a file".into(),
+        }),
+        (direct, None) => Ok(direct),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            Ok(Some(text.lines().next().unwrap_or_default().to_string()))
+        }
     }
 }
 
@@ -246,12 +337,17 @@ fn check_address(key: &'static str, value: &str) -> Result<(), ConfigError> {
 mod tests {
     use super::*;
 
+    fn temp_file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("rh-config-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(name);
+        std::fs::write(&file, text).unwrap();
+        file
+    }
+
     #[test]
     fn flags_override_the_file() {
-        let dir = std::env::temp_dir().join(format!("rh-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("handover.toml");
-        std::fs::write(&file, "old = \"10.0.0.1:6379\"\nmax_clients = 5\n").unwrap();
+        let file = temp_file("handover.toml", "old = \"10.0.0.1:6379\"\nmax_clients = 5\n");
         let overrides = Overrides {
             config: Some(file),
             max_clients: Some(7),
@@ -261,7 +357,6 @@ mod tests {
         assert_eq!(config.old, "10.0.0.1:6379");
         assert_eq!(config.max_clients, 7);
         assert_eq!(config.listen, "127.0.0.1:6380");
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -282,5 +377,70 @@ mod tests {
             config.validate(),
             Err(ConfigError::Invalid { key: "old", .. })
         ));
+    }
+
+    #[test]
+    fn passwords_come_from_files_and_are_masked() {
+        let file = temp_file("old.pass", "s3cret\n");
+        let overrides = Overrides {
+            old_password_file: Some(file.clone()),
+            ..Default::default()
+        };
+        let config = Config::load(&overrides).unwrap();
+        assert_eq!(config.old_password.as_deref(), Some("s3cret"));
+        let printed = config.masked().to_toml();
+        assert!(
+            !printed.contains("s3cret") && printed.contains("old_password = \"********\""),
+            "{printed}"
+        );
+        let both = Overrides {
+            old_password: Some("x".into()),
+            old_password_file: Some(file),
+            ..Default::default()
+        };
+        assert!(matches!(
+            Config::load(&both),
+            Err(ConfigError::Invalid {
+                key: "old_password",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn the_example_file_is_valid_and_documents_every_setting() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("handover.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        Config::from_toml(&text).unwrap();
+        let defaults = toml::to_string(&Config {
+            new: Some("x:1".into()),
+            ..Config::default()
+        })
+        .unwrap();
+        let uncommented: String = text
+            .lines()
+            .map(|l| l.trim_start_matches("# "))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for line in defaults.lines() {
+            let key = line.split(" = ").next().unwrap();
+            assert!(
+                uncommented.contains(&format!("{key} = ")),
+                "handover.example.toml does not document {key}"
+            );
+        }
+        for key in [
+            "old_password",
+            "old_password_file",
+            "new_password",
+            "new_password_file",
+            "old_user",
+            "new_user",
+        ] {
+            assert!(
+                uncommented.contains(&format!("{key} = ")),
+                "handover.example.toml does not document {key}"
+            );
+        }
     }
 }

@@ -10,6 +10,7 @@ pub mod backend;
 pub mod command;
 pub mod config;
 pub mod control;
+pub mod ctl;
 pub mod gate;
 pub mod handover;
 pub mod moves;

@@ -10,13 +10,37 @@ use tokio::net::TcpListener;
 #[derive(Debug, Parser)]
 #[command(name = "redis-handover", version)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Subcommand>,
     #[command(flatten)]
     overrides: Overrides,
+    /// Check the configuration, print it as it would be used (passwords masked), and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Subcommand {
+    /// Talk to a running proxy's admin port: status, handover, abort, config.
+    Ctl(redis_handover::ctl::CtlArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let config = Config::load(&cli.overrides)?;
+    if let Some(Subcommand::Ctl(args)) = cli.command {
+        std::process::exit(redis_handover::ctl::run(args));
+    }
+    let config = match Config::load(&cli.overrides.clone().with_environment_secrets()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("redis-handover: {error}");
+            std::process::exit(2);
+        }
+    };
+    if cli.check_config {
+        print!("{}", config.masked().to_toml());
+        return Ok(());
+    }
     init_logging(config.log_format);
     // One thread by default: a proxy's work per command is a few syscalls, and a second worker thread mostly
     // adds wake-ups between threads (measured with scripts/bench.sh, README "Performance").

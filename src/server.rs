@@ -17,8 +17,8 @@ use crate::handover::Handover;
 use crate::moves::MoveTracker;
 use crate::primary::{PrimaryCell, Server, Side};
 use crate::scripts::ScriptCache;
-use crate::telemetry::Telemetry;
 use crate::session::{ClientSlot, Session};
+use crate::telemetry::Telemetry;
 
 /// What every session and the admin port share.
 #[derive(Debug)]

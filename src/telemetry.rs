@@ -44,7 +44,9 @@ impl Family {
             Command::Write | Command::XGroup => Family::Write,
             Command::BlockingRead | Command::BlockingWrite => Family::Blocking,
             Command::Subscribe | Command::Unsubscribe => Family::PubSub,
-            Command::Multi | Command::Exec | Command::Discard | Command::Watch | Command::Unwatch => Family::Transaction,
+            Command::Multi | Command::Exec | Command::Discard | Command::Watch | Command::Unwatch => {
+                Family::Transaction
+            }
             Command::Eval | Command::EvalSha | Command::Script | Command::Function => Family::Scripting,
             Command::Auth
             | Command::Hello
@@ -94,39 +96,86 @@ pub struct Telemetry {
 
 impl Telemetry {
     pub fn new() -> Telemetry {
-        let latency_buckets = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+        let latency_buckets = [
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+        ];
         let pause_buckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
         let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Full("redis_handover_command_duration_seconds".into()), &latency_buckets)
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Full("redis_handover_pause_seconds".into()), &pause_buckets))
+            .set_buckets_for_metric(
+                Matcher::Full("redis_handover_command_duration_seconds".into()),
+                &latency_buckets,
+            )
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full("redis_handover_pause_seconds".into()), &pause_buckets)
+            })
             .expect("bucket lists are not empty")
             .build_recorder();
         let families = |name: &'static str, help: &'static str| {
-            FAMILIES.iter().map(|f| counter(&recorder, name, help, &[("family", f.name())])).collect::<Vec<_>>()
+            FAMILIES
+                .iter()
+                .map(|f| counter(&recorder, name, help, &[("family", f.name())]))
+                .collect::<Vec<_>>()
         };
-        let commands = families("redis_handover_commands_total", "Commands received from clients, by family.");
-        let errors = families("redis_handover_command_errors_total", "Error replies sent to clients, by family.");
+        let commands = families(
+            "redis_handover_commands_total",
+            "Commands received from clients, by family.",
+        );
+        let errors = families(
+            "redis_handover_command_errors_total",
+            "Error replies sent to clients, by family.",
+        );
         let latency = FAMILIES
             .iter()
             .map(|f| {
                 let help = "Time from forwarding a command to its reply, by family.";
-                histogram(&recorder, "redis_handover_command_duration_seconds", help, &[("family", f.name())])
+                histogram(
+                    &recorder,
+                    "redis_handover_command_duration_seconds",
+                    help,
+                    &[("family", f.name())],
+                )
             })
             .collect();
         let sides = |name: &'static str, help: &'static str| {
-            [gauge(&recorder, name, help, &[("server", "old")]), gauge(&recorder, name, help, &[("server", "new")])]
+            [
+                gauge(&recorder, name, help, &[("server", "old")]),
+                gauge(&recorder, name, help, &[("server", "new")]),
+            ]
         };
         let outcome = |outcome: &'static str| {
-            counter(&recorder, "redis_handover_handovers_total", "Handovers, by outcome.", &[("outcome", outcome)])
+            counter(
+                &recorder,
+                "redis_handover_handovers_total",
+                "Handovers, by outcome.",
+                &[("outcome", outcome)],
+            )
         };
         Telemetry {
             commands,
             errors,
             latency,
-            bytes_from_clients: counter(&recorder, "redis_handover_client_bytes_received_total", "Bytes read from clients.", &[]),
-            bytes_to_clients: counter(&recorder, "redis_handover_client_bytes_sent_total", "Bytes written to clients.", &[]),
-            client_connections: gauge(&recorder, "redis_handover_client_connections", "Client connections open.", &[]),
-            backend_connections: sides("redis_handover_backend_connections", "Backend connections open, by server."),
+            bytes_from_clients: counter(
+                &recorder,
+                "redis_handover_client_bytes_received_total",
+                "Bytes read from clients.",
+                &[],
+            ),
+            bytes_to_clients: counter(
+                &recorder,
+                "redis_handover_client_bytes_sent_total",
+                "Bytes written to clients.",
+                &[],
+            ),
+            client_connections: gauge(
+                &recorder,
+                "redis_handover_client_connections",
+                "Client connections open.",
+                &[],
+            ),
+            backend_connections: sides(
+                "redis_handover_backend_connections",
+                "Backend connections open, by server.",
+            ),
             open_links: [AtomicI64::new(0), AtomicI64::new(0)],
             handover_phase: gauge(
                 &recorder,
@@ -134,9 +183,24 @@ impl Telemetry {
                 "Handover phase: 0 idle, 1 preflight, 2 syncing, 3 catching_up, 4 paused, 5 switched, 6 aborted.",
                 &[],
             ),
-            lag_bytes: gauge(&recorder, "redis_handover_replication_lag_bytes", "NEW's replication lag behind OLD.", &[]),
-            writes_held: gauge(&recorder, "redis_handover_writes_held", "Writes held at the gate now.", &[]),
-            pause_seconds: histogram(&recorder, "redis_handover_pause_seconds", "Write pauses of handovers.", &[]),
+            lag_bytes: gauge(
+                &recorder,
+                "redis_handover_replication_lag_bytes",
+                "NEW's replication lag behind OLD.",
+                &[],
+            ),
+            writes_held: gauge(
+                &recorder,
+                "redis_handover_writes_held",
+                "Writes held at the gate now.",
+                &[],
+            ),
+            pause_seconds: histogram(
+                &recorder,
+                "redis_handover_pause_seconds",
+                "Write pauses of handovers.",
+                &[],
+            ),
             handovers: [outcome("switched"), outcome("aborted")],
             handle: recorder.handle(),
         }
@@ -214,17 +278,32 @@ fn metadata() -> Metadata<'static> {
     Metadata::new(module_path!(), Level::INFO, None)
 }
 
-fn counter(recorder: &PrometheusRecorder, name: &'static str, help: &'static str, labels: &[(&'static str, &'static str)]) -> Counter {
+fn counter(
+    recorder: &PrometheusRecorder,
+    name: &'static str,
+    help: &'static str,
+    labels: &[(&'static str, &'static str)],
+) -> Counter {
     recorder.describe_counter(name.into(), None, help.into());
     recorder.register_counter(&key(name, labels), &metadata())
 }
 
-fn gauge(recorder: &PrometheusRecorder, name: &'static str, help: &'static str, labels: &[(&'static str, &'static str)]) -> Gauge {
+fn gauge(
+    recorder: &PrometheusRecorder,
+    name: &'static str,
+    help: &'static str,
+    labels: &[(&'static str, &'static str)],
+) -> Gauge {
     recorder.describe_gauge(name.into(), None, help.into());
     recorder.register_gauge(&key(name, labels), &metadata())
 }
 
-fn histogram(recorder: &PrometheusRecorder, name: &'static str, help: &'static str, labels: &[(&'static str, &'static str)]) -> Histogram {
+fn histogram(
+    recorder: &PrometheusRecorder,
+    name: &'static str,
+    help: &'static str,
+    labels: &[(&'static str, &'static str)],
+) -> Histogram {
     recorder.describe_histogram(name.into(), None, help.into());
     recorder.register_histogram(&key(name, labels), &metadata())
 }

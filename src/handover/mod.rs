@@ -373,7 +373,7 @@ async fn probe(handover: std::sync::Weak<Handover>) {
                 }
             }
         }
-                this.shared.telemetry.upkeep();
+        this.shared.telemetry.upkeep();
         drop(this);
         tokio::time::sleep(Duration::from_secs(2)).await;
     }

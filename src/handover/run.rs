@@ -96,7 +96,7 @@ impl Run {
         }
         .await;
         match outcome {
-                        Ok(()) => {
+            Ok(()) => {
                 self.enter(Phase::Switched);
                 let pause = self.handover.lock().current.as_ref().and_then(|r| r.pause_ms);
                 let pause = pause.map(|ms| Duration::from_secs_f64(ms / 1000.0));
@@ -106,7 +106,7 @@ impl Run {
                 tracing::warn!(%reason, "handover aborted; OLD stays primary");
                 self.undo().await;
                 self.finish_with_reason(reason);
-                                self.enter(Phase::Aborted);
+                self.enter(Phase::Aborted);
                 self.handover.shared.telemetry.handover_finished(false, None);
             }
         }
@@ -132,7 +132,7 @@ impl Run {
             });
         }
         tracing::info!(phase = phase.name(), at_ms = at, "handover phase");
-                self.handover.shared.telemetry.handover_phase.set(phase as u8 as f64);
+        self.handover.shared.telemetry.handover_phase.set(phase as u8 as f64);
     }
 
     fn finish_with_reason(&self, reason: String) {
@@ -398,7 +398,7 @@ impl Run {
             let (source, target) = self.offsets(CALL_TIMEOUT).await?;
             let lag = source - target;
             self.handover.lock().lag_bytes = Some(lag);
-                        self.handover.shared.telemetry.lag_bytes.set(lag as f64);
+            self.handover.shared.telemetry.lag_bytes.set(lag as f64);
             if lag <= self.request.max_lag_bytes as i64 {
                 return Ok(());
             }
@@ -555,7 +555,7 @@ impl Run {
         self.pause.gate_closed = false;
         let pause = paused_at.elapsed();
         let held = shared.gate.held_total();
-        
+
         tracing::info!(
             pause_ms = pause.as_secs_f64() * 1000.0,
             writes_held = held,

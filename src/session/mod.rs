@@ -87,7 +87,7 @@ pub struct Session {
 
 impl Session {
     pub fn new(client: TcpStream, shared: Arc<Shared>) -> Self {
-                Session {
+        Session {
             core: Core::new(shared.telemetry.clone()),
             shared,
             client,
@@ -96,7 +96,7 @@ impl Session {
             parser: RequestParser::new(),
             link: None,
             link_failure: None,
-            
+
             closing: false,
             draining: false,
             gate: GateSlot::default(),
@@ -351,7 +351,7 @@ impl Session {
         let timeout = Duration::from_millis(self.shared.config.connect_timeout_ms);
         match backend::connect(&primary.server, timeout).await {
             Ok(stream) => {
-                                let telemetry = self.shared.telemetry.clone();
+                let telemetry = self.shared.telemetry.clone();
                 let mut link = BackendLink::new(stream, primary.server.clone(), primary.generation, telemetry);
                 self.core.restore_on(&mut link.output);
                 tracing::debug!(backend = %primary.server.addr, "backend link open");
@@ -367,7 +367,7 @@ impl Session {
                 }
                 loop {
                     match self.parser.parse(&self.client_in) {
-                                                Parsed::Request(n) => {
+                        Parsed::Request(n) => {
                             let family = Family::of(Command::classify(self.parser.arg(&self.client_in, 0)));
                             self.shared.telemetry.command(family);
                             self.shared.telemetry.local_error(family);
@@ -443,7 +443,7 @@ impl Session {
         while !self.core.client_out.is_empty() {
             match Pin::new(&mut self.client).poll_write(cx, &self.core.client_out) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(SessionError::ClientGone)),
-                                Poll::Ready(Ok(n)) => {
+                Poll::Ready(Ok(n)) => {
                     self.core.client_out.advance(n);
                     self.shared.telemetry.bytes_to_clients.increment(n as u64);
                     progress = true;
@@ -490,7 +490,7 @@ impl Session {
         }
         if self.wants_client_input() {
             make_room(&mut self.client_in);
-                        match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.client_in) {
+            match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.client_in) {
                 Poll::Ready(Ok(0)) => {
                     self.client_eof = true;
                     progress = true;

@@ -251,7 +251,7 @@ pub struct Pending {
     pub blocked: Option<Box<Blocked>>,
     /// A command the proxy sent itself (restoring state on a new connection): the client never sees its
     /// reply, though its effect still applies.
-        pub hidden: bool,
+    pub hidden: bool,
     /// The command's family and when it was forwarded, for the latency and error metrics.
     pub family: Family,
     pub sent_at: Instant,
@@ -260,7 +260,16 @@ pub struct Pending {
 impl Pending {
     fn new(effect: Effect, expect: Expect) -> Self {
         let (family, sent_at) = (Family::Other, Instant::now());
-        Pending { effect, expect, queued: false, write: false, blocked: None, hidden: false, family, sent_at }
+        Pending {
+            effect,
+            expect,
+            queued: false,
+            write: false,
+            blocked: None,
+            hidden: false,
+            family,
+            sent_at,
+        }
     }
 }
 
@@ -336,7 +345,7 @@ pub struct Core {
     /// Writes forwarded and not yet answered.
     pub pending_writes: usize,
     /// The backend connection's client id, once known.
-        pub link_client_id: Option<i64>,
+    pub link_client_id: Option<i64>,
     pub telemetry: Arc<Telemetry>,
 }
 
@@ -357,12 +366,17 @@ impl Core {
     /// Records a request about to be forwarded: its effect, whether it is a write the handover must wait for,
     /// and, for a blocking call, how to issue it again.
     pub fn plan(&mut self, command: Command, args: Args<'_>, write: bool, blocked: Option<Blocked>) {
-                let family = Family::of(command);
+        let family = Family::of(command);
         self.telemetry.command(family);
         if matches!(command, Command::Read | Command::Write) && self.reply_mode == ReplyMode::On {
             // The common case: a data command that changes nothing in the session.
             self.pending_writes += usize::from(write);
-            let pending = Pending { write, queued: self.multi_open, family, ..Pending::new(Effect::None, Expect::One) };
+            let pending = Pending {
+                write,
+                queued: self.multi_open,
+                family,
+                ..Pending::new(Effect::None, Expect::One)
+            };
             self.pending.push_back(pending);
             return;
         }
@@ -403,9 +417,18 @@ impl Core {
         };
         if expects_reply {
             self.pending_writes += usize::from(write);
-                        let blocked = blocked.map(Box::new);
+            let blocked = blocked.map(Box::new);
             let sent_at = Instant::now();
-            self.pending.push_back(Pending { effect, expect, queued, write, blocked, hidden: false, family, sent_at });
+            self.pending.push_back(Pending {
+                effect,
+                expect,
+                queued,
+                write,
+                blocked,
+                hidden: false,
+                family,
+                sent_at,
+            });
         }
     }
 
@@ -513,7 +536,7 @@ impl Core {
             return None;
         };
         self.pending_writes -= usize::from(head.write);
-                let hidden = head.hidden;
+        let hidden = head.hidden;
         if !hidden {
             self.telemetry.reply(head.family, head.sent_at, is_error_frame(frame));
         }

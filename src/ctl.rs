@@ -1,0 +1,335 @@
+//! `redis-handover ctl`: the operator's command line for the admin port.
+//!
+//! Exit codes a script can rely on: 0 done; 1 refused or failed (the reason on stderr); 2 bad usage; 3 the admin
+//! port could not be reached.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// Exit code: the operation was refused or failed.
+pub const EXIT_FAILED: i32 = 1;
+/// Exit code: the admin port could not be reached.
+pub const EXIT_UNREACHABLE: i32 = 3;
+
+/// `redis-handover ctl` options.
+#[derive(Debug, clap::Args)]
+pub struct CtlArgs {
+    /// The proxy's admin address.
+    #[arg(
+        long,
+        env = "REDIS_HANDOVER_ADMIN",
+        default_value = "127.0.0.1:7380",
+        value_name = "HOST:PORT"
+    )]
+    pub admin: String,
+    /// Print the admin port's JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum CtlCommand {
+    /// Phase, primary, versions, lag, clients and held writes, on one screen.
+    Status {
+        /// Redraw until the running handover ends, with progress bars for the sync and the catch-up.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Start a handover to the server that is not the primary.
+    Handover {
+        #[arg(long, value_name = "MS")]
+        max_pause_ms: Option<u64>,
+        #[arg(long, value_name = "S")]
+        catchup_timeout_s: Option<u64>,
+        #[arg(long, value_name = "BYTES")]
+        max_lag_bytes: Option<u64>,
+        /// Go on although NEW holds keys.
+        #[arg(long)]
+        allow_nonempty: bool,
+        /// Copy maxmemory-policy and notify-keyspace-events from OLD to NEW.
+        #[arg(long)]
+        copy_config: bool,
+        /// Wait until it ends; exit 0 if it switched, 1 if it aborted.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Stop a running handover before the promotion.
+    Abort,
+    /// Change a setting at run time.
+    Config {
+        #[command(subcommand)]
+        setting: ConfigSetting,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ConfigSetting {
+    /// What HELLO 3 gets: allow, or pin-resp2.
+    Resp3 {
+        #[arg(value_parser = ["allow", "pin-resp2"])]
+        mode: String,
+    },
+}
+
+/// A failed call: the exit code and the message for stderr.
+struct Failure(i32, String);
+
+/// Runs a ctl command; returns the process's exit code.
+pub fn run(args: CtlArgs) -> i32 {
+    let client = Admin::new(&args.admin);
+    let result = match &args.command {
+        CtlCommand::Status { watch: false } => client.get("/status").map(|status| {
+            print_or_json(&status, args.json, render_status);
+            0
+        }),
+        CtlCommand::Status { watch: true } => watch(&client, args.json),
+        CtlCommand::Handover {
+            max_pause_ms,
+            catchup_timeout_s,
+            max_lag_bytes,
+            allow_nonempty,
+            copy_config,
+            wait,
+        } => {
+            let mut body = serde_json::Map::new();
+            for (key, value) in [
+                ("max_pause_ms", max_pause_ms),
+                ("catchup_timeout_s", catchup_timeout_s),
+                ("max_lag_bytes", max_lag_bytes),
+            ] {
+                if let Some(value) = value {
+                    body.insert(key.into(), json!(value));
+                }
+            }
+            if *allow_nonempty {
+                body.insert("allow_nonempty".into(), json!(true));
+            }
+            if *copy_config {
+                body.insert("copy_config".into(), json!(true));
+            }
+            client
+                .send("POST", "/handover", Value::Object(body))
+                .and_then(|started| {
+                    if *wait {
+                        watch(&client, args.json)
+                    } else {
+                        print_or_json(&started, args.json, |s| {
+                            format!("handover started: {}\n", s["phase"].as_str().unwrap_or("?"))
+                        });
+                        Ok(0)
+                    }
+                })
+        }
+        CtlCommand::Abort => client.send("POST", "/handover/abort", json!({})).map(|answer| {
+            print_or_json(&answer, args.json, |_| "abort requested\n".into());
+            0
+        }),
+        CtlCommand::Config {
+            setting: ConfigSetting::Resp3 { mode },
+        } => client.send("PUT", "/config/resp3", json!(mode)).map(|answer| {
+            print_or_json(&answer, args.json, |a| {
+                format!("resp3 = {}\n", a["resp3"].as_str().unwrap_or("?"))
+            });
+            0
+        }),
+    };
+    match result {
+        Ok(code) => code,
+        Err(Failure(code, message)) => {
+            eprintln!("redis-handover ctl: {message}");
+            code
+        }
+    }
+}
+
+fn print_or_json(value: &Value, json: bool, render: impl Fn(&Value) -> String) {
+    if json {
+        println!("{value}");
+    } else {
+        print!("{}", render(value));
+    }
+}
+
+/// Follows a handover until it ends: progress bars on a terminal, a line per change otherwise. Exits 0 when the
+/// last handover switched (or none ran), 1 when it aborted.
+fn watch(client: &Admin, json: bool) -> Result<i32, Failure> {
+    let terminal = std::io::stdout().is_terminal() && !json;
+    let bars = indicatif::MultiProgress::new();
+    let phase_line = bars.add(indicatif::ProgressBar::new_spinner());
+    let sync_bar = bars.add(indicatif::ProgressBar::hidden());
+    let style = indicatif::ProgressStyle::with_template("{prefix:>10} [{bar:40}] {msg}")
+        .expect("a valid template")
+        .progress_chars("=> ");
+    sync_bar.set_style(style);
+    sync_bar.set_prefix("sync");
+    let mut last_line = String::new();
+    let status = loop {
+        let status = client.get("/status")?;
+        let running = !status["handover"].is_null();
+        let phase = status["phase"].as_str().unwrap_or("?").to_string();
+        let lag = status["lag_bytes"].as_i64();
+        let (read, total) = (
+            status["sync"]["bytes_read"].as_u64(),
+            status["sync"]["bytes_total"].as_u64(),
+        );
+        let line = format!(
+            "phase {phase}{}{}, clients {}, writes held {}",
+            match (read, total) {
+                (Some(r), Some(t)) if running => format!(", sync {} of {}", bytes(r), bytes(t)),
+                _ => String::new(),
+            },
+            lag.map(|l| format!(", lag {}", bytes(l.max(0) as u64)))
+                .unwrap_or_default(),
+            status["clients"],
+            status["writes_held"]
+        );
+        if terminal {
+            phase_line.set_message(line.clone());
+            phase_line.tick();
+            if let (Some(r), Some(t)) = (read, total) {
+                sync_bar.set_length(t);
+                sync_bar.set_position(r);
+                sync_bar.set_message(format!("{} of {}", bytes(r), bytes(t)));
+            }
+        } else if line != last_line && !json {
+            println!("{line}");
+        }
+        last_line = line;
+        if !running {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    phase_line.finish_and_clear();
+    sync_bar.finish_and_clear();
+    print_or_json(&status, json, render_status);
+    match status["last_handover"]["outcome"].as_str() {
+        Some("aborted") => Err(Failure(
+            EXIT_FAILED,
+            format!(
+                "handover aborted: {}",
+                status["last_handover"]["reason"].as_str().unwrap_or("no reason given")
+            ),
+        )),
+        _ => Ok(0),
+    }
+}
+
+/// The one-screen status.
+fn render_status(s: &Value) -> String {
+    let text = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| "-".into());
+    let mut out = String::new();
+    out.push_str(&format!("phase        {}\n", text(&s["phase"])));
+    out.push_str(&format!(
+        "primary      {} {} (Redis {}), generation {}\n",
+        text(&s["primary"]["side"]).to_uppercase(),
+        text(&s["primary"]["addr"]),
+        text(&s["primary"]["version"]),
+        s["primary"]["generation"]
+    ));
+    for side in ["old", "new"] {
+        let server = &s["servers"][side];
+        out.push_str(&format!(
+            "{:<12} {:<22} {:<8} {}\n",
+            side.to_uppercase(),
+            text(&server["addr"]),
+            text(&server["role"]),
+            text(&server["version"])
+        ));
+    }
+    if let (Some(read), Some(total)) = (s["sync"]["bytes_read"].as_u64(), s["sync"]["bytes_total"].as_u64()) {
+        out.push_str(&format!("sync         {} of {}\n", bytes(read), bytes(total)));
+    }
+    if let Some(lag) = s["lag_bytes"].as_i64() {
+        out.push_str(&format!("lag          {}\n", bytes(lag.max(0) as u64)));
+    }
+    out.push_str(&format!("clients      {}\n", s["clients"]));
+    out.push_str(&format!("writes held  {}\n", s["writes_held"]));
+    out.push_str(&format!("resp3        {}\n", text(&s["resp3"])));
+    if !s["fence"].is_null() {
+        out.push_str(&format!("fence        {}\n", text(&s["fence"])));
+    }
+    let last = &s["last_handover"];
+    if !last.is_null() {
+        out.push_str(&format!(
+            "last         {} ({} -> {})",
+            text(&last["outcome"]),
+            text(&last["from"]),
+            text(&last["to"])
+        ));
+        if let Some(pause) = last["pause_ms"].as_f64() {
+            out.push_str(&format!(", pause {pause:.1} ms, {} writes held", last["writes_held"]));
+        }
+        if let Some(reason) = last["reason"].as_str() {
+            out.push_str(&format!(", reason: {reason}"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} bytes"),
+    }
+}
+
+/// A blocking HTTP client for the admin port.
+struct Admin {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Admin {
+    fn new(addr: &str) -> Admin {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        Admin {
+            base: format!("http://{addr}"),
+            agent,
+        }
+    }
+
+    fn get(&self, path: &str) -> Result<Value, Failure> {
+        let response = self.agent.get(&format!("{}{path}", self.base)).call();
+        self.answer(response)
+    }
+
+    fn send(&self, method: &str, path: &str, body: Value) -> Result<Value, Failure> {
+        let url = format!("{}{path}", self.base);
+        let response = match method {
+            "PUT" => self.agent.put(&url).send_json(body),
+            _ => self.agent.post(&url).send_json(body),
+        };
+        self.answer(response)
+    }
+
+    fn answer(&self, response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Value, Failure> {
+        let mut response = response.map_err(|e| {
+            Failure(
+                EXIT_UNREACHABLE,
+                format!("cannot reach the admin port at {}: {e}", self.base),
+            )
+        })?;
+        let status = response.status().as_u16();
+        let value: Value = response.body_mut().read_json().unwrap_or(Value::Null);
+        if status >= 400 {
+            let reason = value["error"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("HTTP {status}"));
+            return Err(Failure(EXIT_FAILED, reason));
+        }
+        Ok(value)
+    }
+}
