@@ -4,7 +4,7 @@
 //! compatible), `syncing` (NEW does a full sync from OLD with native `REPLICAOF`), `catching_up` (until the
 //! replication lag is under `max_lag_bytes`), `paused` (writes held in the proxy, OLD paused for writers that
 //! bypass the proxy, NEW reaches OLD's last offset, NEW is promoted, the primary switches), then `switched`, or
-//! `aborted` with OLD still primary and nothing lost. Every transition is one call of [`Run::enter`].
+//! `aborted` with OLD still primary and nothing lost. Every transition is one call of `Run::enter`, which logs it and records it in the timeline.
 //! The Redis facts this rests on are in REDIS-FACTS.md ("Replication across versions", "Primitives").
 
 mod run;
