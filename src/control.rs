@@ -1,6 +1,7 @@
 //! The proxy's own connections to a Redis server, for the handover: one command at a time, every call bounded.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -52,7 +53,9 @@ pub struct Credentials {
 /// One control connection.
 pub struct ControlConn {
     stream: TcpStream,
-    pub server: Server,
+    /// What the connection is to, for error messages: `old`, `new`, or `proxy`.
+    label: &'static str,
+    addr: Arc<str>,
     input: BytesMut,
     scanner: ReplyScanner,
 }
@@ -61,9 +64,11 @@ impl ControlConn {
     /// Connects and authenticates, each step within `timeout`.
     pub async fn connect(server: &Server, credentials: &Credentials, timeout: Duration) -> Result<Self, ControlError> {
         let stream = backend::connect(server, timeout).await?;
+        let (label, addr) = (server.side.name(), server.addr.clone());
         let mut conn = ControlConn {
             stream,
-            server: server.clone(),
+            label,
+            addr,
             input: BytesMut::new(),
             scanner: ReplyScanner::new(),
         };
@@ -74,6 +79,32 @@ impl ControlConn {
             };
         }
         Ok(conn)
+    }
+
+    /// Connects to any RESP server (the proxy itself, for the consistency checker), within `timeout`.
+    pub async fn connect_to(label: &'static str, addr: &str, timeout: Duration) -> Result<Self, ControlError> {
+        let io = |source| ControlError::Io {
+            side: label,
+            addr: addr.to_string(),
+            source,
+        };
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(stream) => stream.map_err(io)?,
+            Err(_) => {
+                return Err(io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                )));
+            }
+        };
+        stream.set_nodelay(true).map_err(io)?;
+        Ok(ControlConn {
+            stream,
+            label,
+            addr: addr.into(),
+            input: BytesMut::new(),
+            scanner: ReplyScanner::new(),
+        })
     }
 
     /// Sends several commands in one write and reads their replies; error replies come back as values.
@@ -95,8 +126,8 @@ impl ControlConn {
         match tokio::time::timeout(timeout, work).await {
             Ok(result) => result,
             Err(_) => Err(ControlError::Timeout {
-                side: self.server.side.name(),
-                addr: self.server.addr.to_string(),
+                side: self.label,
+                addr: self.addr.to_string(),
                 command: name,
                 timeout_ms: timeout.as_millis() as u64,
             }),
@@ -140,8 +171,8 @@ impl ControlConn {
     /// Builds the error for a command the server refused.
     pub fn refused(&self, args: &[&str], message: String) -> ControlError {
         ControlError::Refused {
-            side: self.server.side.name(),
-            addr: self.server.addr.to_string(),
+            side: self.label,
+            addr: self.addr.to_string(),
             command: args.first().copied().unwrap_or_default().to_string(),
             message,
         }
@@ -170,16 +201,16 @@ impl ControlConn {
 
     fn io(&self, source: std::io::Error) -> ControlError {
         ControlError::Io {
-            side: self.server.side.name(),
-            addr: self.server.addr.to_string(),
+            side: self.label,
+            addr: self.addr.to_string(),
             source,
         }
     }
 
     fn protocol(&self) -> ControlError {
         ControlError::Protocol {
-            side: self.server.side.name(),
-            addr: self.server.addr.to_string(),
+            side: self.label,
+            addr: self.addr.to_string(),
         }
     }
 }

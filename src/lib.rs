@@ -9,6 +9,7 @@ pub mod admin;
 pub mod backend;
 pub mod command;
 pub mod config;
+pub mod consistency;
 pub mod control;
 pub mod ctl;
 pub mod gate;

@@ -23,12 +23,16 @@ struct Cli {
 enum Subcommand {
     /// Talk to a running proxy's admin port: status, handover, abort, config.
     Ctl(redis_handover::ctl::CtlArgs),
+    /// Write through a proxy for a while, then check that every acknowledged write is there.
+    CheckConsistency(redis_handover::consistency::CheckArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Subcommand::Ctl(args)) = cli.command {
-        std::process::exit(redis_handover::ctl::run(args));
+    match cli.command {
+        Some(Subcommand::Ctl(args)) => std::process::exit(redis_handover::ctl::run(args)),
+        Some(Subcommand::CheckConsistency(args)) => std::process::exit(redis_handover::consistency::run_cli(args)),
+        None => {}
     }
     let config = match Config::load(&cli.overrides.clone().with_environment_secrets()) {
         Ok(config) => config,

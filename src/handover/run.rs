@@ -210,17 +210,15 @@ impl Run {
             )));
         }
 
-        // A target the proxy fenced after an earlier switch must take writes again once promoted.
-        let fenced = *self.handover.fenced.lock().unwrap_or_else(|e| e.into_inner());
-        if fenced == Some(self.target.side) {
-            self.target()
-                .ok(&["CONFIG", "SET", "min-replicas-to-write", "0"], CALL_TIMEOUT)
-                .await?;
-        }
-
         let target_replication = self.target().info("replication", CALL_TIMEOUT).await?;
         let already_replica = self.replicates_from_source(&target_replication);
-        if !already_replica && !self.request.allow_nonempty {
+        // The former primary of this pair holds the pair's own history: the source was promoted from it, so the
+        // source's previous replication ID is the target's ID, and the target can resynchronize partially.
+        let source_previous_id = source_replication
+            .get("master_replid2")
+            .filter(|id| id.bytes().any(|b| b != b'0'));
+        let former_primary = source_previous_id.is_some_and(|id| target_replication.get("master_replid") == Some(id));
+        if !already_replica && !former_primary && !self.request.allow_nonempty {
             let keyspace = self.target().info("keyspace", CALL_TIMEOUT).await?;
             let keys: u64 = keyspace.values().filter_map(|v| keys_in(v)).sum();
             if keys > 0 {
@@ -359,6 +357,14 @@ impl Run {
             .ok_or_else(|| Abort(format!("bad replication address {addr}")))?;
         let (host, port) = (host.to_string(), port.to_string());
         self.target().ok(&["REPLICAOF", &host, &port], CALL_TIMEOUT).await?;
+        // A target the proxy fenced after an earlier switch must take writes again once promoted; as a replica
+        // it refuses writes anyway, so the fence can go now.
+        let fenced = *self.handover.fenced.lock().unwrap_or_else(|e| e.into_inner());
+        if fenced == Some(self.target.side) {
+            self.target()
+                .ok(&["CONFIG", "SET", "min-replicas-to-write", "0"], CALL_TIMEOUT)
+                .await?;
+        }
         let deadline = self.started + Duration::from_secs(self.request.catchup_timeout_s);
         loop {
             self.cancelled()?;
