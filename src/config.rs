@@ -27,6 +27,11 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Worker threads: 1 runs everything on one thread.
     pub threads: usize,
+    /// Drop a client silent this long while nothing is owed to it, or whose request stays incomplete this long
+    /// (also when it trickles in); 0 turns it off, like Redis's `timeout 0`.
+    pub client_idle_timeout_s: u64,
+    /// Drop a client that has taken none of its replies for this long while 4 MiB of them wait; 0 turns it off.
+    pub client_output_timeout_s: u64,
     /// What a client's `HELLO 3` gets: `allow` (passed to the primary) or `pin-resp2` (refused, so that the
     /// client stays on RESP2 and sees the same reply shapes before and after the upgrade).
     pub resp3: Resp3Mode,
@@ -85,6 +90,8 @@ impl Default for Config {
             shutdown_grace_ms: 5_000,
             log_format: LogFormat::Text,
             threads: 1,
+            client_idle_timeout_s: 0,
+            client_output_timeout_s: 60,
             resp3: Resp3Mode::Allow,
             old_user: None,
             old_password: None,
@@ -142,6 +149,12 @@ pub struct Overrides {
     /// Worker threads; 1 runs everything on one thread [default: 1].
     #[arg(long, env = "REDIS_HANDOVER_THREADS", value_name = "N")]
     pub threads: Option<usize>,
+    /// Drop clients idle (or stuck mid-request) this long; 0 = never [default: 0].
+    #[arg(long, env = "REDIS_HANDOVER_CLIENT_IDLE_TIMEOUT", value_name = "S")]
+    pub client_idle_timeout: Option<u64>,
+    /// Drop clients that stop reading their replies for this long; 0 = never [default: 60].
+    #[arg(long, env = "REDIS_HANDOVER_CLIENT_OUTPUT_TIMEOUT", value_name = "S")]
+    pub client_output_timeout: Option<u64>,
     /// What HELLO 3 gets: passed on (allow), or refused so clients stay on RESP2 (pin-resp2) [default: allow].
     #[arg(long, env = "REDIS_HANDOVER_RESP3", value_enum)]
     pub resp3: Option<Resp3Mode>,
@@ -237,6 +250,12 @@ impl Config {
             new_password_file
         );
         set_option!(old_replication_addr, new_replication_addr);
+        if let Some(v) = o.client_idle_timeout {
+            config.client_idle_timeout_s = v;
+        }
+        if let Some(v) = o.client_output_timeout {
+            config.client_output_timeout_s = v;
+        }
         config.old_password = read_password(
             "old_password",
             config.old_password.take(),

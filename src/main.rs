@@ -4,7 +4,6 @@ use anyhow::Context;
 use clap::Parser;
 use redis_handover::config::{Config, LogFormat, Overrides};
 use redis_handover::server::{self, Listeners};
-use tokio::net::TcpListener;
 
 /// A Redis proxy that upgrades a deployment from an OLD server to a NEW one live.
 #[derive(Debug, Parser)]
@@ -60,10 +59,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let proxy = TcpListener::bind(&config.listen)
+    let proxy = server::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let admin = TcpListener::bind(&config.admin)
+    let admin = server::bind(&config.admin)
         .await
         .with_context(|| format!("cannot bind admin {}", config.admin))?;
     server::run(

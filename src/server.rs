@@ -76,6 +76,28 @@ impl Shared {
     }
 }
 
+/// The listen backlog: Redis's default `tcp-backlog`. Tokio's default (128) drops connections that arrive in
+/// bursts, which clients then retry only after a one-second SYN timeout.
+pub const LISTEN_BACKLOG: u32 = 511;
+
+/// Binds a listener on `addr` (`host:port`) with Redis's backlog.
+pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind")))
+}
+
 /// The sockets the proxy serves on, bound by the caller (tests bind port 0).
 pub struct Listeners {
     pub proxy: TcpListener,

@@ -52,6 +52,8 @@ fn protocol_errors_get_redis_replies_and_close_only_that_client() {
             b"*1048577\r\n",
             b"SET k \"unterminated\r\n",
             b"PING\r\n*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\n*1\r\n:1\r\n",
+            b"*1\r\n*1\r\n*1\r\n*1\r\n$1\r\nx\r\n",
+            b"*2\r\n$3\r\nGET\r\n$-1073741824\r\n",
             &long_count,
             &long_inline,
         ];

@@ -7,12 +7,13 @@
 
 pub mod state;
 
+use std::future::Future;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWrite;
@@ -31,6 +32,8 @@ use state::{Blocked, Core, Effect, Expect};
 
 /// Room made in a read buffer before each read.
 const READ_CHUNK: usize = 16 * 1024;
+/// Replies waiting for the client beyond this stop the session reading more from its backend.
+const OUTPUT_HIGH_WATER: usize = 4 << 20;
 /// Requests waiting for the backend beyond this stop the session reading more from its client.
 const MAX_BACKEND_OUTPUT: usize = 1 << 20;
 
@@ -41,6 +44,8 @@ pub enum SessionError {
     Client(#[from] std::io::Error),
     #[error("client stopped accepting data")]
     ClientGone,
+    #[error("client dropped: {0}")]
+    Dropped(&'static str),
 }
 
 /// What the loop does after handling the client's input.
@@ -83,10 +88,51 @@ pub struct Session {
     settled_generation: u64,
     /// The (generation, backend client id) registered as blocked in the move tracker.
     blocked_registered: Option<(u64, i64)>,
+    /// Limits on clients that go quiet or stop reading; absent when both are off.
+    watchdog: Option<Watchdog>,
+}
+
+/// Enforces `client_idle_timeout_s` and `client_output_timeout_s` with one timer per session, registered once per
+/// period rather than once per command.
+struct Watchdog {
+    timer: Pin<Box<tokio::time::Sleep>>,
+    period: Duration,
+    idle_timeout: Option<Duration>,
+    output_timeout: Option<Duration>,
+    /// When the client last sent bytes.
+    last_read: Instant,
+    /// When the request still incomplete in the buffer began to arrive.
+    partial_since: Option<Instant>,
+    /// When the client last accepted bytes of its replies.
+    last_write: Instant,
+}
+
+impl Watchdog {
+    fn new(config: &crate::config::Config) -> Option<Watchdog> {
+        let seconds = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+        let (idle_timeout, output_timeout) = (
+            seconds(config.client_idle_timeout_s),
+            seconds(config.client_output_timeout_s),
+        );
+        let shortest = [idle_timeout, output_timeout].into_iter().flatten().min()?;
+        let period = (shortest / 4).max(Duration::from_millis(100));
+        let now = Instant::now();
+        let timer = Box::pin(tokio::time::sleep(period));
+        Some(Watchdog {
+            timer,
+            period,
+            idle_timeout,
+            output_timeout,
+            last_read: now,
+            partial_since: None,
+            last_write: now,
+        })
+    }
 }
 
 impl Session {
     pub fn new(client: TcpStream, shared: Arc<Shared>) -> Self {
+        let watchdog = Watchdog::new(&shared.config);
         Session {
             core: Core::new(shared.telemetry.clone()),
             shared,
@@ -106,6 +152,7 @@ impl Session {
             mover_counted: None,
             settled_generation: 0,
             blocked_registered: None,
+            watchdog,
         }
     }
 
@@ -113,6 +160,7 @@ impl Session {
     pub async fn run(mut self) {
         match self.serve().await {
             Ok(()) => tracing::debug!("session closed"),
+            Err(error @ SessionError::Dropped(_)) => tracing::info!(%error, "session ended"),
             Err(error) => tracing::debug!(%error, "session ended"),
         }
     }
@@ -252,7 +300,17 @@ impl Session {
                 return Next::Wait;
             }
             match self.parser.parse(&self.client_in) {
-                Parsed::Incomplete => return Next::Wait,
+                Parsed::Incomplete => {
+                    if let Some(dog) = self.watchdog.as_mut() {
+                        let partial = !self.client_in.is_empty();
+                        dog.partial_since = if partial {
+                            Some(dog.partial_since.unwrap_or_else(Instant::now))
+                        } else {
+                            None
+                        };
+                    }
+                    return Next::Wait;
+                }
                 Parsed::Empty(n) => self.client_in.advance(n),
                 Parsed::Error(error) => {
                     tracing::info!(%error, "protocol error from client; closing it after the reply");
@@ -437,6 +495,29 @@ impl Session {
             && self.link.as_ref().is_none_or(|l| l.output.len() < MAX_BACKEND_OUTPUT)
     }
 
+    /// Why the client must be dropped now, if it must: silent for too long while nothing is owed to it, a request
+    /// left incomplete for too long (also when it trickles in, a byte at a time), or replies it stopped reading.
+    fn watchdog_verdict(&self, now: Instant) -> Option<&'static str> {
+        let dog = self.watchdog.as_ref()?;
+        if let Some(limit) = dog.idle_timeout {
+            let waiting_legitimately =
+                !self.core.pending.is_empty() || self.core.state.subscribed() || self.core.state.monitor;
+            if dog.partial_since.is_some_and(|since| now - since > limit) {
+                return Some("a request stayed incomplete longer than client_idle_timeout_s");
+            }
+            if !waiting_legitimately && now - dog.last_read > limit {
+                return Some("idle longer than client_idle_timeout_s");
+            }
+        }
+        if let Some(limit) = dog.output_timeout
+            && self.core.client_out.len() >= OUTPUT_HIGH_WATER
+            && now - dog.last_write > limit
+        {
+            return Some("it stopped reading its replies for client_output_timeout_s");
+        }
+        None
+    }
+
     /// Moves bytes on both connections as far as they will go without waiting; ready once anything moved.
     fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SessionError>> {
         let mut progress = false;
@@ -446,6 +527,9 @@ impl Session {
                 Poll::Ready(Ok(n)) => {
                     self.core.client_out.advance(n);
                     self.shared.telemetry.bytes_to_clients.increment(n as u64);
+                    if let Some(dog) = self.watchdog.as_mut() {
+                        dog.last_write = Instant::now();
+                    }
                     progress = true;
                 }
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
@@ -472,7 +556,8 @@ impl Session {
                     Poll::Pending => break,
                 }
             }
-            if self.link_failure.is_none() {
+            // Backpressure: replies the client has not taken yet stay in Redis's buffer, not the proxy's.
+            if self.link_failure.is_none() && self.core.client_out.len() < OUTPUT_HIGH_WATER {
                 make_room(&mut link.input);
                 match poll_read_buf(Pin::new(&mut link.stream), cx, &mut link.input) {
                     Poll::Ready(Ok(0)) => {
@@ -497,11 +582,26 @@ impl Session {
                 }
                 Poll::Ready(Ok(n)) => {
                     self.shared.telemetry.bytes_from_clients.increment(n as u64);
+                    if let Some(dog) = self.watchdog.as_mut() {
+                        dog.last_read = Instant::now();
+                    }
                     progress = true;
                 }
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
                 Poll::Pending => {}
             }
+        }
+        if let Some(dog) = self.watchdog.as_mut()
+            && dog.timer.as_mut().poll(cx).is_ready()
+        {
+            let now = Instant::now();
+            let next = tokio::time::Instant::from_std(now + dog.period);
+            dog.timer.as_mut().reset(next);
+            if let Some(reason) = self.watchdog_verdict(now) {
+                return Poll::Ready(Err(SessionError::Dropped(reason)));
+            }
+            // Poll once more so that the timer's waker is registered for the next period.
+            let _ = self.watchdog.as_mut().map(|dog| dog.timer.as_mut().poll(cx));
         }
         if progress { Poll::Ready(Ok(())) } else { Poll::Pending }
     }

@@ -207,7 +207,7 @@ impl Proxy {
                 .build()
                 .unwrap();
             runtime.block_on(async move {
-                let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let proxy = server::bind("127.0.0.1:0").await.unwrap();
                 let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 ready_tx
                     .send((proxy.local_addr().unwrap(), admin.local_addr().unwrap()))
