@@ -17,12 +17,13 @@ use crate::handover::{Handover, Request, StartError};
 /// Serves the admin API on `listener` until the proxy shuts down.
 pub async fn serve(listener: TcpListener, handover: Arc<Handover>, shutdown: tokio_util::sync::CancellationToken) {
     let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/handover", post(start_handover))
         .route("/handover/abort", post(abort_handover))
         .route("/config/resp3", put(set_resp3).get(get_resp3))
+        .route_layer(axum::middleware::from_fn_with_state(handover.clone(), require_token))
+        .route("/healthz", get(|| async { "ok\n" }))
         .with_state(handover);
     if let Err(error) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -99,6 +100,35 @@ async fn set_resp3(State(handover): State<Arc<Handover>>, body: Bytes) -> Respon
     };
     handover.shared().set_resp3_mode(mode);
     Json(json!({ "resp3": mode.name() })).into_response()
+}
+
+/// With an admin token configured, every route but `/healthz` needs `Authorization: Bearer <token>`.
+async fn require_token(
+    State(handover): State<Arc<Handover>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(token) = handover.shared().config.admin_token.as_deref() else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes())) {
+        next.run(request).await
+    } else {
+        refuse(
+            StatusCode::UNAUTHORIZED,
+            "a valid admin token is required (Authorization: Bearer <token>)".into(),
+        )
+    }
+}
+
+/// Compares without stopping at the first difference, so the time taken tells nothing about the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn refuse(code: StatusCode, error: String) -> Response {

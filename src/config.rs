@@ -48,6 +48,15 @@ pub struct Config {
     pub old_replication_addr: Option<String>,
     /// The address OLD uses to reach NEW, for a handover back.
     pub new_replication_addr: Option<String>,
+    /// A file holding the admin token: every admin request except `/healthz` must then carry
+    /// `Authorization: Bearer <token>`. Required when `admin` binds beyond loopback.
+    pub admin_token_file: Option<PathBuf>,
+    /// The admin token itself (from `REDIS_HANDOVER_ADMIN_TOKEN` or the file).
+    pub admin_token: Option<String>,
+    /// A password clients must give the proxy (AUTH or HELLO ... AUTH) before anything else; the proxy then uses
+    /// the configured `old_*`/`new_*` credentials toward the servers. Unset: clients' AUTH passes through.
+    pub requirepass: Option<String>,
+    pub requirepass_file: Option<PathBuf>,
 }
 
 /// What the proxy does with `HELLO 3`.
@@ -101,6 +110,10 @@ impl Default for Config {
             new_password_file: None,
             old_replication_addr: None,
             new_replication_addr: None,
+            admin_token_file: None,
+            admin_token: None,
+            requirepass: None,
+            requirepass_file: None,
         }
     }
 }
@@ -181,6 +194,16 @@ pub struct Overrides {
     /// The address OLD replicates from for a handover back, when it differs from --new.
     #[arg(long, env = "REDIS_HANDOVER_NEW_REPLICATION_ADDR", value_name = "HOST:PORT")]
     pub new_replication_addr: Option<String>,
+    /// A file holding the admin token (required when --admin binds beyond loopback).
+    #[arg(long, env = "REDIS_HANDOVER_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    #[arg(skip)]
+    pub admin_token: Option<String>,
+    /// A file holding the password clients must give the proxy.
+    #[arg(long, env = "REDIS_HANDOVER_REQUIREPASS_FILE", value_name = "FILE")]
+    pub requirepass_file: Option<PathBuf>,
+    #[arg(skip)]
+    pub requirepass: Option<String>,
 }
 
 impl Overrides {
@@ -189,6 +212,8 @@ impl Overrides {
     pub fn with_environment_secrets(mut self) -> Self {
         self.old_password = std::env::var("REDIS_HANDOVER_OLD_PASSWORD").ok().or(self.old_password);
         self.new_password = std::env::var("REDIS_HANDOVER_NEW_PASSWORD").ok().or(self.new_password);
+        self.admin_token = std::env::var("REDIS_HANDOVER_ADMIN_TOKEN").ok().or(self.admin_token);
+        self.requirepass = std::env::var("REDIS_HANDOVER_REQUIREPASS").ok().or(self.requirepass);
         self
     }
 }
@@ -250,6 +275,7 @@ impl Config {
             new_password_file
         );
         set_option!(old_replication_addr, new_replication_addr);
+        set_option!(admin_token_file, admin_token, requirepass_file, requirepass);
         if let Some(v) = o.client_idle_timeout {
             config.client_idle_timeout_s = v;
         }
@@ -265,6 +291,16 @@ impl Config {
             "new_password",
             config.new_password.take(),
             config.new_password_file.as_deref(),
+        )?;
+        config.admin_token = read_password(
+            "admin_token",
+            config.admin_token.take(),
+            config.admin_token_file.as_deref(),
+        )?;
+        config.requirepass = read_password(
+            "requirepass",
+            config.requirepass.take(),
+            config.requirepass_file.as_deref(),
         )?;
         config.validate()?;
         Ok(config)
@@ -284,6 +320,16 @@ impl Config {
             if let Some(value) = value {
                 check_address(key, value)?;
             }
+        }
+        if !is_loopback_address(&self.admin) && self.admin_token.as_deref().is_none_or(str::is_empty) {
+            return Err(ConfigError::Invalid {
+                key: "admin_token_file",
+                reason: format!(
+                    "the admin port binds {}, beyond loopback: anyone who reaches it could start a handover, so an \
+                     admin token is required (admin_token_file, or REDIS_HANDOVER_ADMIN_TOKEN)",
+                    self.admin
+                ),
+            });
         }
         for (key, value) in [
             ("max_clients", self.max_clients as u64),
@@ -306,6 +352,8 @@ impl Config {
         Config {
             old_password: mask(&self.old_password),
             new_password: mask(&self.new_password),
+            admin_token: mask(&self.admin_token),
+            requirepass: mask(&self.requirepass),
             ..self.clone()
         }
     }
@@ -336,6 +384,15 @@ fn read_password(
             Ok(Some(text.lines().next().unwrap_or_default().to_string()))
         }
     }
+}
+
+/// Whether `host:port` names a loopback address (127.0.0.0/8, ::1, localhost).
+pub fn is_loopback_address(addr: &str) -> bool {
+    let host = addr
+        .rsplit_once(':')
+        .map_or(addr, |(host, _)| host)
+        .trim_matches(|c| c == '[' || c == ']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn check_address(key: &'static str, value: &str) -> Result<(), ConfigError> {
@@ -384,6 +441,30 @@ mod tests {
         assert!(err.contains("line 2") && err.contains("max_clientz"), "{err}");
         let err = Config::from_toml("max_clients = \"many\"\n").unwrap_err();
         assert!(err.contains("line 1") && err.contains("max_clients"), "{err}");
+    }
+
+    #[test]
+    fn an_admin_port_beyond_loopback_needs_a_token() {
+        let open = Config {
+            admin: "0.0.0.0:7380".into(),
+            ..Config::default()
+        };
+        assert!(matches!(
+            open.validate(),
+            Err(ConfigError::Invalid {
+                key: "admin_token_file",
+                ..
+            })
+        ));
+        let guarded = Config {
+            admin_token: Some("t0ken".into()),
+            ..open
+        };
+        assert!(guarded.validate().is_ok());
+        assert!(
+            is_loopback_address("127.0.0.1:1") && is_loopback_address("[::1]:1") && is_loopback_address("localhost:1")
+        );
+        assert!(!is_loopback_address("10.1.2.3:7380"));
     }
 
     #[test]
@@ -448,14 +529,16 @@ mod tests {
                 "handover.example.toml does not document {key}"
             );
         }
-        for key in [
+        let secrets = [
             "old_password",
             "old_password_file",
             "new_password",
             "new_password_file",
             "old_user",
             "new_user",
-        ] {
+        ];
+        let guards = ["admin_token", "admin_token_file", "requirepass", "requirepass_file"];
+        for key in secrets.into_iter().chain(guards) {
             assert!(
                 uncommented.contains(&format!("{key} = ")),
                 "handover.example.toml does not document {key}"

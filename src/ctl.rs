@@ -27,6 +27,9 @@ pub struct CtlArgs {
     /// Print the admin port's JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// A file holding the admin token (or set REDIS_HANDOVER_ADMIN_TOKEN).
+    #[arg(long, env = "REDIS_HANDOVER_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: CtlCommand,
 }
@@ -80,7 +83,17 @@ struct Failure(i32, String);
 
 /// Runs a ctl command; returns the process's exit code.
 pub fn run(args: CtlArgs) -> i32 {
-    let client = Admin::new(&args.admin);
+    let token = match &args.admin_token_file {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => Some(text.lines().next().unwrap_or_default().to_string()),
+            Err(error) => {
+                eprintln!("redis-handover ctl: cannot read {}: {error}", path.display());
+                return EXIT_FAILED;
+            }
+        },
+        None => std::env::var("REDIS_HANDOVER_ADMIN_TOKEN").ok(),
+    };
+    let client = Admin::new(&args.admin, token);
     let result = match &args.command {
         CtlCommand::Status { watch: false } => client.get("/status").map(|status| {
             print_or_json(&status, args.json, render_status);
@@ -285,10 +298,11 @@ fn bytes(n: u64) -> String {
 struct Admin {
     base: String,
     agent: ureq::Agent,
+    token: Option<String>,
 }
 
 impl Admin {
-    fn new(addr: &str) -> Admin {
+    fn new(addr: &str, token: Option<String>) -> Admin {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(10)))
@@ -297,20 +311,29 @@ impl Admin {
         Admin {
             base: format!("http://{addr}"),
             agent,
+            token,
         }
     }
 
     fn get(&self, path: &str) -> Result<Value, Failure> {
-        let response = self.agent.get(&format!("{}{path}", self.base)).call();
+        let mut request = self.agent.get(&format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", &format!("Bearer {token}"));
+        }
+        let response = request.call();
         self.answer(response)
     }
 
     fn send(&self, method: &str, path: &str, body: Value) -> Result<Value, Failure> {
         let url = format!("{}{path}", self.base);
-        let response = match method {
-            "PUT" => self.agent.put(&url).send_json(body),
-            _ => self.agent.post(&url).send_json(body),
+        let mut request = match method {
+            "PUT" => self.agent.put(&url),
+            _ => self.agent.post(&url),
         };
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", &format!("Bearer {token}"));
+        }
+        let response = request.send_json(body);
         self.answer(response)
     }
 

@@ -90,6 +90,64 @@ pub struct Session {
     blocked_registered: Option<(u64, i64)>,
     /// Limits on clients that go quiet or stop reading; absent when both are off.
     watchdog: Option<Watchdog>,
+    /// The client's standing with the proxy's own `requirepass`.
+    auth: ProxyAuth,
+}
+
+/// The client's standing with the proxy's `requirepass`.
+#[derive(Debug)]
+struct ProxyAuth {
+    /// Whether the client gave the password (always true without one).
+    authenticated: bool,
+    /// A HELLO whose AUTH the proxy checked: the position of AUTH, to leave out when forwarding it.
+    strip_hello_auth: Option<usize>,
+}
+
+impl ProxyAuth {
+    /// Answers AUTH and checks HELLO ... AUTH against `password`, and refuses anything else before the client
+    /// authenticated, with Redis's own replies. Returns the reply when the request is answered here, or `None` to
+    /// forward it (a HELLO is forwarded without its AUTH part).
+    fn check(&mut self, password: &[u8], command: Command, args: crate::protocol::request::Args<'_>) -> Option<Bytes> {
+        let default_user_with = |user: Option<&[u8]>, given: Option<&[u8]>| {
+            user.is_none_or(|u| u == b"default") && given.is_some_and(|g| constant_time_eq(g, password))
+        };
+        let wrong = Bytes::from_static(b"-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+        match command {
+            Command::Auth => {
+                let ok = match args.len() {
+                    2 => default_user_with(None, args.get(1)),
+                    3 => default_user_with(args.get(1), args.get(2)),
+                    _ => {
+                        return Some(Bytes::from_static(
+                            b"-ERR wrong number of arguments for 'auth' command\r\n",
+                        ));
+                    }
+                };
+                self.authenticated |= ok;
+                Some(if ok { Bytes::from_static(b"+OK\r\n") } else { wrong })
+            }
+            Command::Hello => match (1..args.len()).find(|&i| args.is(i, "AUTH")) {
+                Some(at) if args.len() > at + 2 => {
+                    if default_user_with(args.get(at + 1), args.get(at + 2)) {
+                        self.authenticated = true;
+                        self.strip_hello_auth = Some(at);
+                        None
+                    } else {
+                        Some(wrong)
+                    }
+                }
+                Some(_) => None,
+                None if self.authenticated => None,
+                None => Some(Bytes::from_static(
+                    b"-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> \
+                      AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol \
+                      version at the same time\r\n",
+                )),
+            },
+            _ if self.authenticated => None,
+            _ => Some(Bytes::from_static(b"-NOAUTH Authentication required.\r\n")),
+        }
+    }
 }
 
 /// Enforces `client_idle_timeout_s` and `client_output_timeout_s` with one timer per session, registered once per
@@ -133,6 +191,10 @@ impl Watchdog {
 impl Session {
     pub fn new(client: TcpStream, shared: Arc<Shared>) -> Self {
         let watchdog = Watchdog::new(&shared.config);
+        let auth = ProxyAuth {
+            authenticated: shared.config.requirepass.is_none(),
+            strip_hello_auth: None,
+        };
         Session {
             core: Core::new(shared.telemetry.clone()),
             shared,
@@ -153,6 +215,7 @@ impl Session {
             settled_generation: 0,
             blocked_registered: None,
             watchdog,
+            auth,
         }
     }
 
@@ -255,6 +318,22 @@ impl Session {
         }
     }
 
+    /// The credentials for a link to `side` when the proxy authenticates clients itself (`requirepass`); `None` when
+    /// clients' own AUTH passes through.
+    fn proxy_credentials(&self, side: crate::primary::Side) -> Option<state::Credentials> {
+        let config = &self.shared.config;
+        config.requirepass.as_ref()?;
+        let (user, password) = match side {
+            crate::primary::Side::Old => (&config.old_user, &config.old_password),
+            crate::primary::Side::New => (&config.new_user, &config.new_password),
+        };
+        let password = password.as_ref()?;
+        Some(state::Credentials {
+            user: user.as_deref().map(|u| Bytes::copy_from_slice(u.as_bytes())),
+            password: Bytes::from(password.clone()),
+        })
+    }
+
     /// Whether the session has state that must follow a switch without waiting for a command.
     fn must_move_actively(&self) -> bool {
         let state = &self.core.state;
@@ -337,6 +416,13 @@ impl Session {
                         }
                         // Redis checks the protocol version before HELLO's options: a server without RESP3
                         // answers NOPROTO whatever follows the 3.
+                        _ if let Some(password) = self.shared.config.requirepass.as_deref()
+                            && let Some(reply) = self.auth.check(password.as_bytes(), command, args) =>
+                        {
+                            self.client_in.advance(n);
+                            self.core.push_local(reply);
+                            continue;
+                        }
                         Command::Hello if self.shared.resp3_pinned.load(Ordering::Relaxed) && args.is(1, "3") => {
                             tracing::debug!("HELLO 3 refused: clients are pinned to RESP2");
                             let reply = unknown_command_reply(args);
@@ -390,7 +476,14 @@ impl Session {
                     let blocked = if command.is_blocking() { Blocked::of(args) } else { None };
                     let write = (gated && blocked.is_none()) || (in_transaction && command == Command::Exec);
                     self.core.plan(command, args, write, blocked);
-                    if self.parser.is_inline() {
+                    if let Some(at) = self.auth.strip_hello_auth.take() {
+                        // The client authenticated with the proxy: the server gets HELLO without that AUTH.
+                        let kept: Vec<&[u8]> = (0..args.len())
+                            .filter(|i| !(at..at + 3).contains(i))
+                            .filter_map(|i| args.get(i))
+                            .collect();
+                        crate::protocol::request::write_command(&mut link.output, &kept);
+                    } else if self.parser.is_inline() {
                         self.parser.encode_multibulk(&self.client_in, &mut link.output);
                     } else {
                         link.output.extend_from_slice(&self.client_in[..n]);
@@ -411,7 +504,8 @@ impl Session {
             Ok(stream) => {
                 let telemetry = self.shared.telemetry.clone();
                 let mut link = BackendLink::new(stream, primary.server.clone(), primary.generation, telemetry);
-                self.core.restore_on(&mut link.output);
+                let proxy_credentials = self.proxy_credentials(primary.server.side);
+                self.core.restore_on(&mut link.output, proxy_credentials.as_ref());
                 tracing::debug!(backend = %primary.server.addr, "backend link open");
                 self.link = Some(link);
             }
@@ -697,6 +791,11 @@ impl Drop for Session {
         self.shared.moves.set_blocked(self.blocked_registered, None);
         self.shared.moves.shift(self.mover_counted, None);
     }
+}
+
+/// Compares without stopping at the first difference, so the time taken tells nothing about the password.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Decrements the client count when a session task ends, however it ends.

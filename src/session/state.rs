@@ -620,18 +620,25 @@ impl Core {
 
     /// Writes the commands that give a new backend connection this session's state, with hidden replies:
     /// protocol and user, db, name, READONLY, subscriptions and tracking, and asks for the connection's id.
-    pub fn restore_on(&mut self, out: &mut BytesMut) {
+    ///
+    /// `proxy_credentials` replaces the client's own user and password when the proxy authenticates clients
+    /// itself (`requirepass`) and uses the configured credentials toward the server.
+    pub fn restore_on(&mut self, out: &mut BytesMut, proxy_credentials: Option<&Credentials>) {
         let state = self.state.clone();
         self.push_hidden(out, &[b"CLIENT", b"ID"], Effect::ClientId, Expect::One);
         let default_user = Bytes::from_static(b"default");
+        let (user, password) = match proxy_credentials {
+            Some(credentials) => (credentials.user.as_ref(), Some(&credentials.password)),
+            None => (state.user.as_ref(), state.password.as_ref()),
+        };
         if state.protocol >= 3 {
             let mut args: Vec<&[u8]> = vec![b"HELLO", b"3"];
-            if let Some(password) = &state.password {
-                args.extend([&b"AUTH"[..], state.user.as_ref().unwrap_or(&default_user), password]);
+            if let Some(password) = password {
+                args.extend([&b"AUTH"[..], user.unwrap_or(&default_user), password]);
             }
             self.push_internal(out, &args);
-        } else if let Some(password) = &state.password {
-            match &state.user {
+        } else if let Some(password) = password {
+            match user {
                 Some(user) => self.push_internal(out, &[b"AUTH", user, password]),
                 None => self.push_internal(out, &[b"AUTH", password]),
             }
