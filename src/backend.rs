@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
+use crate::net::{BackendTls, Stream};
 use crate::primary::Server;
 use crate::protocol::reply::ReplyScanner;
 use crate::telemetry::Telemetry;
@@ -27,23 +28,25 @@ pub enum BackendError {
     },
 }
 
-/// Opens a TCP connection to `server` within `timeout`, with Nagle's algorithm off.
-pub async fn connect(server: &Server, timeout: Duration) -> Result<TcpStream, BackendError> {
+/// Opens a connection to `server` within `timeout` (TCP with Nagle's algorithm off, then the TLS handshake when
+/// the servers speak TLS).
+pub async fn connect(server: &Server, timeout: Duration, tls: Option<&BackendTls>) -> Result<Stream, BackendError> {
     let side = server.side.name();
-    match tokio::time::timeout(timeout, TcpStream::connect(&*server.addr)).await {
-        Ok(Ok(stream)) => {
-            stream.set_nodelay(true).map_err(|source| BackendError::Connect {
-                side,
-                addr: server.addr.to_string(),
-                source,
-            })?;
-            Ok(stream)
+    let failed = |source| BackendError::Connect {
+        side,
+        addr: server.addr.to_string(),
+        source,
+    };
+    let attempt = async {
+        let stream = TcpStream::connect(&*server.addr).await?;
+        stream.set_nodelay(true)?;
+        match tls {
+            Some(tls) => tls.connect(&server.addr, stream).await,
+            None => Ok(Stream::Plain(stream)),
         }
-        Ok(Err(source)) => Err(BackendError::Connect {
-            side,
-            addr: server.addr.to_string(),
-            source,
-        }),
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(result) => result.map_err(failed),
         Err(_) => Err(BackendError::ConnectTimeout {
             side,
             addr: server.addr.to_string(),
@@ -55,7 +58,7 @@ pub async fn connect(server: &Server, timeout: Duration) -> Result<TcpStream, Ba
 /// One session's link to its backend: the socket, what is waiting to be written, and what was read.
 #[derive(Debug)]
 pub struct BackendLink {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub server: Server,
     /// The primary generation this link was opened for.
     pub generation: u64,
@@ -68,7 +71,7 @@ pub struct BackendLink {
 }
 
 impl BackendLink {
-    pub fn new(stream: TcpStream, server: Server, generation: u64, telemetry: Arc<Telemetry>) -> Self {
+    pub fn new(stream: Stream, server: Server, generation: u64, telemetry: Arc<Telemetry>) -> Self {
         telemetry.backend_link(server.side, 1);
         BackendLink {
             stream,

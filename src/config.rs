@@ -57,6 +57,14 @@ pub struct Config {
     /// the configured `old_*`/`new_*` credentials toward the servers. Unset: clients' AUTH passes through.
     pub requirepass: Option<String>,
     pub requirepass_file: Option<PathBuf>,
+    /// A certificate chain and its key (PEM): with both, the listen port speaks TLS.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Whether the proxy's connections to the servers use TLS, trusting `backend_tls_ca_file`.
+    pub backend_tls: bool,
+    pub backend_tls_ca_file: Option<PathBuf>,
+    /// The name the servers' certificates are checked against; by default the host of each address.
+    pub backend_tls_server_name: Option<String>,
 }
 
 /// What the proxy does with `HELLO 3`.
@@ -114,6 +122,11 @@ impl Default for Config {
             admin_token: None,
             requirepass: None,
             requirepass_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            backend_tls: false,
+            backend_tls_ca_file: None,
+            backend_tls_server_name: None,
         }
     }
 }
@@ -204,6 +217,21 @@ pub struct Overrides {
     pub requirepass_file: Option<PathBuf>,
     #[arg(skip)]
     pub requirepass: Option<String>,
+    /// TLS certificate chain (PEM) for the listen port.
+    #[arg(long, env = "REDIS_HANDOVER_TLS_CERT_FILE", value_name = "FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// TLS private key (PEM) for the listen port.
+    #[arg(long, env = "REDIS_HANDOVER_TLS_KEY_FILE", value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Connect to the servers with TLS.
+    #[arg(long, env = "REDIS_HANDOVER_BACKEND_TLS")]
+    pub backend_tls: bool,
+    /// The certificate authorities (PEM) trusted for the servers' certificates.
+    #[arg(long, env = "REDIS_HANDOVER_BACKEND_TLS_CA_FILE", value_name = "FILE")]
+    pub backend_tls_ca_file: Option<PathBuf>,
+    /// The name the servers' certificates must carry [default: the host of each address].
+    #[arg(long, env = "REDIS_HANDOVER_BACKEND_TLS_SERVER_NAME", value_name = "NAME")]
+    pub backend_tls_server_name: Option<String>,
 }
 
 impl Overrides {
@@ -276,6 +304,13 @@ impl Config {
         );
         set_option!(old_replication_addr, new_replication_addr);
         set_option!(admin_token_file, admin_token, requirepass_file, requirepass);
+        set_option!(
+            tls_cert_file,
+            tls_key_file,
+            backend_tls_ca_file,
+            backend_tls_server_name
+        );
+        config.backend_tls |= o.backend_tls;
         if let Some(v) = o.client_idle_timeout {
             config.client_idle_timeout_s = v;
         }
@@ -320,6 +355,21 @@ impl Config {
             if let Some(value) = value {
                 check_address(key, value)?;
             }
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            let reason = "tls_cert_file and tls_key_file go together".to_string();
+            return Err(ConfigError::Invalid {
+                key: "tls_key_file",
+                reason,
+            });
+        }
+        if self.backend_tls && self.backend_tls_ca_file.is_none() {
+            let reason =
+                "backend_tls needs the certificate authority that signed the servers' certificates".to_string();
+            return Err(ConfigError::Invalid {
+                key: "backend_tls_ca_file",
+                reason,
+            });
         }
         if !is_loopback_address(&self.admin) && self.admin_token.as_deref().is_none_or(str::is_empty) {
             return Err(ConfigError::Invalid {

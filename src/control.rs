@@ -9,6 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::backend::{self, BackendError};
+use crate::net::{BackendTls, Stream};
 use crate::primary::Server;
 use crate::protocol::reply::{ReplyScanner, Scanned};
 use crate::protocol::request::write_command;
@@ -52,7 +53,7 @@ pub struct Credentials {
 
 /// One control connection.
 pub struct ControlConn {
-    stream: TcpStream,
+    stream: Stream,
     /// What the connection is to, for error messages: `old`, `new`, or `proxy`.
     label: &'static str,
     addr: Arc<str>,
@@ -62,8 +63,13 @@ pub struct ControlConn {
 
 impl ControlConn {
     /// Connects and authenticates, each step within `timeout`.
-    pub async fn connect(server: &Server, credentials: &Credentials, timeout: Duration) -> Result<Self, ControlError> {
-        let stream = backend::connect(server, timeout).await?;
+    pub async fn connect(
+        server: &Server,
+        credentials: &Credentials,
+        timeout: Duration,
+        tls: Option<&BackendTls>,
+    ) -> Result<Self, ControlError> {
+        let stream = backend::connect(server, timeout, tls).await?;
         let (label, addr) = (server.side.name(), server.addr.clone());
         let mut conn = ControlConn {
             stream,
@@ -98,6 +104,7 @@ impl ControlConn {
             }
         };
         stream.set_nodelay(true).map_err(io)?;
+        let stream = Stream::Plain(stream);
         Ok(ControlConn {
             stream,
             label,

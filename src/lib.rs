@@ -15,6 +15,7 @@ pub mod ctl;
 pub mod gate;
 pub mod handover;
 pub mod moves;
+pub mod net;
 pub mod primary;
 pub mod protocol;
 pub mod scripts;

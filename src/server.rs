@@ -15,13 +15,13 @@ use crate::config::{Config, Resp3Mode};
 use crate::gate::WriteGate;
 use crate::handover::Handover;
 use crate::moves::MoveTracker;
+use crate::net::{BackendTls, Stream, TlsError};
 use crate::primary::{PrimaryCell, Server, Side};
 use crate::scripts::ScriptCache;
 use crate::session::{ClientSlot, Session};
 use crate::telemetry::Telemetry;
 
 /// What every session and the admin port share.
-#[derive(Debug)]
 pub struct Shared {
     pub config: Config,
     pub primary: PrimaryCell,
@@ -34,17 +34,30 @@ pub struct Shared {
     pub moves: MoveTracker,
     pub scripts: ScriptCache,
     pub telemetry: Arc<Telemetry>,
+    /// TLS toward clients (the listen port) and toward the servers, when configured.
+    pub client_tls: Option<tokio_rustls::TlsAcceptor>,
+    pub backend_tls: Option<BackendTls>,
     /// Whether `HELLO 3` is refused (the `resp3` setting, changeable at run time).
     pub resp3_pinned: AtomicBool,
 }
 
 impl Shared {
-    pub fn new(config: Config) -> Self {
+    pub fn new(config: Config) -> Result<Self, TlsError> {
+        let client_tls = match (&config.tls_cert_file, &config.tls_key_file) {
+            (Some(cert), Some(key)) => Some(crate::net::acceptor(cert, key)?),
+            _ => None,
+        };
+        let backend_tls = match (&config.backend_tls, &config.backend_tls_ca_file) {
+            (true, Some(ca)) => Some(BackendTls::new(ca, config.backend_tls_server_name.clone())?),
+            _ => None,
+        };
         let old = Server {
             side: Side::Old,
             addr: config.old.as_str().into(),
         };
-        Shared {
+        Ok(Shared {
+            client_tls,
+            backend_tls,
             resp3_pinned: AtomicBool::new(config.resp3 == Resp3Mode::PinResp2),
             config,
             primary: PrimaryCell::new(old),
@@ -55,7 +68,7 @@ impl Shared {
             moves: MoveTracker::default(),
             scripts: ScriptCache::default(),
             telemetry: Arc::new(Telemetry::new()),
-        }
+        })
     }
 }
 
@@ -98,6 +111,9 @@ pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
     Err(last_error.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind")))
 }
 
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The sockets the proxy serves on, bound by the caller (tests bind port 0).
 pub struct Listeners {
     pub proxy: TcpListener,
@@ -107,7 +123,7 @@ pub struct Listeners {
 /// Runs the proxy until `shutdown` completes, then stops accepting, gives in-flight replies the configured
 /// grace period, and returns.
 pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-    let shared = Arc::new(Shared::new(config));
+    let shared = Arc::new(Shared::new(config).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?);
     tracing::info!(
         listen = %listeners.proxy.local_addr()?,
         old = %shared.config.old,
@@ -177,11 +193,19 @@ fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, sessions: &m
     }
     let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("client", id, %peer);
-    let session = Session::new(stream, shared.clone());
+    let shared = shared.clone();
     sessions.spawn(
         async move {
             let _slot = slot;
-            session.run().await;
+            let stream = match &shared.client_tls {
+                None => Stream::Plain(stream),
+                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => Stream::Tls(Box::new(tls.into())),
+                    Ok(Err(error)) => return tracing::info!(%error, "TLS handshake failed"),
+                    Err(_) => return tracing::info!("TLS handshake timed out"),
+                },
+            };
+            Session::new(stream, shared).run().await;
         }
         .instrument(span),
     );

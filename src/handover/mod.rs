@@ -350,7 +350,8 @@ async fn probe(handover: std::sync::Weak<Handover>) {
                 addr: addr.as_str().into(),
             };
             let seen = async {
-                let mut conn = ControlConn::connect(&server, &this.credentials(side), timeout).await?;
+                let tls = this.shared.backend_tls.as_ref();
+                let mut conn = ControlConn::connect(&server, &this.credentials(side), timeout, tls).await?;
                 let info = conn.info("server", timeout).await?;
                 let replication = conn.info("replication", timeout).await?;
                 Ok::<_, crate::control::ControlError>((info, replication))

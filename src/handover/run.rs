@@ -177,8 +177,9 @@ impl Run {
     async fn preflight(&mut self) -> Result<(), Abort> {
         let source_credentials = self.handover.credentials(self.source.side);
         let target_credentials = self.handover.credentials(self.target.side);
-        let source = ControlConn::connect(&self.source, &source_credentials, CALL_TIMEOUT).await?;
-        let target = ControlConn::connect(&self.target, &target_credentials, CALL_TIMEOUT).await?;
+        let tls = self.handover.shared.backend_tls.clone();
+        let source = ControlConn::connect(&self.source, &source_credentials, CALL_TIMEOUT, tls.as_ref()).await?;
+        let target = ControlConn::connect(&self.target, &target_credentials, CALL_TIMEOUT, tls.as_ref()).await?;
         self.source_conn = Some(source);
         self.target_conn = Some(target);
 

@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::io::poll_read_buf;
 
 use crate::backend::{self, BackendLink};
 use crate::command::Command;
 use crate::gate::WriteGate;
+use crate::net::Stream;
 use crate::protocol::reply::Scanned;
 use crate::protocol::request::{Parsed, RequestParser};
 use crate::server::Shared;
@@ -61,7 +61,7 @@ enum Next {
 /// One client connection and everything the proxy keeps for it.
 pub struct Session {
     shared: Arc<Shared>,
-    client: TcpStream,
+    client: Stream,
     client_in: BytesMut,
     client_eof: bool,
     parser: RequestParser,
@@ -189,7 +189,7 @@ impl Watchdog {
 }
 
 impl Session {
-    pub fn new(client: TcpStream, shared: Arc<Shared>) -> Self {
+    pub fn new(client: Stream, shared: Arc<Shared>) -> Self {
         let watchdog = Watchdog::new(&shared.config);
         let auth = ProxyAuth {
             authenticated: shared.config.requirepass.is_none(),
@@ -500,7 +500,7 @@ impl Session {
     async fn connect(&mut self) {
         let primary = self.shared.primary.current();
         let timeout = Duration::from_millis(self.shared.config.connect_timeout_ms);
-        match backend::connect(&primary.server, timeout).await {
+        match backend::connect(&primary.server, timeout, self.shared.backend_tls.as_ref()).await {
             Ok(stream) => {
                 let telemetry = self.shared.telemetry.clone();
                 let mut link = BackendLink::new(stream, primary.server.clone(), primary.generation, telemetry);

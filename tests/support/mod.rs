@@ -85,25 +85,30 @@ impl RedisServer {
         Self::start_with(version, Some(port), extra)
     }
 
+    /// Starts a server that speaks only TLS on its port (`tls` holds the file arguments), ready once it accepts
+    /// connections.
+    pub fn start_tls(version: Version, tls: &[&str]) -> RedisServer {
+        Self::start_inner(version, None, tls, true)
+    }
+
     fn start_with(version: Version, fixed_port: Option<u16>, extra: &[&str]) -> RedisServer {
+        Self::start_inner(version, fixed_port, extra, false)
+    }
+
+    fn start_inner(version: Version, fixed_port: Option<u16>, extra: &[&str], tls_only: bool) -> RedisServer {
         let binary = version.binary();
         for _attempt in 0..5 {
             let port = fixed_port.unwrap_or_else(free_port);
             let dir = std::env::temp_dir().join(format!("rh-redis-{}-{port}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
-            let mut args: Vec<String> = [
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+            let port_args: &[&str] = if tls_only {
+                &["--port", "0", "--tls-port"]
+            } else {
+                &["--port"]
+            };
+            let mut args: Vec<String> = port_args.iter().map(|s| s.to_string()).collect();
+            args.push(port.to_string());
+            args.extend(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"].map(String::from));
             args.extend([
                 "--dir".into(),
                 dir.display().to_string(),
@@ -127,7 +132,7 @@ impl RedisServer {
                 child,
                 dir,
             };
-            if server.wait_ready() {
+            if server.wait_ready(tls_only) {
                 return server;
             }
             drop(server);
@@ -135,11 +140,14 @@ impl RedisServer {
         panic!("Redis {} did not start", version.name());
     }
 
-    fn wait_ready(&mut self) -> bool {
+    fn wait_ready(&mut self, tls_only: bool) -> bool {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
+            }
+            if tls_only && TcpStream::connect(self.addr()).is_ok() {
+                return true;
             }
             if let Ok(mut stream) = TcpStream::connect(self.addr()) {
                 stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
