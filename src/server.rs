@@ -135,6 +135,9 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
         .admin
         .map(|listener| tokio::spawn(crate::admin::serve(listener, handover.clone(), shared.shutdown.clone())));
     let result = serve(listeners.proxy, shared.clone(), shutdown).await;
+    handover
+        .settle(Duration::from_millis(shared.config.shutdown_grace_ms))
+        .await;
     if let Some(admin) = admin {
         admin.abort();
     }

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{Client, Harness, Reply, SlowLink, Version};
+use support::{Client, FaultyLink, Harness, Reply, Version};
 
 /// What one writer connection saw: the writes acknowledged to it, in order.
 struct WriterLog {
@@ -382,7 +382,8 @@ fn exceeding_the_pause_budget_aborts_and_held_writes_go_to_old() {
     // NEW replicates through a link that delays every byte by 300 ms; the pause budget is 50 ms.
     let old = support::RedisServer::start(Version::V6_2, &[]);
     let new = support::RedisServer::start(Version::V7_0, &[]);
-    let slow = SlowLink::start(old.addr(), Duration::from_millis(300));
+    let slow = FaultyLink::start(old.addr());
+    slow.delay(Duration::from_millis(300));
     let proxy = support::Proxy::start(old.addr(), Some(new.addr()), |c| {
         c.old_replication_addr = Some(slow.addr.to_string());
     });

@@ -218,6 +218,22 @@ impl Handover {
         Ok(())
     }
 
+    /// On shutdown: asks a running handover to abort (refused once NEW was promoted, when it finishes instead)
+    /// and waits, up to `grace`, until it has undone its pause and fence, so OLD is not left fenced.
+    pub async fn settle(&self, grace: Duration) {
+        if !self.is_running() {
+            return;
+        }
+        let _ = self.abort();
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.is_running() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if self.is_running() {
+            tracing::warn!("shutting down with a handover still running: check OLD's pause and fence");
+        }
+    }
+
     /// The state shared with the sessions.
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared

@@ -42,6 +42,8 @@ struct PauseState {
     fence_was: Option<String>,
     /// When OLD's CLIENT PAUSE ends by itself (Redis 5.0 cannot be unpaused).
     pause_expires: Option<Instant>,
+    /// Whether `REPLICAOF NO ONE` was sent to NEW (its outcome may be unknown if the link failed).
+    promotion_sent: bool,
 }
 
 pub(super) struct Run {
@@ -102,7 +104,16 @@ impl Run {
                 let pause = pause.map(|ms| Duration::from_secs_f64(ms / 1000.0));
                 self.handover.shared.telemetry.handover_finished(true, pause);
             }
-            Err(Abort(reason)) => {
+            Err(Abort(mut reason)) => {
+                if self.pause.promotion_sent {
+                    reason.push_str(&format!(
+                        "; manual recovery: {} may have been promoted before the failure and no longer replicates \
+                         from {}, which stays primary with every acknowledged write; check it with ROLE, then run \
+                         the handover again with \"allow_nonempty\": true to resynchronize it",
+                        self.target_name(),
+                        self.source_name()
+                    ));
+                }
                 tracing::warn!(%reason, "handover aborted; OLD stays primary");
                 self.undo().await;
                 self.finish_with_reason(reason);
@@ -504,8 +515,10 @@ impl Run {
             tokio::time::sleep(PAUSE_POLL).await;
         }
 
-        // Promote NEW and confirm it.
+        // Promote NEW and confirm it. If the link to NEW fails from here to the confirmation, NEW may or may not
+        // be a master now; OLD stays primary (it has every acknowledged write) and the reason says so.
         let left = remaining(deadline).max(Duration::from_millis(50));
+        self.pause.promotion_sent = true;
         self.target().ok(&["REPLICAOF", "NO", "ONE"], left).await?;
         let role = self.target().ok(&["ROLE"], left).await?;
         let is_master =

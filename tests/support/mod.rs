@@ -71,6 +71,7 @@ pub struct RedisServer {
     pub port: u16,
     child: Child,
     dir: PathBuf,
+    args: Vec<String>,
 }
 
 impl RedisServer {
@@ -131,6 +132,7 @@ impl RedisServer {
                 port,
                 child,
                 dir,
+                args,
             };
             if server.wait_ready(tls_only) {
                 return server;
@@ -170,8 +172,39 @@ impl RedisServer {
         Client::connect(self.addr())
     }
 
+    /// Freezes the server (SIGSTOP): it keeps its connections but answers nothing, as a stalled host would.
+    pub fn stall(&self) {
+        let _ = Command::new("kill")
+            .args(["-STOP", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// Lets a stalled server go on (SIGCONT).
+    pub fn resume(&self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// Starts the server again after a kill, on the same port with the same data folder and arguments.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new(self.version.binary())
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("restart redis-server");
+        self.child = child;
+        assert!(self.wait_ready(false), "Redis did not come back");
+    }
+
     /// Stops the server at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
+        self.resume();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -618,78 +651,124 @@ impl Harness {
     }
 }
 
-/// A TCP relay that delays every chunk by a fixed time: a slow network link between two real servers, for
-/// faults a real server cannot be made to show by itself. It stops when dropped.
-pub struct SlowLink {
+/// A TCP relay between real processes that injects network faults a real server cannot be made to show: a delay
+/// on every chunk, a cut of every connection, or a cut right after a given command has gone through. It stops
+/// when dropped.
+pub struct FaultyLink {
     pub addr: SocketAddr,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    state: std::sync::Arc<LinkState>,
 }
 
-impl SlowLink {
-    pub fn start(upstream: SocketAddr, delay: Duration) -> SlowLink {
+struct LinkState {
+    delay: std::sync::Mutex<Duration>,
+    stop: std::sync::atomic::AtomicBool,
+    /// Refuse new connections and close the open ones.
+    cut: std::sync::atomic::AtomicBool,
+    /// Cut everything right after a chunk toward the server containing these bytes has been forwarded.
+    cut_after: std::sync::Mutex<Option<Vec<u8>>>,
+    streams: std::sync::Mutex<Vec<TcpStream>>,
+}
+
+impl LinkState {
+    fn cut_all(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for stream in self.streams.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl FaultyLink {
+    pub fn start(upstream: SocketAddr) -> FaultyLink {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stopping = stop.clone();
+        let state = std::sync::Arc::new(LinkState {
+            delay: std::sync::Mutex::new(Duration::ZERO),
+            stop: std::sync::atomic::AtomicBool::new(false),
+            cut: std::sync::atomic::AtomicBool::new(false),
+            cut_after: std::sync::Mutex::new(None),
+            streams: std::sync::Mutex::new(Vec::new()),
+        });
+        let shared = state.clone();
         std::thread::spawn(move || {
-            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            while !shared.stop.load(std::sync::atomic::Ordering::Relaxed) {
                 match listener.accept() {
+                    Ok((down, _)) if shared.cut.load(std::sync::atomic::Ordering::SeqCst) => drop(down),
                     Ok((down, _)) => {
                         down.set_nonblocking(false).unwrap();
                         let Ok(up) = TcpStream::connect(upstream) else { continue };
-                        for (from, to) in [(down.try_clone().unwrap(), up.try_clone().unwrap()), (up, down)] {
-                            pump_with_delay(from, to, delay, stopping.clone());
+                        {
+                            let mut streams = shared.streams.lock().unwrap();
+                            streams.push(down.try_clone().unwrap());
+                            streams.push(up.try_clone().unwrap());
                         }
+                        pump(down.try_clone().unwrap(), up.try_clone().unwrap(), shared.clone(), true);
+                        pump(up, down, shared.clone(), false);
                     }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
         });
-        SlowLink { addr, stop }
+        FaultyLink { addr, state }
+    }
+
+    /// Delays every chunk by `delay` (a slow network).
+    pub fn delay(&self, delay: Duration) {
+        *self.state.delay.lock().unwrap() = delay;
+    }
+
+    /// Closes every connection and refuses new ones (a cut network).
+    pub fn cut(&self) {
+        self.state.cut_all();
+    }
+
+    /// Lets the next chunk toward the server that contains `pattern` through, then cuts everything.
+    pub fn cut_after(&self, pattern: &[u8]) {
+        *self.state.cut_after.lock().unwrap() = Some(pattern.to_vec());
     }
 }
 
-impl Drop for SlowLink {
+impl Drop for FaultyLink {
     fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.state.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.state.cut_all();
     }
 }
 
-/// Copies `from` to `to`, each chunk `delay` after it was read; ends when either side closes or on stop.
-fn pump_with_delay(
-    mut from: TcpStream,
-    mut to: TcpStream,
-    delay: Duration,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) {
+/// Copies `from` to `to` with the link's current delay; `toward_server` chunks are checked for `cut_after`.
+fn pump(mut from: TcpStream, mut to: TcpStream, state: std::sync::Arc<LinkState>, toward_server: bool) {
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
-    let reader_stop = stop.clone();
+    let reader_state = state.clone();
     std::thread::spawn(move || {
-        from.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         let mut buf = vec![0u8; 64 * 1024];
-        while !reader_stop.load(std::sync::atomic::Ordering::Relaxed) {
+        while !reader_state.stop.load(std::sync::atomic::Ordering::Relaxed) {
             match from.read(&mut buf) {
-                Ok(0) => break,
+                Ok(0) | Err(_) => break,
                 Ok(n) => {
                     if tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
                         break;
                     }
                 }
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-                Err(_) => break,
             }
         }
     });
     std::thread::spawn(move || {
         while let Ok((read_at, chunk)) = rx.recv() {
-            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if state.cut.load(std::sync::atomic::Ordering::SeqCst) {
                 break;
             }
+            let delay = *state.delay.lock().unwrap();
             if let Some(wait) = (read_at + delay).checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
             if to.write_all(&chunk).is_err() {
+                break;
+            }
+            let trigger = state.cut_after.lock().unwrap().clone();
+            if toward_server && trigger.is_some_and(|p| chunk.windows(p.len()).any(|w| w == p.as_slice())) {
+                std::thread::sleep(Duration::from_millis(20));
+                state.cut_all();
                 break;
             }
         }
