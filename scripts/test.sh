@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: installs the Redis versions and clients the tests use (scripts/install-redis.sh, node-redis
-# from npm), runs the demo in its quick form, then `cargo test`.
+# from npm), runs the demo in its quick form and the fuzzers for a bounded time, then `cargo test`.
 # Usage: scripts/test.sh [cargo test arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,4 +11,6 @@ if [ ! -d tests/clients/node/node_modules/redis ]; then
 fi
 # The demo, shortened: it must switch under load with zero error replies (it exits non-zero otherwise).
 scripts/demo.sh --quick
+# The fuzzers of the request parser and the reply framer, 30 seconds each.
+scripts/fuzz.sh 30
 cargo test --all-targets "$@"
