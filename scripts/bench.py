@@ -20,25 +20,14 @@ import sys
 import tempfile
 import time
 
+from procs import free_port, wait_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKLOADS = [("SET", 1), ("GET", 1), ("SET", 16), ("GET", 16), ("INCR", 1), ("LPUSH", 1), ("LRANGE_100", 1), ("MSET", 1)]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def wait_port(port, what):
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"{what} did not listen on {port}")
 
 
 def bench(port, test, pipeline, requests):

@@ -21,25 +21,7 @@ scripts/install-redis.sh | sed 's/^/   /'
 cargo build --release --quiet
 proxy_bin="$root/target/release/redis-handover"
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'echo; echo "interrupted: stopping everything"; exit 130' INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "nothing listens on port $1" >&2
-  exit 1
-}
+. scripts/lib.sh
 start_redis() { # binary port
   mkdir -p "$work/$2"
   "$1" --port "$2" --bind 127.0.0.1 --save "" --appendonly no --dir "$work/$2" --logfile redis.log &

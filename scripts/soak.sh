@@ -19,17 +19,7 @@ scripts/install-redis.sh >/dev/null
 cargo build --release --quiet
 bin="$root/target/release/redis-handover"
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; exit 1; }
+. scripts/lib.sh
 
 a=$(free_port); b=$(free_port); proxy=$(free_port); admin=$(free_port)
 for port in $a $b; do
@@ -58,6 +48,7 @@ pids+=($checker)
 pids+=($!)
 
 echo "elapsed_s,rss_kib,fds,clients,phase" >"$work/samples.csv"
+: >"$work/handover-errors.txt"
 started=$(date +%s)
 next_handover=$((started + every))
 switched=0; aborted=0
@@ -90,6 +81,8 @@ check = json.load(open(f"{work}/consistency.json"))
 benchmark_errors = sum(1 for _ in open(f"{work}/benchmark-errors.txt"))
 print("== soak report")
 print(f"   handovers:            {switched} switched, {aborted} aborted")
+for line in open(f"{work}/handover-errors.txt"):
+    print(f"     aborted: {line.strip()}")
 print(f"   acknowledged writes:  {check['acknowledged_writes']} checked, {check['lost']} lost, {check['extra']} extra")
 print(f"   checker errors:       {check['failed_batches']} failed batches, {check['reconnects']} reconnects")
 print(f"   benchmark errors:     {benchmark_errors}")

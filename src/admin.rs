@@ -116,7 +116,7 @@ async fn require_token(
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if given.is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes())) {
+    if given.is_some_and(|given| crate::config::secret_matches(given.as_bytes(), token.as_bytes())) {
         next.run(request).await
     } else {
         refuse(
@@ -124,11 +124,6 @@ async fn require_token(
             "a valid admin token is required (Authorization: Bearer <token>)".into(),
         )
     }
-}
-
-/// Compares without stopping at the first difference, so the time taken tells nothing about the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn refuse(code: StatusCode, error: String) -> Response {

@@ -438,11 +438,19 @@ fn read_password(
 
 /// Whether `host:port` names a loopback address (127.0.0.0/8, ::1, localhost).
 pub fn is_loopback_address(addr: &str) -> bool {
-    let host = addr
-        .rsplit_once(':')
-        .map_or(addr, |(host, _)| host)
-        .trim_matches(|c| c == '[' || c == ']');
+    is_loopback_host(addr.rsplit_once(':').map_or(addr, |(host, _)| host))
+}
+
+/// Whether a host (name or address, IPv6 with or without brackets) is loopback.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_matches(|c| c == '[' || c == ']');
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Compares a secret given by a client with the configured one without stopping at the first difference, so the
+/// time taken tells nothing about the secret.
+pub fn secret_matches(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn check_address(key: &'static str, value: &str) -> Result<(), ConfigError> {

@@ -42,6 +42,8 @@ pub enum ControlError {
     },
     #[error("{side} {addr} sent a reply that is not RESP")]
     Protocol { side: &'static str, addr: String },
+    #[error("the connection to {side} {addr} is no longer usable after a failed call")]
+    Unusable { side: &'static str, addr: String },
 }
 
 /// Credentials the proxy uses for its own connections to a server.
@@ -59,6 +61,8 @@ pub struct ControlConn {
     addr: Arc<str>,
     input: BytesMut,
     scanner: ReplyScanner,
+    /// Set when a call timed out or failed: the request/reply pairing can no longer be trusted.
+    broken: bool,
 }
 
 impl ControlConn {
@@ -77,6 +81,7 @@ impl ControlConn {
             addr,
             input: BytesMut::new(),
             scanner: ReplyScanner::new(),
+            broken: false,
         };
         if let Some(password) = &credentials.password {
             match &credentials.user {
@@ -111,6 +116,7 @@ impl ControlConn {
             addr: addr.into(),
             input: BytesMut::new(),
             scanner: ReplyScanner::new(),
+            broken: false,
         })
     }
 
@@ -122,6 +128,12 @@ impl ControlConn {
             write_command(&mut out, &args);
         }
         let name = commands.first().map(|c| c.join(" ")).unwrap_or_default();
+        if self.broken {
+            return Err(ControlError::Unusable {
+                side: self.label,
+                addr: self.addr.to_string(),
+            });
+        }
         let work = async {
             self.stream.write_all(&out).await.map_err(|e| self.io(e))?;
             let mut replies = Vec::with_capacity(commands.len());
@@ -130,7 +142,7 @@ impl ControlConn {
             }
             Ok(replies)
         };
-        match tokio::time::timeout(timeout, work).await {
+        let result = match tokio::time::timeout(timeout, work).await {
             Ok(result) => result,
             Err(_) => Err(ControlError::Timeout {
                 side: self.label,
@@ -138,7 +150,15 @@ impl ControlConn {
                 command: name,
                 timeout_ms: timeout.as_millis() as u64,
             }),
-        }
+        };
+        // A reply that comes after a timeout, or after a broken read, would be taken for the next command's.
+        self.broken = result.is_err();
+        result
+    }
+
+    /// Whether the connection can no longer be used (a call timed out or failed): open a new one.
+    pub fn is_broken(&self) -> bool {
+        self.broken
     }
 
     /// One command; its reply, which may be an error value.

@@ -122,7 +122,8 @@ fn new_failing_during_the_full_sync_aborts() {
     for fault in [Fault::Kill, Fault::Stall, Fault::Cut] {
         let mut s = Scenario::start(&SLOW_SYNC);
         let load = Load::start(&s.proxy, 4);
-        let (status, _) = s.proxy.post("/handover", json!({}));
+        // A replica that stops answering during the sync may be busy loading: it gets until the catch-up deadline.
+        let (status, _) = s.proxy.post("/handover", json!({ "catchup_timeout_s": 6 }));
         assert_eq!(status, 202);
         s.proxy.wait_for_phase("syncing", Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(200));

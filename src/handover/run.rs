@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::{Handover, Phase, PhaseSpan, Request, side_index};
+use crate::config::is_loopback_host;
 use crate::control::{ControlConn, ControlError, parse_info, parse_version};
 use crate::primary::Server;
 use crate::protocol::value::Value;
@@ -358,7 +359,7 @@ impl Run {
             && replication.get("master_port").map(String::as_str) == Some(port)
             && replication
                 .get("master_host")
-                .is_some_and(|h| h == host || (is_loopback(h) && is_loopback(host)))
+                .is_some_and(|h| h == host || (is_loopback_host(h) && is_loopback_host(host)))
     }
 
     /// NEW replicates from OLD; the full sync's progress is followed until the link is up.
@@ -380,11 +381,20 @@ impl Run {
         let deadline = self.started + Duration::from_secs(self.request.catchup_timeout_s);
         loop {
             self.cancelled()?;
-            let info = self
-                .target()
-                .info("replication", CALL_TIMEOUT)
-                .await
-                .map_err(|e| Abort(format!("{} failed during the full sync: {e}", self.target_name())))?;
+            let failed = |e: ControlError, name: String| Abort(format!("{name} failed during the full sync: {e}"));
+            let info = match self.target().info("replication", CALL_TIMEOUT).await {
+                Ok(info) => info,
+                // A replica busy emptying or loading a large dataset answers nothing for a while: wait for it
+                // (on a new connection) until the deadline; a closed or refused connection ends the handover.
+                Err(error @ ControlError::Timeout { .. }) if Instant::now() < deadline => {
+                    tracing::info!(%error, "NEW is busy with the full sync");
+                    self.reconnect(Which::Target)
+                        .await
+                        .map_err(|e| failed(e, self.target_name()))?;
+                    continue;
+                }
+                Err(error) => return Err(failed(error, self.target_name())),
+            };
             let syncing = info.get("master_sync_in_progress").map(String::as_str) == Some("1");
             let link_up = info.get("master_link_status").map(String::as_str) == Some("up");
             {
@@ -637,8 +647,32 @@ impl Run {
         )
     }
 
+    /// Replaces a control connection, after one that failed or timed out (its replies can no longer be paired).
+    async fn reconnect(&mut self, which: Which) -> Result<(), ControlError> {
+        let server = match which {
+            Which::Source => self.source.clone(),
+            Which::Target => self.target.clone(),
+        };
+        let credentials = self.handover.credentials(server.side);
+        let tls = self.handover.shared.backend_tls.clone();
+        let conn = ControlConn::connect(&server, &credentials, CALL_TIMEOUT, tls.as_ref()).await?;
+        match which {
+            Which::Source => self.source_conn = Some(conn),
+            Which::Target => self.target_conn = Some(conn),
+        }
+        Ok(())
+    }
+
     /// Undoes the pause after an abort: OLD unpaused and unfenced, then the held writes go to OLD.
     async fn undo(&mut self) {
+        if self.source_conn.as_ref().is_some_and(ControlConn::is_broken)
+            && let Err(error) = self.reconnect(Which::Source).await
+        {
+            self.warn(format!(
+                "could not reach {} to undo the pause: {error}",
+                self.source_name()
+            ));
+        }
         if self.pause.source_paused
             && self.source_version >= (6, 2, 0)
             && let Err(error) = self.source().call(&["CLIENT", "UNPAUSE"], CALL_TIMEOUT).await
@@ -670,6 +704,13 @@ impl Run {
     }
 }
 
+/// Which server a control connection goes to.
+#[derive(Debug, Clone, Copy)]
+enum Which {
+    Source,
+    Target,
+}
+
 fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
@@ -685,8 +726,4 @@ fn keys_in(line: &str) -> Option<u64> {
     line.split(',')
         .find_map(|part| part.strip_prefix("keys="))
         .and_then(|n| n.parse().ok())
-}
-
-fn is_loopback(host: &str) -> bool {
-    host == "localhost" || host.starts_with("127.") || host == "::1"
 }

@@ -267,6 +267,16 @@ impl<'a> Args<'a> {
 fn split_args(line: &[u8], words: &mut Vec<u8>, ranges: &mut Vec<Range<usize>>) -> Result<(), ()> {
     let at = |i: usize| line.get(i).copied().unwrap_or(0);
     let is_space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c);
+    // A closing quote must be followed by a blank or the end of the line; where the word then continues.
+    let closing_quote = |p: usize| {
+        if at(p + 1) != 0 && !is_space(at(p + 1)) {
+            Err(())
+        } else {
+            Ok(p + 1)
+        }
+    };
+    // The end of the line inside quotes: unbalanced.
+    let inside_quotes = |c: u8| if c == 0 { Err(()) } else { Ok(c) };
     let mut p = 0;
     loop {
         while at(p) != 0 && is_space(at(p)) {
@@ -294,30 +304,20 @@ fn split_args(line: &[u8], words: &mut Vec<u8>, ranges: &mut Vec<Range<usize>>) 
                         other => other,
                     });
                 } else if c == b'"' {
-                    if at(p + 1) != 0 && !is_space(at(p + 1)) {
-                        return Err(());
-                    }
-                    p += 1;
+                    p = closing_quote(p)?;
                     break;
-                } else if c == 0 {
-                    return Err(());
                 } else {
-                    words.push(c);
+                    words.push(inside_quotes(c)?);
                 }
             } else if in_single {
                 if c == b'\\' && at(p + 1) == b'\'' {
                     p += 1;
                     words.push(b'\'');
                 } else if c == b'\'' {
-                    if at(p + 1) != 0 && !is_space(at(p + 1)) {
-                        return Err(());
-                    }
-                    p += 1;
+                    p = closing_quote(p)?;
                     break;
-                } else if c == 0 {
-                    return Err(());
                 } else {
-                    words.push(c);
+                    words.push(inside_quotes(c)?);
                 }
             } else {
                 match c {

@@ -109,7 +109,7 @@ impl ProxyAuth {
     /// forward it (a HELLO is forwarded without its AUTH part).
     fn check(&mut self, password: &[u8], command: Command, args: crate::protocol::request::Args<'_>) -> Option<Bytes> {
         let default_user_with = |user: Option<&[u8]>, given: Option<&[u8]>| {
-            user.is_none_or(|u| u == b"default") && given.is_some_and(|g| constant_time_eq(g, password))
+            user.is_none_or(|u| u == b"default") && given.is_some_and(|g| crate::config::secret_matches(g, password))
         };
         let wrong = Bytes::from_static(b"-WRONGPASS invalid username-password pair or user is disabled.\r\n");
         match command {
@@ -791,11 +791,6 @@ impl Drop for Session {
         self.shared.moves.set_blocked(self.blocked_registered, None);
         self.shared.moves.shift(self.mover_counted, None);
     }
-}
-
-/// Compares without stopping at the first difference, so the time taken tells nothing about the password.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Decrements the client count when a session task ends, however it ends.
