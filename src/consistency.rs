@@ -280,7 +280,7 @@ pub struct CheckArgs {
     /// How long to write.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
-    /// The key prefix (keys are <prefix>:k:*, <prefix>:c:*, <prefix>:l:*).
+    /// The key prefix (keys are `PREFIX:k:*`, `PREFIX:c:*`, `PREFIX:l:*`).
     #[arg(long, default_value = "consistency")]
     pub prefix: String,
     /// Print the report as JSON.
