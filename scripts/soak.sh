@@ -2,17 +2,20 @@
 # The soak run (not part of CI): mixed load through redis-handover for a long time, with a handover every few
 # minutes back and forth between two Redis 6.2 servers. Reports handovers, error replies, lost writes (the
 # consistency checker: must be 0), and the proxy's memory (RSS) and open file descriptors over time.
-# Usage: scripts/soak.sh [--minutes 30] [--every 120]   (every: seconds between handovers)
+# Usage: scripts/soak.sh [--minutes 30] [--every 120] [--rate 5000]
+#   every: seconds between handovers; rate: the consistency checker's writes per second (redis-benchmark adds more)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 minutes=30
 every=120
+rate=5000
 while [ $# -gt 0 ]; do
   case "$1" in
     --minutes) minutes=$2; shift 2 ;;
     --every) every=$2; shift 2 ;;
-    *) echo "usage: scripts/soak.sh [--minutes N] [--every SECONDS]" >&2; exit 2 ;;
+    --rate) rate=$2; shift 2 ;;
+    *) echo "usage: scripts/soak.sh [--minutes N] [--every SECONDS] [--rate WRITES_PER_SECOND]" >&2; exit 2 ;;
   esac
 done
 scripts/install-redis.sh >/dev/null
@@ -37,7 +40,8 @@ wait_port "$proxy"
 seconds=$((minutes * 60))
 echo "soak: $minutes min, a handover every $every s, proxy :$proxy (pid $proxy_pid)"
 
-"$bin" check-consistency --addr "127.0.0.1:$proxy" --clients 8 --seconds "$seconds" --prefix soak --json \
+# The checker is paced: at full speed a long soak would fill the servers' memory.
+"$bin" check-consistency --addr "127.0.0.1:$proxy" --clients 8 --seconds "$seconds" --rate "$rate" --prefix soak --json \
   >"$work/consistency.json" 2>"$work/consistency.err" &
 checker=$!
 pids+=($checker)

@@ -70,17 +70,23 @@ pub struct Writers {
 }
 
 impl Writers {
-    /// Starts `count` writers against `addr` (the proxy), each on its own connection.
+    /// Starts `count` writers against `addr` (the proxy), each on its own connection, as fast as they can.
     pub fn start(addr: &str, count: usize, prefix: &str) -> Writers {
+        Writers::start_paced(addr, count, prefix, None)
+    }
+
+    /// The same, at most `rate` writes per second in all (a long soak must not fill the servers' memory).
+    pub fn start_paced(addr: &str, count: usize, prefix: &str, rate: Option<u64>) -> Writers {
         let stop = Arc::new(AtomicBool::new(false));
+        // Each batch is 3 * BATCH writes; a writer sends one every `interval`.
+        let per_batch = (3 * BATCH) as f64 * count as f64;
+        let interval = rate
+            .filter(|r| *r > 0)
+            .map(|r| Duration::from_secs_f64(per_batch / r as f64));
         let tasks = (0..count)
             .map(|id| {
-                tokio::spawn(write_until_stopped(
-                    addr.to_string(),
-                    prefix.to_string(),
-                    id,
-                    stop.clone(),
-                ))
+                let writer = write_until_stopped(addr.to_string(), prefix.to_string(), id, stop.clone(), interval);
+                tokio::spawn(writer)
             })
             .collect();
         Writers { stop, tasks }
@@ -97,7 +103,14 @@ impl Writers {
     }
 }
 
-async fn write_until_stopped(addr: String, prefix: String, id: usize, stop: Arc<AtomicBool>) -> WriterLog {
+async fn write_until_stopped(
+    addr: String,
+    prefix: String,
+    id: usize,
+    stop: Arc<AtomicBool>,
+    interval: Option<Duration>,
+) -> WriterLog {
+    let mut next_batch = tokio::time::Instant::now();
     let mut log = WriterLog {
         id,
         ..WriterLog::default()
@@ -108,6 +121,10 @@ async fn write_until_stopped(addr: String, prefix: String, id: usize, stop: Arc<
     let counter = format!("{prefix}:c:{id}");
     let list = format!("{prefix}:l:{id}");
     while !stop.load(Ordering::Relaxed) {
+        if let Some(interval) = interval {
+            tokio::time::sleep_until(next_batch).await;
+            next_batch += interval;
+        }
         if conn.is_none() {
             match ControlConn::connect_to("proxy", &addr, Duration::from_secs(5)).await {
                 Ok(c) => conn = Some(c),
@@ -280,6 +297,9 @@ pub struct CheckArgs {
     /// How long to write.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+    /// At most this many writes per second in all (unlimited when absent).
+    #[arg(long)]
+    pub rate: Option<u64>,
     /// The key prefix (keys are `PREFIX:k:*`, `PREFIX:c:*`, `PREFIX:l:*`).
     #[arg(long, default_value = "consistency")]
     pub prefix: String,
@@ -295,7 +315,7 @@ pub fn run_cli(args: CheckArgs) -> i32 {
         .build()
         .expect("a tokio runtime");
     let report = runtime.block_on(async {
-        let writers = Writers::start(&args.addr, args.clients, &args.prefix);
+        let writers = Writers::start_paced(&args.addr, args.clients, &args.prefix, args.rate);
         tokio::time::sleep(Duration::from_secs(args.seconds)).await;
         let logs = writers.stop().await;
         verify(&args.addr, &args.prefix, &logs).await
