@@ -13,4 +13,6 @@ fi
 scripts/demo.sh --quick
 # The fuzzers of the request parser and the reply framer, 30 seconds each.
 scripts/fuzz.sh 30
-cargo test --all-targets "$@"
+# The criterion benchmarks once each (that they run), then the tests, whose summary closes the output.
+cargo test --benches --quiet
+cargo test --lib --bins --tests "$@"
