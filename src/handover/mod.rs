@@ -244,16 +244,6 @@ impl Handover {
         self.running.load(Ordering::SeqCst)
     }
 
-    /// The current phase (`idle` before any handover).
-    pub fn phase(&self) -> Phase {
-        self.lock().phase.unwrap_or(Phase::Idle)
-    }
-
-    /// The report of the last finished handover.
-    pub fn last_report(&self) -> Option<Report> {
-        self.lock().last.clone()
-    }
-
     /// Everything `GET /status` shows.
     pub fn status(&self) -> serde_json::Value {
         let progress = self.lock();

@@ -695,7 +695,9 @@ impl Session {
                 return Poll::Ready(Err(SessionError::Dropped(reason)));
             }
             // Poll once more so that the timer's waker is registered for the next period.
-            let _ = self.watchdog.as_mut().map(|dog| dog.timer.as_mut().poll(cx));
+            if let Some(dog) = self.watchdog.as_mut() {
+                let _ = dog.timer.as_mut().poll(cx);
+            }
         }
         if progress { Poll::Ready(Ok(())) } else { Poll::Pending }
     }

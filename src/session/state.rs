@@ -488,11 +488,6 @@ impl Core {
         }
     }
 
-    /// Whether replies from the backend are still owed.
-    pub fn awaiting_backend(&self) -> bool {
-        self.pending.iter().any(|p| !matches!(p.effect, Effect::Local(_)))
-    }
-
     /// Handles one complete frame from the backend. `link_retired` says the link belongs to a primary that
     /// was replaced: a blocking call it answers with a timeout was ended by the switch, and the call is
     /// returned (instead of the client getting the timeout) so that it can be issued again on the new primary.
@@ -537,8 +532,9 @@ impl Core {
         };
         self.pending_writes -= usize::from(head.write);
         let hidden = head.hidden;
+        let error = is_error_frame(frame);
         if !hidden {
-            self.telemetry.reply(head.family, head.sent_at, is_error_frame(frame));
+            self.telemetry.reply(head.family, head.sent_at, error);
         }
         if link_retired
             && is_null_frame(frame)
@@ -547,7 +543,6 @@ impl Core {
             self.flush_locals();
             return Some(*blocked);
         }
-        let error = is_error_frame(frame);
         if hidden && error {
             tracing::warn!(reply = %String::from_utf8_lossy(frame).trim_end(), "restoring session state failed");
         }
