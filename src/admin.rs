@@ -16,6 +16,13 @@ use crate::handover::{Handover, Request, StartError};
 
 /// Serves the admin API on `listener` until the proxy shuts down.
 pub async fn serve(listener: TcpListener, handover: Arc<Handover>, shutdown: tokio_util::sync::CancellationToken) {
+    let own = match listener.local_addr() {
+        Ok(addr) => OwnAddress::new(addr, &handover.shared().config.admin_allowed_hosts),
+        Err(error) => {
+            tracing::error!(%error, "admin port has no address");
+            return;
+        }
+    };
     let app = Router::new()
         .route("/status", get(status))
         .route("/metrics", get(metrics))
@@ -24,6 +31,7 @@ pub async fn serve(listener: TcpListener, handover: Arc<Handover>, shutdown: tok
         .route("/config/resp3", put(set_resp3).get(get_resp3))
         .route_layer(axum::middleware::from_fn_with_state(handover.clone(), require_token))
         .route("/healthz", get(|| async { "ok\n" }))
+        .layer(axum::middleware::from_fn_with_state(Arc::new(own), refuse_other_sites))
         .with_state(handover);
     if let Err(error) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -126,6 +134,176 @@ async fn require_token(
     }
 }
 
+/// The names under which the admin port may be addressed: what a request's `Host` and `Origin` must name.
+#[derive(Debug)]
+struct OwnAddress {
+    port: u16,
+    ip: std::net::IpAddr,
+    /// `admin_allowed_hosts`, lower-cased.
+    names: Vec<String>,
+}
+
+impl OwnAddress {
+    fn new(addr: std::net::SocketAddr, allowed: &[String]) -> OwnAddress {
+        let names = allowed.iter().map(|n| n.trim().to_ascii_lowercase()).collect();
+        OwnAddress {
+            port: addr.port(),
+            ip: addr.ip(),
+            names,
+        }
+    }
+
+    /// Whether `host` (a `Host` header's value: `name[:port]`) names this port. An IP address can only be the
+    /// one the port is bound to (any, when it binds them all); a name must be `localhost` or a configured one.
+    /// A name a browser resolved through an attacker's DNS (rebinding) is none of these.
+    fn names(&self, host: &str) -> bool {
+        let Some((name, port)) = split_host(host) else {
+            return false;
+        };
+        if port != self.port {
+            return false;
+        }
+        match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip == self.ip || self.ip.is_unspecified() || (ip.is_loopback() && self.ip.is_loopback()),
+            Err(_) => {
+                let name = name.to_ascii_lowercase();
+                name == "localhost" || self.names.contains(&name)
+            }
+        }
+    }
+}
+
+/// Splits `name[:port]` (with `[v6]` brackets) into the name and the port, 80 when none is given (plain HTTP).
+fn split_host(host: &str) -> Option<(&str, u16)> {
+    let (name, port) = match host.strip_prefix('[') {
+        Some(rest) => {
+            let (name, after) = rest.split_once(']')?;
+            (name, after.strip_prefix(':'))
+        }
+        None => match host.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        },
+    };
+    let port = match port {
+        Some(port) => port.parse().ok()?,
+        None => 80,
+    };
+    (!name.is_empty()).then_some((name, port))
+}
+
+/// Refuses, before anything else and on every route, what a web page in someone's browser could send: a `Host`
+/// that is not this port's own (DNS rebinding) and an `Origin` of another site (a cross-site request, which a
+/// browser sends even without a CORS preflight when it is a "simple" POST). Terminal clients (`ctl`, curl,
+/// Prometheus) send no `Origin`. Every answer also forbids framing and loading anything from elsewhere.
+async fn refuse_other_sites(
+    State(own): State<Arc<OwnAddress>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    // A block, so that no borrow of the request (whose body is not Sync) lives across the await below.
+    let verdict = {
+        let header = |name| request.headers().get(name).map(|v| v.to_str().unwrap_or_default());
+        let (host, origin) = (header(axum::http::header::HOST), header(axum::http::header::ORIGIN));
+        match (host, origin) {
+            (Some(host), _) if !own.names(host) => Err(format!("requests for host {host:?} are refused here")),
+            (_, Some(origin)) if !same_origin(origin, host) => {
+                Err(format!("requests from another site (Origin {origin:?}) are refused"))
+            }
+            _ => Ok(()),
+        }
+    };
+    let mut response = match verdict {
+        Ok(()) => next.run(request).await,
+        Err(reason) => {
+            tracing::warn!(%reason, "admin request refused");
+            refuse(StatusCode::FORBIDDEN, reason)
+        }
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_SECURITY_POLICY,
+        axum::http::HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'"),
+    );
+    headers.insert(
+        axum::http::header::X_FRAME_OPTIONS,
+        axum::http::HeaderValue::from_static("DENY"),
+    );
+    headers.insert(
+        axum::http::header::X_CONTENT_TYPE_OPTIONS,
+        axum::http::HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// Whether `origin` is the admin port's own origin, `http://` and the (already checked) `Host` the request
+/// names. `null`, another scheme or another host is not.
+fn same_origin(origin: &str, host: Option<&str>) -> bool {
+    let (Some(rest), Some(host)) = (origin.strip_prefix("http://"), host) else {
+        return false;
+    };
+    match (split_host(rest), split_host(host)) {
+        (Some((a, a_port)), Some((b, b_port))) => a.eq_ignore_ascii_case(b) && a_port == b_port,
+        _ => false,
+    }
+}
+
 fn refuse(code: StatusCode, error: String) -> Response {
     (code, Json(json!({ "error": error }))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn own(bound: &str) -> OwnAddress {
+        OwnAddress::new(bound.parse().unwrap(), &["Admin.Example".to_string()])
+    }
+
+    #[test]
+    fn hosts_that_name_the_admin_port() {
+        let loopback = own("127.0.0.1:7380");
+        for host in [
+            "127.0.0.1:7380",
+            "localhost:7380",
+            "LOCALHOST:7380",
+            "admin.example:7380",
+            "[::1]:7380",
+        ] {
+            assert!(loopback.names(host), "{host}");
+        }
+        for host in [
+            "evil.example:7380",
+            "127.0.0.1:7381",
+            "localhost",
+            "10.0.0.1:7380",
+            "",
+            ":7380",
+            "[::1",
+        ] {
+            assert!(!loopback.names(host), "{host}");
+        }
+        assert!(
+            own("0.0.0.0:80").names("10.0.0.1"),
+            "any address of a port bound to all of them"
+        );
+        assert!(!own("0.0.0.0:80").names("rebound.example"));
+    }
+
+    #[test]
+    fn only_the_port_s_own_origin_is_the_same_site() {
+        let host = Some("127.0.0.1:7380");
+        assert!(same_origin("http://127.0.0.1:7380", host));
+        for origin in [
+            "null",
+            "http://evil.example",
+            "https://127.0.0.1:7380",
+            "http://127.0.0.1:7381",
+            "",
+        ] {
+            assert!(!same_origin(origin, host), "{origin}");
+        }
+        assert!(same_origin("http://localhost", Some("localhost:80")));
+        assert!(!same_origin("http://127.0.0.1:7380", None));
+    }
 }

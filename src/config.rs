@@ -53,6 +53,9 @@ pub struct Config {
     pub admin_token_file: Option<PathBuf>,
     /// The admin token itself (from `REDIS_HANDOVER_ADMIN_TOKEN` or the file).
     pub admin_token: Option<String>,
+    /// Host names (beyond the admin port's own IP address and `localhost`) that admin requests may carry in their
+    /// `Host` header; any other name is refused, which stops DNS rebinding.
+    pub admin_allowed_hosts: Vec<String>,
     /// A password clients must give the proxy (AUTH or HELLO ... AUTH) before anything else; the proxy then uses
     /// the configured `old_*`/`new_*` credentials toward the servers. Unset: clients' AUTH passes through.
     pub requirepass: Option<String>,
@@ -120,6 +123,7 @@ impl Default for Config {
             new_replication_addr: None,
             admin_token_file: None,
             admin_token: None,
+            admin_allowed_hosts: Vec::new(),
             requirepass: None,
             requirepass_file: None,
             tls_cert_file: None,
@@ -212,6 +216,14 @@ pub struct Overrides {
     pub admin_token_file: Option<PathBuf>,
     #[arg(skip)]
     pub admin_token: Option<String>,
+    /// Host names admin requests may carry in `Host`, besides the admin address and localhost (comma-separated).
+    #[arg(
+        long,
+        env = "REDIS_HANDOVER_ADMIN_ALLOWED_HOSTS",
+        value_name = "NAMES",
+        value_delimiter = ','
+    )]
+    pub admin_allowed_hosts: Option<Vec<String>>,
     /// A file holding the password clients must give the proxy.
     #[arg(long, env = "REDIS_HANDOVER_REQUIREPASS_FILE", value_name = "FILE")]
     pub requirepass_file: Option<PathBuf>,
@@ -291,7 +303,8 @@ impl Config {
             shutdown_grace_ms,
             log_format,
             threads,
-            resp3
+            resp3,
+            admin_allowed_hosts
         );
         set_option!(
             new,

@@ -16,12 +16,13 @@ pub const EXIT_UNREACHABLE: i32 = 3;
 /// `redis-handover ctl` options.
 #[derive(Debug, clap::Args)]
 pub struct CtlArgs {
-    /// The proxy's admin address.
+    /// The proxy's admin address (a bare PORT means 127.0.0.1:PORT).
     #[arg(
         long,
         env = "REDIS_HANDOVER_ADMIN",
         default_value = "127.0.0.1:7380",
-        value_name = "HOST:PORT"
+        value_name = "HOST:PORT",
+        value_parser = admin_address
     )]
     pub admin: String,
     /// Print the admin port's JSON instead of text.
@@ -291,6 +292,18 @@ fn bytes(n: u64) -> String {
         n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
         n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
         n => format!("{n} bytes"),
+    }
+}
+
+/// Reads `--admin`: `host:port`, `[v6]:port`, or a bare port on loopback. A bare number must not be taken as a
+/// host name (an HTTP client reads `32478` as the IPv4 address 0.0.126.222, port 80).
+fn admin_address(given: &str) -> Result<String, String> {
+    if let Ok(port) = given.parse::<u16>() {
+        return Ok(format!("127.0.0.1:{port}"));
+    }
+    match given.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(given.to_string()),
+        _ => Err(format!("expected HOST:PORT or PORT, not {given:?}")),
     }
 }
 

@@ -108,6 +108,20 @@ fn ctl_reports_an_unreachable_admin_port_with_exit_code_3() {
     assert!(stderr(&out).contains("cannot reach the admin port"), "{}", stderr(&out));
 }
 
+#[test]
+fn ctl_reads_a_bare_admin_port_as_loopback() {
+    let redis = RedisServer::start(Version::V7_0, &[]);
+    let proxy = Proxy::start(redis.addr(), None, |_| {});
+    let port = proxy.admin.port().to_string();
+    let out = binary(&["ctl", "--admin", &port, "status", "--json"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ctl --json prints JSON");
+    assert_eq!(parsed["phase"], "idle");
+    let bad = binary(&["ctl", "--admin", "nonsense", "status"], &[]);
+    assert_eq!(bad.status.code(), Some(2), "a malformed address is a usage error");
+    assert!(stderr(&bad).contains("HOST:PORT or PORT"), "{}", stderr(&bad));
+}
+
 /// Parses a `/metrics` scrape strictly; sample values by metric name and labels.
 fn scrape(proxy: &Proxy) -> HashMap<String, f64> {
     let text = ureq::get(&format!("http://{}/metrics", proxy.admin))

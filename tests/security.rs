@@ -209,3 +209,220 @@ fn fetch(admin: u16, path: &str) -> String {
         .read_to_string()
         .unwrap()
 }
+
+/// Sends one HTTP/1.1 request to the admin port exactly as written (a browser's or curl's headers); returns the
+/// status code and the whole response.
+fn raw_http(admin: std::net::SocketAddr, head: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(admin).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut request = format!("{head} HTTP/1.1\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    (code, response)
+}
+
+type Headers = Vec<(&'static str, String)>;
+
+/// What a web page open in a browser can make the browser send to the admin port: cross-site "simple" POSTs
+/// (text/plain and form bodies, no preflight), with its own Origin or `null` (sandboxed frames, file: pages), and
+/// DNS-rebinding requests that carry the attacker's host name. Each is refused with 403 and no handover starts;
+/// what terminals send (ctl, curl, a Prometheus scrape) still works, with and without an admin token.
+fn browser_attacks_are_refused(token: Option<&str>) {
+    let h = Harness::start_with(Version::V7_0, &[], Version::V7_0, &[], |c| {
+        c.admin_token = token.map(str::to_string);
+        c.admin_allowed_hosts = vec!["handover-admin.example".into()];
+    });
+    let admin = h.proxy.admin;
+    let own_host = admin.to_string();
+    let evil_host = format!("evil.example:{}", admin.port());
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let with_token = |mut headers: Headers| {
+        if let Some(bearer) = &bearer {
+            headers.push(("Authorization", bearer.clone()));
+        }
+        headers
+    };
+    let send = |head: &str, headers: Headers, body: &str| {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        raw_http(admin, head, &headers, body)
+    };
+    let attacks: Vec<(&str, &str, Headers, &str)> = vec![
+        (
+            "cross-site text/plain POST with a rebinding host",
+            "POST /handover",
+            vec![
+                ("Host", evil_host.clone()),
+                ("Origin", "http://evil.example".into()),
+                ("Content-Type", "text/plain".into()),
+            ],
+            "{}",
+        ),
+        (
+            "cross-site text/plain POST to the admin's own host",
+            "POST /handover",
+            vec![
+                ("Host", own_host.clone()),
+                ("Origin", "http://evil.example".into()),
+                ("Content-Type", "text/plain".into()),
+            ],
+            "{}",
+        ),
+        (
+            "Origin: null (a sandboxed frame)",
+            "POST /handover",
+            vec![
+                ("Host", own_host.clone()),
+                ("Origin", "null".into()),
+                ("Content-Type", "text/plain".into()),
+            ],
+            "{}",
+        ),
+        (
+            "a form post",
+            "POST /handover",
+            vec![
+                ("Host", own_host.clone()),
+                ("Origin", "http://evil.example".into()),
+                ("Content-Type", "application/x-www-form-urlencoded".into()),
+            ],
+            "max_pause_ms=1000",
+        ),
+        (
+            "an abort from another site",
+            "POST /handover/abort",
+            vec![("Host", own_host.clone()), ("Origin", "https://evil.example".into())],
+            "",
+        ),
+        (
+            "a rebinding read of /status",
+            "GET /status",
+            vec![("Host", evil_host.clone())],
+            "",
+        ),
+        (
+            "a rebinding read of /metrics",
+            "GET /metrics",
+            vec![("Host", evil_host.clone())],
+            "",
+        ),
+        (
+            "a rebinding liveness probe",
+            "GET /healthz",
+            vec![("Host", evil_host.clone())],
+            "",
+        ),
+    ];
+    for (what, head, headers, body) in attacks {
+        let (code, response) = send(head, with_token(headers), body);
+        assert_eq!(code, 403, "{what}: {response}");
+        let lower = response.to_ascii_lowercase();
+        assert!(
+            !lower.contains("access-control-allow"),
+            "{what}: no CORS headers: {response}"
+        );
+        assert!(lower.contains("x-frame-options: deny"), "{what}: {response}");
+    }
+    let status = status_with(&h.proxy, token);
+    assert_eq!(status["phase"], "idle", "no handover started: {status}");
+    assert!(status["last_handover"].is_null(), "no handover ran: {status}");
+
+    // What terminals and the page itself send still works.
+    let (code, response) = send(
+        "GET /metrics",
+        with_token(vec![
+            ("Host", own_host.clone()),
+            ("User-Agent", "Prometheus/2.45.0".into()),
+            ("Accept", "text/plain;version=0.0.4".into()),
+        ]),
+        "",
+    );
+    assert_eq!(code, 200, "a Prometheus scrape: {response}");
+    assert!(response.contains("redis_handover_"), "{response}");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("content-security-policy: default-src 'self'; frame-ancestors 'none'"),
+        "{response}"
+    );
+    for host in [
+        format!("localhost:{}", admin.port()),
+        format!("handover-admin.example:{}", admin.port()),
+    ] {
+        let (code, response) = send("GET /status", with_token(vec![("Host", host.clone())]), "");
+        assert_eq!(code, 200, "Host {host}: {response}");
+    }
+    let (code, response) = send(
+        "GET /status",
+        with_token(vec![
+            ("Host", own_host.clone()),
+            ("Origin", format!("http://{own_host}")),
+        ]),
+        "",
+    );
+    assert_eq!(code, 200, "the admin port's own origin: {response}");
+    let mut ctl = Command::new(env!("CARGO_BIN_EXE_redis-handover"));
+    ctl.args(["ctl", "--admin", &own_host, "status"])
+        .env_remove("REDIS_HANDOVER_ADMIN_TOKEN");
+    if let Some(token) = token {
+        ctl.env("REDIS_HANDOVER_ADMIN_TOKEN", token);
+    }
+    let out = ctl.output().unwrap();
+    assert!(
+        out.status.success(),
+        "ctl status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, response) = send(
+        "POST /handover",
+        with_token(vec![
+            ("Host", own_host.clone()),
+            ("User-Agent", "curl/7.88.1".into()),
+            ("Accept", "*/*".into()),
+        ]),
+        "",
+    );
+    assert_eq!(code, 202, "curl -XPOST /handover: {response}");
+    wait_until_switched(&h, token);
+}
+
+/// `GET /status` with the admin token, if there is one.
+fn status_with(proxy: &Proxy, token: Option<&str>) -> serde_json::Value {
+    let mut request = ureq::get(&format!("http://{}/status", proxy.admin));
+    if let Some(token) = token {
+        request = request.header("Authorization", &format!("Bearer {token}"));
+    }
+    request.call().unwrap().body_mut().read_json().unwrap()
+}
+
+fn wait_until_switched(h: &Harness, token: Option<&str>) {
+    let mut status = serde_json::Value::Null;
+    support::wait_until("the handover started with curl to end", Duration::from_secs(60), || {
+        status = status_with(&h.proxy, token);
+        status["handover"].is_null() && !status["last_handover"].is_null()
+    });
+    assert_eq!(status["last_handover"]["outcome"], "switched", "{status}");
+}
+
+#[test]
+fn a_web_page_cannot_start_a_handover_or_read_the_admin_port() {
+    browser_attacks_are_refused(None);
+}
+
+#[test]
+fn with_an_admin_token_browser_requests_are_still_refused() {
+    browser_attacks_are_refused(Some(ADMIN_TOKEN));
+}
