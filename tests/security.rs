@@ -116,6 +116,49 @@ fn the_proxy_can_require_its_own_password_and_use_its_credentials_toward_the_ser
     );
 }
 
+/// Five keys on `redis`, then `DEL` of all five through `client`: the reply counts the keys deleted.
+fn delete_five(redis: &RedisServer, client: &mut Client) -> Reply {
+    let mut direct = redis.direct();
+    for key in ["a", "b", "c", "d", "e"] {
+        assert_eq!(direct.cmd(&["SET", key, "1"]), Reply::ok());
+    }
+    client.cmd(&["DEL", "a", "b", "c", "d", "e"])
+}
+
+#[test]
+fn a_refused_hello_auth_authenticates_nobody_and_leaves_the_next_command_whole() {
+    let redis = RedisServer::start(Version::V7_0, &[]);
+    let proxy = Proxy::start(redis.addr(), None, |c| {
+        c.requirepass = Some(PROXY_SECRET.into());
+        c.resp3 = redis_handover::config::Resp3Mode::PinResp2;
+    });
+    let mut c = proxy.client();
+    let refused = c.cmd(&["HELLO", "3", "AUTH", "default", PROXY_SECRET]);
+    assert!(refused.text().starts_with("ERR unknown command `HELLO`"), "{refused:?}");
+    // Redis 5.0, which has no HELLO, authenticates nobody with it.
+    assert_eq!(c.run("PING"), Reply::Error("NOAUTH Authentication required.".into()));
+    assert_eq!(c.cmd(&["AUTH", PROXY_SECRET]), Reply::ok());
+    assert_eq!(delete_five(&redis, &mut c), Reply::Int(5));
+    // A HELLO 2 with AUTH is still forwarded without the AUTH, and only that HELLO loses it.
+    let mut d = proxy.client();
+    assert!(!d.cmd(&["HELLO", "2", "AUTH", "default", PROXY_SECRET]).is_error());
+    assert_eq!(delete_five(&redis, &mut d), Reply::Int(5));
+}
+
+#[test]
+fn a_hello_auth_that_could_not_reach_the_server_leaves_the_next_command_whole() {
+    let port = support::free_port();
+    let proxy = Proxy::start(format!("127.0.0.1:{port}").parse().unwrap(), None, |c| {
+        c.requirepass = Some(PROXY_SECRET.into());
+    });
+    let mut c = proxy.client();
+    let failed = c.cmd(&["HELLO", "2", "AUTH", "default", PROXY_SECRET]);
+    assert!(failed.text().contains("unreachable"), "{failed:?}");
+    let redis = RedisServer::start_on(Version::V7_0, port, &[]);
+    assert_eq!(c.cmd(&["AUTH", PROXY_SECRET]), Reply::ok());
+    assert_eq!(delete_five(&redis, &mut c), Reply::Int(5));
+}
+
 #[test]
 fn no_secret_reaches_a_log_line_the_status_or_the_metrics() {
     let requirepass = ["--requirepass", BACKEND_SECRET];

@@ -99,15 +99,25 @@ pub struct Session {
 struct ProxyAuth {
     /// Whether the client gave the password (always true without one).
     authenticated: bool,
-    /// A HELLO whose AUTH the proxy checked: the position of AUTH, to leave out when forwarding it.
-    strip_hello_auth: Option<usize>,
+}
+
+/// What the proxy's `requirepass` check makes of one request. A verdict, never a flag kept for later: whatever
+/// path the request then takes (answered here, refused, or failed to reach a server), nothing of it outlives it.
+#[derive(Debug, PartialEq)]
+enum AuthVerdict {
+    /// Forward the request as it is.
+    Forward,
+    /// A HELLO whose AUTH (at this position, with its two arguments) the proxy checked: forward it without
+    /// them, and count the client as authenticated once it is forwarded.
+    ForwardWithoutAuth(usize),
+    /// Answer this here.
+    Answer(Bytes),
 }
 
 impl ProxyAuth {
     /// Answers AUTH and checks HELLO ... AUTH against `password`, and refuses anything else before the client
-    /// authenticated, with Redis's own replies. Returns the reply when the request is answered here, or `None` to
-    /// forward it (a HELLO is forwarded without its AUTH part).
-    fn check(&mut self, password: &[u8], command: Command, args: crate::protocol::request::Args<'_>) -> Option<Bytes> {
+    /// authenticated, with Redis's own replies.
+    fn check(&mut self, password: &[u8], command: Command, args: crate::protocol::request::Args<'_>) -> AuthVerdict {
         let default_user_with = |user: Option<&[u8]>, given: Option<&[u8]>| {
             user.is_none_or(|u| u == b"default") && given.is_some_and(|g| crate::config::secret_matches(g, password))
         };
@@ -118,34 +128,32 @@ impl ProxyAuth {
                     2 => default_user_with(None, args.get(1)),
                     3 => default_user_with(args.get(1), args.get(2)),
                     _ => {
-                        return Some(Bytes::from_static(
+                        return AuthVerdict::Answer(Bytes::from_static(
                             b"-ERR wrong number of arguments for 'auth' command\r\n",
                         ));
                     }
                 };
                 self.authenticated |= ok;
-                Some(if ok { Bytes::from_static(b"+OK\r\n") } else { wrong })
+                AuthVerdict::Answer(if ok { Bytes::from_static(b"+OK\r\n") } else { wrong })
             }
             Command::Hello => match (1..args.len()).find(|&i| args.is(i, "AUTH")) {
                 Some(at) if args.len() > at + 2 => {
                     if default_user_with(args.get(at + 1), args.get(at + 2)) {
-                        self.authenticated = true;
-                        self.strip_hello_auth = Some(at);
-                        None
+                        AuthVerdict::ForwardWithoutAuth(at)
                     } else {
-                        Some(wrong)
+                        AuthVerdict::Answer(wrong)
                     }
                 }
-                Some(_) => None,
-                None if self.authenticated => None,
-                None => Some(Bytes::from_static(
+                Some(_) => AuthVerdict::Forward,
+                None if self.authenticated => AuthVerdict::Forward,
+                None => AuthVerdict::Answer(Bytes::from_static(
                     b"-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> \
                       AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol \
                       version at the same time\r\n",
                 )),
             },
-            _ if self.authenticated => None,
-            _ => Some(Bytes::from_static(b"-NOAUTH Authentication required.\r\n")),
+            _ if self.authenticated => AuthVerdict::Forward,
+            _ => AuthVerdict::Answer(Bytes::from_static(b"-NOAUTH Authentication required.\r\n")),
         }
     }
 }
@@ -193,7 +201,6 @@ impl Session {
         let watchdog = Watchdog::new(&shared.config);
         let auth = ProxyAuth {
             authenticated: shared.config.requirepass.is_none(),
-            strip_hello_auth: None,
         };
         Session {
             core: Core::new(shared.telemetry.clone()),
@@ -415,14 +422,7 @@ impl Session {
                             return Next::Wait;
                         }
                         // Redis checks the protocol version before HELLO's options: a server without RESP3
-                        // answers NOPROTO whatever follows the 3.
-                        _ if let Some(password) = self.shared.config.requirepass.as_deref()
-                            && let Some(reply) = self.auth.check(password.as_bytes(), command, args) =>
-                        {
-                            self.client_in.advance(n);
-                            self.core.push_local(reply);
-                            continue;
-                        }
+                        // answers NOPROTO whatever follows the 3, and authenticates nobody.
                         Command::Hello if self.shared.resp3_pinned.load(Ordering::Relaxed) && args.is(1, "3") => {
                             tracing::debug!("HELLO 3 refused: clients are pinned to RESP2");
                             let reply = unknown_command_reply(args);
@@ -431,6 +431,15 @@ impl Session {
                             continue;
                         }
                         _ => {}
+                    }
+                    let auth = match self.shared.config.requirepass.as_deref() {
+                        Some(password) => self.auth.check(password.as_bytes(), command, args),
+                        None => AuthVerdict::Forward,
+                    };
+                    if let AuthVerdict::Answer(reply) = auth {
+                        self.client_in.advance(n);
+                        self.core.push_local(reply);
+                        continue;
                     }
                     let in_transaction = self.core.multi_open;
                     let gated = !in_transaction && (command.is_write(args.get(1)) || command == Command::Multi);
@@ -476,8 +485,9 @@ impl Session {
                     let blocked = if command.is_blocking() { Blocked::of(args) } else { None };
                     let write = (gated && blocked.is_none()) || (in_transaction && command == Command::Exec);
                     self.core.plan(command, args, write, blocked);
-                    if let Some(at) = self.auth.strip_hello_auth.take() {
+                    if let AuthVerdict::ForwardWithoutAuth(at) = auth {
                         // The client authenticated with the proxy: the server gets HELLO without that AUTH.
+                        self.auth.authenticated = true;
                         let kept: Vec<&[u8]> = (0..args.len())
                             .filter(|i| !(at..at + 3).contains(i))
                             .filter_map(|i| args.get(i))
