@@ -62,6 +62,8 @@ pub struct BackendLink {
     pub server: Server,
     /// The primary generation this link was opened for.
     pub generation: u64,
+    /// The proxy's end of the connection: the `addr` the server lists for it in `CLIENT LIST`.
+    pub local_addr: Option<std::net::SocketAddr>,
     /// Requests waiting to be written.
     pub output: BytesMut,
     /// Replies read and not yet forwarded.
@@ -74,6 +76,7 @@ impl BackendLink {
     pub fn new(stream: Stream, server: Server, generation: u64, telemetry: Arc<Telemetry>) -> Self {
         telemetry.backend_link(server.side, 1);
         BackendLink {
+            local_addr: stream.local_addr().ok(),
             stream,
             server,
             generation,

@@ -13,8 +13,19 @@ pub struct MoveTracker {
     /// Sessions that must move actively, by the parity of the generation they are settled on. Handovers never
     /// overlap, so two slots tell "settled on the new primary" from "still on the old one".
     settled: [AtomicUsize; 2],
-    /// Backend connections (primary generation, client id) that are in a blocking call now.
-    blocked: Mutex<HashSet<(u64, i64)>>,
+    /// Backend connections that are in a blocking call now.
+    blocked: Mutex<HashSet<BlockedConn>>,
+}
+
+/// A backend connection in a blocking call, as the handover finds it on the server to end the call there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BlockedConn {
+    /// The primary generation the connection belongs to.
+    pub generation: u64,
+    /// Its client id, when the session could learn it (a user without the CLIENT command cannot).
+    pub id: Option<i64>,
+    /// The proxy's end of the connection, which the server's `CLIENT LIST` shows as `addr`.
+    pub addr: Option<std::net::SocketAddr>,
 }
 
 impl MoveTracker {
@@ -37,7 +48,7 @@ impl MoveTracker {
     }
 
     /// Records a backend connection entering (`Some`) or leaving (`None`) a blocking call.
-    pub fn set_blocked(&self, from: Option<(u64, i64)>, to: Option<(u64, i64)>) {
+    pub fn set_blocked(&self, from: Option<BlockedConn>, to: Option<BlockedConn>) {
         let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(key) = from {
             blocked.remove(&key);
@@ -47,13 +58,9 @@ impl MoveTracker {
         }
     }
 
-    /// The client ids of backend connections of `generation` blocked now.
-    pub fn blocked_on(&self, generation: u64) -> Vec<i64> {
+    /// The backend connections of `generation` blocked now.
+    pub fn blocked_on(&self, generation: u64) -> Vec<BlockedConn> {
         let blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
-        blocked
-            .iter()
-            .filter(|(g, _)| *g == generation)
-            .map(|(_, id)| *id)
-            .collect()
+        blocked.iter().filter(|b| b.generation == generation).copied().collect()
     }
 }

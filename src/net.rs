@@ -50,6 +50,16 @@ impl AsyncWrite for Stream {
     }
 }
 
+impl Stream {
+    /// This end's address of the TCP connection (what a server shows as the client's `addr`).
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        match self {
+            Stream::Plain(s) => s.local_addr(),
+            Stream::Tls(s) => s.get_ref().0.local_addr(),
+        }
+    }
+}
+
 impl std::fmt::Debug for Stream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

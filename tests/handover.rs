@@ -279,6 +279,93 @@ fn acl_user_and_resp3_sessions_are_carried_over() {
     );
 }
 
+/// How a queue worker authenticates in [`a_blocked_worker_that_authenticates_itself_moves_with_the_handover`].
+#[derive(Debug, Clone, Copy)]
+enum WorkerAuth {
+    /// The servers have a password; the client's AUTH passes through to them.
+    ServerPassword,
+    /// An ACL user that may not run CLIENT (so not CLIENT ID either).
+    AclUserWithoutClient,
+    /// The proxy's own `requirepass`; the proxy authenticates to the servers with its configured password.
+    ProxyRequirepass,
+}
+
+fn blocked_worker_moves(auth: WorkerAuth) {
+    const SERVER_PASSWORD: &str = "sekret";
+    let requirepass = ["--requirepass", SERVER_PASSWORD];
+    let old = match auth {
+        WorkerAuth::AclUserWithoutClient => Version::V6_2,
+        _ => Version::V7_0,
+    };
+    let h = Harness::start_with(old, &requirepass, Version::V7_0, &requirepass, |c| {
+        c.old_password = Some(SERVER_PASSWORD.into());
+        c.new_password = Some(SERVER_PASSWORD.into());
+        if let WorkerAuth::ProxyRequirepass = auth {
+            c.requirepass = Some("proxy-pw".into());
+        }
+    });
+    let direct = |server: &support::RedisServer| {
+        let mut c = server.direct();
+        assert_eq!(c.cmd(&["AUTH", SERVER_PASSWORD]), Reply::ok());
+        c
+    };
+    let login: Vec<&str> = match auth {
+        WorkerAuth::ServerPassword => vec!["AUTH", SERVER_PASSWORD],
+        WorkerAuth::AclUserWithoutClient => {
+            let rule = "ACL SETUSER worker on >pw ~* &* +@all -client";
+            assert_eq!(direct(&h.old).run(rule), Reply::ok());
+            vec!["AUTH", "worker", "pw"]
+        }
+        WorkerAuth::ProxyRequirepass => vec!["AUTH", "proxy-pw"],
+    };
+    let mut worker = h.proxy.client();
+    assert_eq!(worker.cmd(&login), Reply::ok());
+    worker.send(&["BLPOP", "q", "0"]);
+    let mut on_old = direct(&h.old);
+    support::wait_until("the worker to block on OLD", Duration::from_secs(10), || {
+        on_old.run("INFO clients").text().contains("blocked_clients:1")
+    });
+
+    let report = h.proxy.handover(json!({ "max_pause_ms": 1000 }));
+    assert_eq!(report["outcome"], "switched", "{auth:?}: {report:#}");
+    assert_eq!(
+        report["warnings"],
+        json!([]),
+        "{auth:?}: every blocked call moved: {report:#}"
+    );
+    let mut pusher = h.proxy.client();
+    assert_eq!(pusher.cmd(&login), Reply::ok());
+    assert_eq!(pusher.run("LPUSH q hello"), Reply::Int(1));
+    assert_eq!(
+        worker.read(),
+        Reply::Array(vec![Reply::bulk("q"), Reply::bulk("hello")]),
+        "{auth:?}: the worker is served on NEW"
+    );
+    assert_eq!(direct(&h.new).run("LLEN q"), Reply::Int(0));
+    let stats = direct(&h.old).run("INFO commandstats").text();
+    if let WorkerAuth::ServerPassword | WorkerAuth::ProxyRequirepass = auth {
+        assert!(
+            !stats.contains("cmdstat_client|id:calls=0"),
+            "{auth:?}: no hidden CLIENT ID refused: {stats}"
+        );
+    }
+}
+
+#[test]
+fn a_blocked_worker_that_authenticates_itself_moves_with_the_handover() {
+    blocked_worker_moves(WorkerAuth::ServerPassword);
+}
+
+#[test]
+fn a_blocked_acl_user_without_the_client_command_moves_with_the_handover() {
+    blocked_worker_moves(WorkerAuth::AclUserWithoutClient);
+}
+
+#[test]
+fn a_blocked_worker_behind_the_proxy_s_requirepass_moves_with_the_handover() {
+    blocked_worker_moves(WorkerAuth::ProxyRequirepass);
+}
+
 #[test]
 fn a_subscriber_receives_every_message_before_during_and_after_the_switch() {
     for old in [Version::V5_0, Version::V6_2] {

@@ -1,6 +1,7 @@
 //! One handover, step by step. Before the promotion every failure undoes what was done, so OLD stays primary
 //! with nothing lost; after it, failures become warnings in the report.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -466,10 +467,21 @@ impl Run {
             .config_get("min-replicas-to-write", CALL_TIMEOUT)
             .await?
             .unwrap_or_else(|| "0".into());
+        let old_generation = self.handover.shared.primary.generation();
+        // Every blocked call must be found on OLD to be ended there after the switch; find the ones whose
+        // sessions could not learn their connection's id before writes are held, and give up if one cannot be.
+        let mut known_ids = HashMap::new();
+        let unknown = self.identify_blocked(old_generation, &mut known_ids).await?;
+        if unknown > 0 {
+            return Err(Abort(format!(
+                "{unknown} sessions in a blocking call could not be found in {}'s CLIENT LIST by their connection's \
+                 address (is there NAT between the proxy and the server?), so their calls could not be moved",
+                self.source_name()
+            )));
+        }
         let gate = &self.handover.shared.gate;
         let paused_at = Instant::now();
         let deadline = paused_at + budget;
-        let old_generation = self.handover.shared.primary.generation();
         gate.close();
         self.pause.gate_closed = true;
 
@@ -549,7 +561,14 @@ impl Run {
         *self.handover.fenced.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.source.side);
 
         // Blocked calls on OLD end as if timed out; their sessions issue them again on NEW.
-        for id in shared.moves.blocked_on(old_generation) {
+        if let Err(error) = self.identify_blocked(old_generation, &mut known_ids).await {
+            self.warn(format!("could not list {}'s clients: {}", self.source_name(), error.0));
+        }
+        let blocked = shared.moves.blocked_on(old_generation);
+        let ids = blocked
+            .iter()
+            .filter_map(|b| b.id.or_else(|| b.addr.and_then(|addr| known_ids.get(&addr).copied())));
+        for id in ids.collect::<Vec<_>>() {
             let wait = remaining(deadline).max(Duration::from_millis(200));
             if let Err(error) = self
                 .source()
@@ -605,6 +624,35 @@ impl Run {
             self.source.addr
         ));
         Ok(())
+    }
+
+    /// Finds, in OLD's `CLIENT LIST`, the client ids of the blocked connections of `generation` whose sessions do
+    /// not know them (their user may not run `CLIENT ID`), by the address of the proxy's end of each connection,
+    /// and adds them to `known`. Returns how many blocked connections are still not identified.
+    async fn identify_blocked(
+        &mut self,
+        generation: u64,
+        known: &mut HashMap<std::net::SocketAddr, i64>,
+    ) -> Result<usize, Abort> {
+        let shared = self.handover.shared.clone();
+        let unknown = |known: &HashMap<_, _>| {
+            shared
+                .moves
+                .blocked_on(generation)
+                .iter()
+                .filter(|b| b.id.is_none() && b.addr.is_none_or(|addr| !known.contains_key(&addr)))
+                .count()
+        };
+        if unknown(known) == 0 {
+            return Ok(0);
+        }
+        let list = self
+            .source()
+            .call(&["CLIENT", "LIST", "TYPE", "normal"], CALL_TIMEOUT)
+            .await?;
+        let text = String::from_utf8_lossy(list.as_bytes().unwrap_or_default()).into_owned();
+        known.extend(parse_client_list(&text));
+        Ok(unknown(known))
     }
 
     /// Pauses OLD for writers that bypass the proxy and fences it, in one transaction that also reads OLD's
@@ -726,4 +774,34 @@ fn keys_in(line: &str) -> Option<u64> {
     line.split(',')
         .find_map(|part| part.strip_prefix("keys="))
         .and_then(|n| n.parse().ok())
+}
+
+/// The `addr` and `id` of each line of a `CLIENT LIST` reply.
+fn parse_client_list(text: &str) -> impl Iterator<Item = (std::net::SocketAddr, i64)> + '_ {
+    text.lines().filter_map(|line| {
+        let field = |name: &str| {
+            line.split(' ')
+                .find_map(|f| f.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))
+        };
+        Some((field("addr")?.parse().ok()?, field("id")?.parse().ok()?))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_list_lines_give_address_and_id() {
+        let text = "id=7 addr=127.0.0.1:51234 laddr=127.0.0.1:6379 fd=8 name= cmd=blpop\n\
+                    id=9 addr=[::1]:40000 fd=9 cmd=client|list\nnot a client line\n";
+        let found: Vec<_> = parse_client_list(text).collect();
+        assert_eq!(
+            found,
+            vec![
+                ("127.0.0.1:51234".parse().unwrap(), 7),
+                ("[::1]:40000".parse().unwrap(), 9)
+            ]
+        );
+    }
 }

@@ -86,8 +86,8 @@ pub struct Session {
     mover_counted: Option<u64>,
     /// The generation it last settled on.
     settled_generation: u64,
-    /// The (generation, backend client id) registered as blocked in the move tracker.
-    blocked_registered: Option<(u64, i64)>,
+    /// The backend connection registered as blocked in the move tracker.
+    blocked_registered: Option<crate::moves::BlockedConn>,
     /// Limits on clients that go quiet or stop reading; absent when both are off.
     watchdog: Option<Watchdog>,
     /// The client's standing with the proxy's own `requirepass`.
@@ -277,6 +277,7 @@ impl Session {
                 self.reissue = Some(blocked);
                 return Next::Connect;
             };
+            self.core.ask_client_id(&mut link.output);
             let args: Vec<&[u8]> = blocked.args.iter().map(|a| &a[..]).collect();
             crate::protocol::request::write_command(&mut link.output, &args);
             self.core.plan_reissued(blocked);
@@ -318,7 +319,7 @@ impl Session {
             tracing::debug!(backend = %link.server.addr, "leaving the replaced primary");
         }
         self.barrier_sent = false;
-        self.core.link_client_id = None;
+        self.core.forget_link();
         if self.core.state.watching {
             self.core.state.watching = false;
             self.watch_broken = true;
@@ -354,8 +355,12 @@ impl Session {
             self.shared.gate.return_ticket();
             self.gate.has_ticket = false;
         }
-        let blocked = match (&self.link, self.core.blocked_call(), self.core.link_client_id) {
-            (Some(link), Some(_), Some(id)) => Some((link.generation, id)),
+        let blocked = match (&self.link, self.core.blocked_call()) {
+            (Some(link), Some(_)) => Some(crate::moves::BlockedConn {
+                generation: link.generation,
+                id: self.core.link_client_id,
+                addr: link.local_addr,
+            }),
             _ => None,
         };
         if blocked != self.blocked_registered {
@@ -483,6 +488,9 @@ impl Session {
                         _ => {}
                     }
                     let blocked = if command.is_blocking() { Blocked::of(args) } else { None };
+                    if blocked.is_some() {
+                        self.core.ask_client_id(&mut link.output);
+                    }
                     let write = (gated && blocked.is_none()) || (in_transaction && command == Command::Exec);
                     self.core.plan(command, args, write, blocked);
                     if let AuthVerdict::ForwardWithoutAuth(at) = auth {

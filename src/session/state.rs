@@ -346,6 +346,8 @@ pub struct Core {
     pub pending_writes: usize,
     /// The backend connection's client id, once known.
     pub link_client_id: Option<i64>,
+    /// Whether this connection was asked for its id already (it is asked once, before its first blocking call).
+    pub link_client_id_asked: bool,
     pub telemetry: Arc<Telemetry>,
 }
 
@@ -360,6 +362,7 @@ impl Core {
             multi_open: false,
             pending_writes: 0,
             link_client_id: None,
+            link_client_id_asked: false,
         }
     }
 
@@ -461,6 +464,23 @@ impl Core {
         });
     }
 
+    /// Asks the backend connection for its client id, with a hidden reply, unless it was asked already or the
+    /// reply could not be told apart (inside MULTI, or with CLIENT REPLY OFF/SKIP). Sent right before a blocking
+    /// call, when the client's own AUTH has run: the handover ends that call on OLD by this id.
+    pub fn ask_client_id(&mut self, out: &mut BytesMut) {
+        if self.link_client_id_asked || self.multi_open || self.reply_mode != ReplyMode::On {
+            return;
+        }
+        self.link_client_id_asked = true;
+        self.push_hidden(out, &[b"CLIENT", b"ID"], Effect::ClientId, Expect::One);
+    }
+
+    /// Forgets what was known about the backend connection, which is being replaced.
+    pub fn forget_link(&mut self) {
+        self.link_client_id = None;
+        self.link_client_id_asked = false;
+    }
+
     /// Whether a command the proxy sent itself is still unanswered (the link is not fully restored yet).
     pub fn awaiting_internal(&self) -> bool {
         self.pending.iter().any(|p| p.hidden)
@@ -544,7 +564,13 @@ impl Core {
             return Some(*blocked);
         }
         if hidden && error {
-            tracing::warn!(reply = %String::from_utf8_lossy(frame).trim_end(), "restoring session state failed");
+            let reply = String::from_utf8_lossy(frame);
+            if matches!(head.effect, Effect::ClientId) {
+                // A user without the CLIENT command: the handover finds the connection by its address instead.
+                tracing::debug!(reply = %reply.trim_end(), "the backend connection's id is not available");
+            } else {
+                tracing::warn!(reply = %reply.trim_end(), "restoring session state failed");
+            }
         }
         if !hidden {
             self.client_out.extend_from_slice(frame);
@@ -606,7 +632,7 @@ impl Core {
             });
         self.pending = answered.collect();
         self.pending_writes = 0;
-        self.link_client_id = None;
+        self.forget_link();
         self.flush_locals();
         let close = self.state.has_unrestorable_state(self.reply_mode) || self.multi_open;
         self.multi_open = false;
@@ -614,13 +640,14 @@ impl Core {
     }
 
     /// Writes the commands that give a new backend connection this session's state, with hidden replies:
-    /// protocol and user, db, name, READONLY, subscriptions and tracking, and asks for the connection's id.
+    /// protocol and user, db, name, READONLY, subscriptions and tracking. Nothing is written for a session with
+    /// no state: a hidden command ahead of the client's first one could change that command's reply (a `CLIENT ID`
+    /// before the client's own AUTH gets NOAUTH; SYNC refuses to start with a reply pending).
     ///
     /// `proxy_credentials` replaces the client's own user and password when the proxy authenticates clients
     /// itself (`requirepass`) and uses the configured credentials toward the server.
     pub fn restore_on(&mut self, out: &mut BytesMut, proxy_credentials: Option<&Credentials>) {
         let state = self.state.clone();
-        self.push_hidden(out, &[b"CLIENT", b"ID"], Effect::ClientId, Expect::One);
         let default_user = Bytes::from_static(b"default");
         let (user, password) = match proxy_credentials {
             Some(credentials) => (credentials.user.as_ref(), Some(&credentials.password)),
@@ -856,6 +883,41 @@ mod tests {
 
     fn taken(core: &mut Core) -> Vec<u8> {
         core.client_out.split().to_vec()
+    }
+
+    #[test]
+    fn the_connection_id_is_asked_once_outside_transactions_and_its_reply_is_hidden() {
+        let mut core = Core::default();
+        let mut out = BytesMut::new();
+        core.restore_on(&mut out, None);
+        assert!(
+            out.is_empty(),
+            "a session with no state sends nothing ahead of its first command"
+        );
+        forward(&mut core, b"MULTI\r\n");
+        core.ask_client_id(&mut out);
+        assert!(out.is_empty(), "no hidden command inside MULTI");
+        forward(&mut core, b"DISCARD\r\n");
+        core.ask_client_id(&mut out);
+        core.ask_client_id(&mut out);
+        assert_eq!(&out[..], b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n", "asked once");
+        core.on_frame_test(b"+OK\r\n", false);
+        core.on_frame_test(b"+OK\r\n", false);
+        core.on_frame_test(b":42\r\n", false);
+        assert_eq!(core.link_client_id, Some(42));
+        assert_eq!(
+            taken(&mut core),
+            b"+OK\r\n+OK\r\n",
+            "the id's reply is not the client's"
+        );
+        core.forget_link();
+        core.ask_client_id(&mut out);
+        core.on_frame_test(
+            b"-NOPERM this user has no permissions to run the 'client|id' command\r\n",
+            false,
+        );
+        assert_eq!(core.link_client_id, None);
+        assert!(core.client_out.is_empty() && core.pending.is_empty());
     }
 
     #[test]
