@@ -17,7 +17,7 @@ SPECIAL = {
     "monitor": "Monitor", "quit": "Quit", "reset": "Reset", "readonly": "ReadOnly", "readwrite": "ReadWrite",
     "eval": "Eval", "evalsha": "EvalSha", "eval_ro": "Read", "evalsha_ro": "Read", "script": "Script",
     "function": "Function", "xgroup": "XGroup", "fcall": "Write", "publish": "Write", "spublish": "Write",
-    "pfcount": "Write", "post": "SecurityWarning", "host:": "SecurityWarning",
+    "pfcount": "Write", "post": "SecurityWarning", "host:": "SecurityWarning", "sync": "Replication", "psync": "Replication",
 }
 
 

@@ -39,6 +39,8 @@ pub struct Shared {
     pub backend_tls: Option<BackendTls>,
     /// Whether `HELLO 3` is refused (the `resp3` setting, changeable at run time).
     pub resp3_pinned: AtomicBool,
+    /// When a client last sent `CLIENT KILL` through the proxy.
+    pub kills: crate::session::KillNotice,
 }
 
 impl Shared {
@@ -68,6 +70,7 @@ impl Shared {
             moves: MoveTracker::default(),
             scripts: ScriptCache::default(),
             telemetry: Arc::new(Telemetry::new()),
+            kills: crate::session::KillNotice::default(),
         })
     }
 }

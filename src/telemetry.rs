@@ -56,7 +56,8 @@ impl Family {
             | Command::Reset
             | Command::ReadOnly
             | Command::ReadWrite
-            | Command::Monitor => Family::Connection,
+            | Command::Monitor
+            | Command::Replication => Family::Connection,
             Command::Unknown | Command::SecurityWarning => Family::Other,
         }
     }

@@ -527,3 +527,76 @@ fn after_a_switch_a_handover_back_to_an_older_version_is_refused() {
     assert_eq!(h.proxy.status()["primary"]["side"], "new");
     assert_eq!(h.proxy.status()["servers"]["old"]["role"], "standby");
 }
+
+/// Reads from `stream` until `done` holds for what was read, within `timeout`.
+fn read_until(stream: &mut std::net::TcpStream, timeout: Duration, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    use std::io::Read;
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    while !done(&seen) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "not seen within {timeout:?}: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut chunk) {
+            Ok(0) => panic!("closed; read {:?}", String::from_utf8_lossy(&seen)),
+            Ok(n) => seen.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+    seen
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn a_replica_follows_the_primary_through_the_proxy_and_across_the_handover() {
+    use std::io::Write;
+    let h = Harness::start(Version::V6_2, Version::V7_0);
+    let mut c = h.proxy.client();
+    for i in 0..100 {
+        assert_eq!(c.cmd(&["SET", &format!("k{i}"), &format!("v{i}")]), Reply::ok());
+    }
+    // SYNC as a connection's first command, inline, as Redis's own test suite watches the replication stream:
+    // the RDB payload and then the command stream come through unchanged.
+    let mut sync = std::net::TcpStream::connect(h.proxy.addr).unwrap();
+    sync.write_all(b"SYNC\r\n").unwrap();
+    let rdb = read_until(&mut sync, Duration::from_secs(10), |seen| contains(seen, b"REDIS0009"));
+    assert!(!contains(&rdb, b"ERR"), "{:?}", String::from_utf8_lossy(&rdb));
+    assert_eq!(c.run("SET streamed yes"), Reply::ok());
+    read_until(&mut sync, Duration::from_secs(10), |seen| contains(seen, b"streamed"));
+    drop(sync);
+
+    // A real replica of the proxy.
+    let port = h.proxy.addr.port().to_string();
+    let replica = support::RedisServer::start(Version::V7_0, &["--replicaof", "127.0.0.1", &port]);
+    let mut on_replica = replica.direct();
+    support::wait_until("the replica to sync through the proxy", Duration::from_secs(20), || {
+        on_replica.run("GET k99") == Reply::bulk("v99")
+    });
+    assert_eq!(c.run("SET live 1"), Reply::ok());
+    support::wait_until("a write to reach the replica", Duration::from_secs(10), || {
+        on_replica.run("GET live") == Reply::bulk("1")
+    });
+
+    // The replica's stream from OLD ends at the switch; it reconnects through the proxy and NEW, which continues
+    // OLD's replication history, serves it a partial resync.
+    let report = h.proxy.handover(json!({}));
+    assert_eq!(report["outcome"], "switched", "{report:#}");
+    assert_eq!(c.run("SET after-switch 1"), Reply::ok());
+    support::wait_until("the replica to follow NEW", Duration::from_secs(20), || {
+        on_replica.run("GET after-switch") == Reply::bulk("1")
+    });
+    let stats = h.new.direct().run("INFO stats").text();
+    assert!(
+        stats.contains("sync_full:0") && stats.contains("sync_partial_ok:1"),
+        "NEW served the replica a partial resync: {stats}"
+    );
+}

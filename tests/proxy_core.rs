@@ -332,3 +332,41 @@ print("ok")
         }
     }
 }
+
+#[test]
+fn client_kill_sent_through_the_proxy_closes_the_killed_clients() {
+    let (redis, proxy) = setup(Version::V7_0);
+    // A kill the proxy does not see (an operator on the server itself, or Redis's `timeout`) costs an idle client
+    // nothing: it gets a new server connection at its next command.
+    let mut bystander = proxy.client();
+    let Reply::Int(id) = bystander.run("CLIENT ID") else {
+        panic!("CLIENT ID")
+    };
+    assert_eq!(redis.direct().run(&format!("CLIENT KILL ID {id}")), Reply::Int(1));
+    assert_eq!(bystander.run("PING"), Reply::Status("PONG".into()));
+
+    // Through the proxy, the kill closes the client's own connection, as Redis closes a direct one.
+    let mut victim = proxy.client();
+    let Reply::Int(id) = victim.run("CLIENT ID") else {
+        panic!("CLIENT ID")
+    };
+    let mut killer = proxy.client();
+    assert_eq!(killer.run(&format!("CLIENT KILL ID {id}")), Reply::Int(1));
+    let (_, closed) = victim.read_until_closed(Duration::from_secs(5));
+    assert!(closed, "the killed client's connection is closed");
+    assert_eq!(killer.run("PING"), Reply::Status("PONG".into()), "the killer is not");
+
+    // SKIPME NO kills the caller too: it gets the count, then its connection closes (Redis's own suite).
+    let Reply::Int(killed) = killer.run("CLIENT KILL TYPE normal SKIPME NO") else {
+        panic!("a count")
+    };
+    assert!(
+        killed >= 2,
+        "the bystander's and the killer's own connections: {killed}"
+    );
+    let (_, closed) = killer.read_until_closed(Duration::from_secs(5));
+    assert!(closed, "the caller's connection is closed after its reply");
+    let (_, closed) = bystander.read_until_closed(Duration::from_secs(5));
+    assert!(closed, "every client whose connection the kill closed");
+    assert_eq!(proxy.client().run("PING"), Reply::Status("PONG".into()));
+}

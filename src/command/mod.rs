@@ -41,6 +41,8 @@ pub enum Command {
     Function,
     /// XGROUP: CREATE, SETID, DESTROY, CREATECONSUMER and DELCONSUMER write.
     XGroup,
+    /// SYNC and PSYNC: the connection becomes a replication stream.
+    Replication,
     /// `POST` and `Host:`: an HTTP request sent to a Redis port. Redis drops such a connection at once.
     SecurityWarning,
     /// Not a Redis 7.0 command (a module's, or a newer version's): treated as a possible write.

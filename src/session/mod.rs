@@ -92,6 +92,9 @@ pub struct Session {
     watchdog: Option<Watchdog>,
     /// The client's standing with the proxy's own `requirepass`.
     auth: ProxyAuth,
+    /// The client sent SYNC or PSYNC (it is a replica): from then on bytes pass through unparsed both ways,
+    /// since the stream carries an RDB payload that is not RESP.
+    replication_stream: bool,
 }
 
 /// The client's standing with the proxy's `requirepass`.
@@ -223,6 +226,7 @@ impl Session {
             blocked_registered: None,
             watchdog,
             auth,
+            replication_stream: false,
         }
     }
 
@@ -266,6 +270,17 @@ impl Session {
 
     /// Leaves a link to a replaced primary when it is safe, issues a blocking call again, then handles requests.
     fn step(&mut self) -> Next {
+        if self.replication_stream
+            && let Some(link) = &self.link
+            && link.generation != self.shared.primary.generation()
+        {
+            // A replica's stream from the former primary ends; it reconnects, and its PSYNC reaches the new one
+            // (which continues OLD's replication history, so the resync is partial).
+            tracing::info!(backend = %link.server.addr, "replication stream closed: the primary was replaced");
+            self.link = None;
+            self.closing = true;
+            return Next::Wait;
+        }
         if let Some(link) = &self.link
             && link.generation != self.shared.primary.generation()
             && let Some(next) = self.leave_stale_link()
@@ -386,6 +401,14 @@ impl Session {
         if self.closing || self.draining {
             return Next::Wait;
         }
+        if self.replication_stream {
+            match self.link.as_mut() {
+                Some(link) => link.output.extend_from_slice(&self.client_in),
+                None => self.closing = true,
+            }
+            self.client_in.clear();
+            return Next::Wait;
+        }
         loop {
             if self.link.as_ref().is_some_and(|l| l.output.len() >= MAX_BACKEND_OUTPUT) {
                 return Next::Wait;
@@ -446,6 +469,24 @@ impl Session {
                         self.core.push_local(reply);
                         continue;
                     }
+                    if command == Command::Replication && !self.core.multi_open {
+                        // Replies still owed go first; then the connection carries the replication stream.
+                        if !self.core.pending.is_empty() {
+                            return Next::Wait;
+                        }
+                        let Some(link) = self.link.as_mut() else {
+                            return Next::Connect;
+                        };
+                        if self.parser.is_inline() {
+                            self.parser.encode_multibulk(&self.client_in, &mut link.output);
+                        } else {
+                            link.output.extend_from_slice(&self.client_in[..n]);
+                        }
+                        self.client_in.advance(n);
+                        self.replication_stream = true;
+                        tracing::info!(backend = %link.server.addr, "the client is a replica: passing its stream through");
+                        return self.handle_requests();
+                    }
                     let in_transaction = self.core.multi_open;
                     let gated = !in_transaction && (command.is_write(args.get(1)) || command == Command::Multi);
                     if gated && !self.gate.pass(&self.shared.gate, command.is_blocking()) {
@@ -485,6 +526,7 @@ impl Session {
                             }
                         }
                         Command::Script if args.is(1, "FLUSH") => self.shared.scripts.clear(),
+                        Command::Client if args.is(1, "KILL") => self.shared.kills.note(),
                         _ => {}
                     }
                     let blocked = if command.is_blocking() { Blocked::of(args) } else { None };
@@ -554,7 +596,12 @@ impl Session {
 
     /// Passes every complete reply from the backend to the client, then deals with a failed link.
     fn handle_replies(&mut self) {
-        if let Some(link) = self.link.as_mut() {
+        if self.replication_stream {
+            if let Some(link) = self.link.as_mut() {
+                self.core.client_out.extend_from_slice(&link.input);
+                link.input.clear();
+            }
+        } else if let Some(link) = self.link.as_mut() {
             let retired = link.generation != self.shared.primary.generation();
             loop {
                 match link.scanner.scan(&link.input) {
@@ -586,7 +633,10 @@ impl Session {
         let Some(link) = self.link.take() else { return };
         let message = format!("backend {} {} {reason}", link.server.side.name(), link.server.addr);
         tracing::warn!(%message, pending = self.core.pending.len(), "backend link lost");
-        if self.core.backend_lost(&error_reply(&message)) {
+        if self.core.backend_lost(&error_reply(&message)) || self.replication_stream {
+            self.closing = true;
+        } else if self.shared.kills.recent() {
+            tracing::info!("backend connection closed right after a CLIENT KILL: closing the client's too");
             self.closing = true;
         }
     }
@@ -718,6 +768,44 @@ impl Session {
             }
         }
         if progress { Poll::Ready(Ok(())) } else { Poll::Pending }
+    }
+}
+
+/// When a client last sent `CLIENT KILL` through the proxy. A server closes the connections such a kill names
+/// while it runs it, and the proxy cannot tell from the closed socket alone whether a kill, a restart or a
+/// network fault closed a session's backend connection: within [`KillNotice::WINDOW`] of a kill, a session
+/// whose backend connection the server closed closes its client's connection too, as Redis closed the
+/// client's own; at any other time it carries on, reconnecting at its next command (README, "What clients see").
+#[derive(Debug)]
+pub struct KillNotice {
+    since: Instant,
+    /// Milliseconds after `since` of the last kill sent, plus one (0: none yet).
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl KillNotice {
+    /// How long after a kill was sent a closed backend connection counts as killed.
+    const WINDOW: Duration = Duration::from_secs(1);
+
+    /// A `CLIENT KILL` is being sent to the server.
+    pub fn note(&self) {
+        let now = self.since.elapsed().as_millis() as u64 + 1;
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Whether a `CLIENT KILL` was sent within the window.
+    pub fn recent(&self) -> bool {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        last > 0 && self.since.elapsed().as_millis() as u64 + 1 - last <= Self::WINDOW.as_millis() as u64
+    }
+}
+
+impl Default for KillNotice {
+    fn default() -> Self {
+        KillNotice {
+            since: Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 }
 
