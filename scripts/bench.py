@@ -2,8 +2,8 @@
 """Throughput and latency of redis-handover against direct Redis and twemproxy, in one interleaved run.
 
 Started by scripts/bench.sh (which installs what is missing and builds the release binary). Starts Redis 7.0,
-twemproxy (nutcracker) and redis-handover on free 127.0.0.1 ports, runs redis-benchmark (50 clients) for each
-workload against the three targets in turn, for several rounds, and prints the median of each with its ratio to
+twemproxy (nutcracker) and redis-handover twice (`--backend-links shared` and `dedicated`) on free 127.0.0.1
+ports, runs redis-benchmark (50 clients) for each workload against the four targets in turn, for several rounds, and prints the median of each with its ratio to
 direct Redis and p50/p99 latency. Every process it starts is stopped when it ends.
 """
 import argparse
@@ -49,7 +49,12 @@ def main():
     parser.add_argument("--requests", type=int, default=200_000, help="per run at -P 1 (x8 at -P 16)")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--binary", default=os.path.join(ROOT, "target/release/redis-handover"))
+    parser.add_argument("--workloads", help="comma-separated subset, e.g. 'GET -P 1,GET -P 16'")
     args = parser.parse_args()
+    workloads = WORKLOADS
+    if args.workloads:
+        wanted = {w.strip() for w in args.workloads.split(",")}
+        workloads = [w for w in WORKLOADS if f"{w[0]} -P {w[1]}" in wanted]
 
     work = tempfile.mkdtemp(prefix="rh-bench-")
     processes = []
@@ -67,7 +72,7 @@ def main():
 
     signal.signal(signal.SIGTERM, lambda *_: (stop_all(), sys.exit(143)))
     try:
-        redis_port, twem_port, proxy_port, admin_port = free_port(), free_port(), free_port(), free_port()
+        redis_port, twem_port = free_port(), free_port()
         processes.append(subprocess.Popen(
             ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", work], stdout=subprocess.DEVNULL))
@@ -79,16 +84,19 @@ def main():
             ["nutcracker", "-c", os.path.join(work, "nutcracker.yml"), "-s", str(free_port()), "-o",
              os.path.join(work, "nutcracker.log")], stdout=subprocess.DEVNULL))
         wait_port(twem_port, "nutcracker")
-        processes.append(subprocess.Popen(
-            [args.binary, "--listen", f"127.0.0.1:{proxy_port}", "--old", f"127.0.0.1:{redis_port}",
-             "--admin", f"127.0.0.1:{admin_port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env={**os.environ, "RUST_LOG": "warn"}))
-        wait_port(proxy_port, "redis-handover")
+        targets = [("direct", redis_port), ("twemproxy", twem_port)]
+        for mode in ("shared", "dedicated"):
+            proxy_port, admin_port = free_port(), free_port()
+            processes.append(subprocess.Popen(
+                [args.binary, "--listen", f"127.0.0.1:{proxy_port}", "--old", f"127.0.0.1:{redis_port}",
+                 "--admin", f"127.0.0.1:{admin_port}", "--backend-links", mode],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"}))
+            wait_port(proxy_port, "redis-handover")
+            targets.append((f"proxy {mode}", proxy_port))
 
-        targets = [("direct", redis_port), ("twemproxy", twem_port), ("redis-handover", proxy_port)]
-        samples = {(w, t): [] for w in WORKLOADS for t, _ in targets}
+        samples = {(w, t): [] for w in workloads for t, _ in targets}
         for round_no in range(args.rounds):
-            for workload in WORKLOADS:
+            for workload in workloads:
                 test, pipeline = workload
                 requests = args.requests * (8 if pipeline > 1 else 1)
                 order = targets if round_no % 2 == 0 else list(reversed(targets))
@@ -100,7 +108,7 @@ def main():
         header = f"{'workload':<16}{'target':<16}{'req/s':>12}{'x direct':>10}{'p50 ms':>9}{'p99 ms':>9}"
         print(header)
         print("-" * len(header))
-        for workload in WORKLOADS:
+        for workload in workloads:
             test, pipeline = workload
             direct = statistics.median(s["rps"] for s in samples[(workload, "direct")])
             for name, _ in targets:

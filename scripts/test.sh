@@ -13,6 +13,9 @@ fi
 scripts/demo.sh --quick
 # The fuzzers of the request parser and the reply framer, 30 seconds each.
 scripts/fuzz.sh 30
-# The criterion benchmarks once each (that they run), then the tests, whose summary closes the output.
+# The criterion benchmarks once each (that they run); the integration tests with every proxy in the 1:1 mode
+# (backend_links = "dedicated"); then every test in the default mode (shared links), whose summary closes the
+# output.
 cargo test --benches --quiet
+REDIS_HANDOVER_TEST_BACKEND_LINKS=dedicated cargo test --tests "$@"
 cargo test --lib --bins --tests "$@"

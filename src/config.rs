@@ -27,6 +27,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Worker threads: 1 runs everything on one thread.
     pub threads: usize,
+    /// How sessions reach the primary: `shared` (pipelined connections shared by sessions with the same
+    /// connection state; a session gets its own connection for the commands whose effect lives on it) or
+    /// `dedicated` (one connection per client, 1:1).
+    pub backend_links: BackendLinks,
     /// Drop a client silent this long while nothing is owed to it, or whose request stays incomplete this long
     /// (also when it trickles in); 0 turns it off, like Redis's `timeout 0`.
     pub client_idle_timeout_s: u64,
@@ -90,6 +94,17 @@ impl Resp3Mode {
     }
 }
 
+/// How sessions reach the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendLinks {
+    /// Shared pipelined links while a session holds no connection state; its own connection while it does.
+    #[default]
+    Shared,
+    /// One backend connection per client.
+    Dedicated,
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -110,6 +125,7 @@ impl Default for Config {
             shutdown_grace_ms: 5_000,
             log_format: LogFormat::Text,
             threads: 1,
+            backend_links: BackendLinks::Shared,
             client_idle_timeout_s: 0,
             client_output_timeout_s: 60,
             resp3: Resp3Mode::Allow,
@@ -179,6 +195,9 @@ pub struct Overrides {
     /// Worker threads; 1 runs everything on one thread [default: 1].
     #[arg(long, env = "REDIS_HANDOVER_THREADS", value_name = "N")]
     pub threads: Option<usize>,
+    /// Backend connections shared by sessions, or one per client [default: shared].
+    #[arg(long, env = "REDIS_HANDOVER_BACKEND_LINKS", value_enum)]
+    pub backend_links: Option<BackendLinks>,
     /// Drop clients idle (or stuck mid-request) this long; 0 = never [default: 0].
     #[arg(long, env = "REDIS_HANDOVER_CLIENT_IDLE_TIMEOUT", value_name = "S")]
     pub client_idle_timeout: Option<u64>,
@@ -303,6 +322,7 @@ impl Config {
             shutdown_grace_ms,
             log_format,
             threads,
+            backend_links,
             resp3,
             admin_allowed_hosts
         );

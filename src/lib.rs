@@ -14,6 +14,7 @@ pub mod control;
 pub mod ctl;
 pub mod gate;
 pub mod handover;
+pub mod links;
 pub mod moves;
 pub mod net;
 pub mod primary;

@@ -39,8 +39,9 @@ pub struct Shared {
     pub backend_tls: Option<BackendTls>,
     /// Whether `HELLO 3` is refused (the `resp3` setting, changeable at run time).
     pub resp3_pinned: AtomicBool,
-    /// When a client last sent `CLIENT KILL` through the proxy.
-    pub kills: crate::session::KillNotice,
+    /// The shared backend links (`backend_links = "shared"`), and how they reach the servers.
+    pub links: Arc<crate::links::SharedLinks>,
+    pub link_context: crate::links::LinkContext,
 }
 
 impl Shared {
@@ -57,6 +58,13 @@ impl Shared {
             side: Side::Old,
             addr: config.old.as_str().into(),
         };
+        let telemetry = Arc::new(Telemetry::new());
+        let link_context = crate::links::LinkContext {
+            connect_timeout: std::time::Duration::from_millis(config.connect_timeout_ms),
+            tls: backend_tls.clone(),
+            telemetry: telemetry.clone(),
+            kills: Arc::default(),
+        };
         Ok(Shared {
             client_tls,
             backend_tls,
@@ -69,8 +77,9 @@ impl Shared {
             gate: WriteGate::default(),
             moves: MoveTracker::default(),
             scripts: ScriptCache::default(),
-            telemetry: Arc::new(Telemetry::new()),
-            kills: crate::session::KillNotice::default(),
+            links: Arc::default(),
+            link_context,
+            telemetry,
         })
     }
 }

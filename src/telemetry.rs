@@ -93,6 +93,8 @@ pub struct Telemetry {
     writes_held: Gauge,
     pub pause_seconds: Histogram,
     handovers: [Counter; 2],
+    /// Sessions that left the shared links for a connection of their own.
+    pins: Counter,
 }
 
 impl Telemetry {
@@ -152,6 +154,12 @@ impl Telemetry {
             )
         };
         Telemetry {
+            pins: counter(
+                &recorder,
+                "redis_handover_session_pins_total",
+                "Sessions that left the shared backend links for a connection of their own.",
+                &[],
+            ),
             commands,
             errors,
             latency,
@@ -223,6 +231,11 @@ impl Telemetry {
     /// Counts an error reply the proxy gave itself.
     pub fn local_error(&self, family: Family) {
         self.errors[family as usize].increment(1);
+    }
+
+    /// A session left the shared links for a connection of its own.
+    pub fn pinned(&self) {
+        self.pins.increment(1);
     }
 
     /// A backend connection to `side` opened (`+1`) or closed (`-1`).

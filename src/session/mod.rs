@@ -23,7 +23,9 @@ use tokio_util::io::poll_read_buf;
 use crate::backend::{self, BackendLink};
 use crate::command::Command;
 use crate::gate::WriteGate;
+use crate::links::{Inbox, LinkFailure, LinkKey, SharedLink};
 use crate::net::Stream;
+use crate::protocol::reply::ReplyScanner;
 use crate::protocol::reply::Scanned;
 use crate::protocol::request::{Parsed, RequestParser};
 use crate::server::Shared;
@@ -36,6 +38,9 @@ const READ_CHUNK: usize = 16 * 1024;
 const OUTPUT_HIGH_WATER: usize = 4 << 20;
 /// Requests waiting for the backend beyond this stop the session reading more from its client.
 const MAX_BACKEND_OUTPUT: usize = 1 << 20;
+/// Requests a session may have unanswered on a shared link: one client's deep pipeline cannot fill the link
+/// ahead of everyone else's requests.
+const MAX_SHARED_IN_FLIGHT: usize = 1024;
 
 /// Why a session ended other than by its client closing the connection cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +100,47 @@ pub struct Session {
     /// The client sent SYNC or PSYNC (it is a replica): from then on bytes pass through unparsed both ways,
     /// since the stream carries an RDB payload that is not RESP.
     replication_stream: bool,
+    /// The session's requests go to shared links (`backend_links = "shared"`) until it is pinned to a connection
+    /// of its own.
+    sharing: Option<Sharing>,
+}
+
+/// A session's use of shared links (see [`crate::links`]).
+struct Sharing {
+    /// The link its requests go to now, if it has sent any.
+    link: Option<Arc<SharedLink>>,
+    /// Where its replies arrive.
+    inbox: Arc<Inbox>,
+    /// Replies taken from the inbox and not yet handled.
+    input: BytesMut,
+    scanner: ReplyScanner,
+    /// Requests gathered in this turn, and how many, appended to the link in one go.
+    output: BytesMut,
+    count: usize,
+    /// Why the link stopped serving the session, found while polling.
+    failure: Option<LinkFailure>,
+}
+
+impl Sharing {
+    fn new() -> Self {
+        Sharing {
+            link: None,
+            inbox: Arc::default(),
+            input: BytesMut::new(),
+            scanner: ReplyScanner::new(),
+            output: BytesMut::new(),
+            count: 0,
+            failure: None,
+        }
+    }
+}
+
+/// Where a request goes.
+enum Route {
+    /// Onto the session's shared link.
+    Shared,
+    /// Onto its own connection, which it has.
+    Own,
 }
 
 /// The client's standing with the proxy's `requirepass`.
@@ -205,6 +251,7 @@ impl Session {
         let auth = ProxyAuth {
             authenticated: shared.config.requirepass.is_none(),
         };
+        let sharing = (shared.config.backend_links == crate::config::BackendLinks::Shared).then(Sharing::new);
         Session {
             core: Core::new(shared.telemetry.clone()),
             shared,
@@ -227,6 +274,7 @@ impl Session {
             watchdog,
             auth,
             replication_stream: false,
+            sharing,
         }
     }
 
@@ -297,7 +345,32 @@ impl Session {
             crate::protocol::request::write_command(&mut link.output, &args);
             self.core.plan_reissued(blocked);
         }
-        self.handle_requests()
+        let next = self.handle_requests();
+        self.flush_shared();
+        next
+    }
+
+    /// Appends the requests gathered for the shared link in this turn to it, in one go.
+    fn flush_shared(&mut self) {
+        let Some(sharing) = self.sharing.as_mut().filter(|s| s.count > 0) else {
+            return;
+        };
+        let link = sharing.link.as_ref().expect("requests are gathered for a link");
+        if !link.send(&sharing.inbox, &sharing.output, sharing.count) {
+            // The link failed or was retired since the requests were gathered: they go to a fresh one.
+            let fresh = self
+                .shared
+                .links
+                .get(&link.key, &self.shared.primary.current(), &self.shared.link_context);
+            if !fresh.send(&sharing.inbox, &sharing.output, sharing.count) {
+                sharing.failure = Some(LinkFailure::NotSent("backend link closed".into()));
+            }
+            link.detach(&sharing.inbox);
+            fresh.attach(&sharing.inbox);
+            sharing.link = Some(fresh);
+        }
+        sharing.output.clear();
+        sharing.count = 0;
     }
 
     /// The primary was replaced. A session moves at a safe point: no reply owed on the old link and no
@@ -344,17 +417,7 @@ impl Session {
     /// The credentials for a link to `side` when the proxy authenticates clients itself (`requirepass`); `None` when
     /// clients' own AUTH passes through.
     fn proxy_credentials(&self, side: crate::primary::Side) -> Option<state::Credentials> {
-        let config = &self.shared.config;
-        config.requirepass.as_ref()?;
-        let (user, password) = match side {
-            crate::primary::Side::Old => (&config.old_user, &config.old_password),
-            crate::primary::Side::New => (&config.new_user, &config.new_password),
-        };
-        let password = password.as_ref()?;
-        Some(state::Credentials {
-            user: user.as_deref().map(|u| Bytes::copy_from_slice(u.as_bytes())),
-            password: Bytes::from(password.clone()),
-        })
+        proxy_credentials(&self.shared.config, side)
     }
 
     /// Whether the session has state that must follow a switch without waiting for a command.
@@ -413,6 +476,9 @@ impl Session {
             if self.link.as_ref().is_some_and(|l| l.output.len() >= MAX_BACKEND_OUTPUT) {
                 return Next::Wait;
             }
+            if self.sharing.is_some() && self.core.pending.len() >= MAX_SHARED_IN_FLIGHT {
+                return Next::Wait;
+            }
             match self.parser.parse(&self.client_in) {
                 Parsed::Incomplete => {
                     if let Some(dog) = self.watchdog.as_mut() {
@@ -469,6 +535,23 @@ impl Session {
                         self.core.push_local(reply);
                         continue;
                     }
+                    if let Some(sharing) = &self.sharing {
+                        if let Some(reply) = answer_on_shared_link(command, args, &mut self.core.state) {
+                            self.client_in.advance(n);
+                            self.core.push_local(reply);
+                            continue;
+                        }
+                        if pins(command, args) {
+                            // The command's effect lives on the connection: the session gets its own, once the
+                            // replies owed on the shared link have arrived (so its commands run in order).
+                            if !self.core.pending.is_empty() || sharing.count > 0 {
+                                return Next::Wait;
+                            }
+                            tracing::debug!("session pinned to a connection of its own");
+                            self.sharing = None;
+                            self.shared.telemetry.pinned();
+                        }
+                    }
                     if command == Command::Replication && !self.core.multi_open {
                         // Replies still owed go first; then the connection carries the replication stream.
                         if !self.core.pending.is_empty() {
@@ -492,15 +575,30 @@ impl Session {
                     if gated && !self.gate.pass(&self.shared.gate, command.is_blocking()) {
                         return Next::Wait;
                     }
-                    let Some(link) = self.link.as_mut() else {
+                    let route = if let Some(sharing) = self.sharing.as_mut() {
+                        match shared_route(&self.shared, sharing, &self.core) {
+                            Some(route) => route,
+                            None => return Next::Wait,
+                        }
+                    } else if self.link.is_some() {
+                        Route::Own
+                    } else {
                         return Next::Connect;
+                    };
+                    let output = match route {
+                        Route::Own => &mut self.link.as_mut().expect("the session has its own link").output,
+                        Route::Shared => {
+                            let sharing = self.sharing.as_mut().expect("the session shares links");
+                            sharing.count += 1;
+                            &mut sharing.output
+                        }
                     };
                     match command {
                         Command::Exec if in_transaction && self.watch_broken => {
                             // The keys were WATCHed on the server the session left: the transaction must not
                             // run unguarded here. Discard it and answer as Redis does for a WATCH conflict.
                             self.core
-                                .push_hidden(&mut link.output, &[b"DISCARD"], Effect::Discard, Expect::One);
+                                .push_hidden(output, &[b"DISCARD"], Effect::Discard, Expect::One);
                             self.core.multi_open = false;
                             let null: &'static [u8] = if self.core.state.protocol >= 3 {
                                 b"_\r\n"
@@ -526,12 +624,12 @@ impl Session {
                             }
                         }
                         Command::Script if args.is(1, "FLUSH") => self.shared.scripts.clear(),
-                        Command::Client if args.is(1, "KILL") => self.shared.kills.note(),
+                        Command::Client if args.is(1, "KILL") => self.shared.link_context.kills.note(),
                         _ => {}
                     }
                     let blocked = if command.is_blocking() { Blocked::of(args) } else { None };
                     if blocked.is_some() {
-                        self.core.ask_client_id(&mut link.output);
+                        self.core.ask_client_id(output);
                     }
                     let write = (gated && blocked.is_none()) || (in_transaction && command == Command::Exec);
                     self.core.plan(command, args, write, blocked);
@@ -542,11 +640,11 @@ impl Session {
                             .filter(|i| !(at..at + 3).contains(i))
                             .filter_map(|i| args.get(i))
                             .collect();
-                        crate::protocol::request::write_command(&mut link.output, &kept);
+                        crate::protocol::request::write_command(output, &kept);
                     } else if self.parser.is_inline() {
-                        self.parser.encode_multibulk(&self.client_in, &mut link.output);
+                        self.parser.encode_multibulk(&self.client_in, output);
                     } else {
-                        link.output.extend_from_slice(&self.client_in[..n]);
+                        output.extend_from_slice(&self.client_in[..n]);
                     }
                     self.client_in.advance(n);
                 }
@@ -625,6 +723,43 @@ impl Session {
         if let Some(reason) = self.link_failure.take() {
             self.drop_link(&reason);
         }
+        self.handle_shared_replies();
+    }
+
+    /// Settles the session's pending requests with the replies that arrived from its shared link, then deals with
+    /// the link's failure: requests that never reached the server get an error; requests whose outcome is unknown
+    /// close the client's connection, as a lost connection closes a direct client's.
+    fn handle_shared_replies(&mut self) {
+        let Some(sharing) = self.sharing.as_mut() else { return };
+        loop {
+            match sharing.scanner.scan(&sharing.input) {
+                Scanned::Frame { len, push } => {
+                    self.core.on_frame(&sharing.input[..len], push, false);
+                    sharing.input.advance(len);
+                }
+                Scanned::Incomplete => break,
+                Scanned::Invalid => {
+                    sharing.failure = Some(LinkFailure::Lost("sent bytes that are not RESP".into()));
+                    sharing.input.clear();
+                    break;
+                }
+            }
+        }
+        match sharing.failure.take() {
+            None => {}
+            Some(LinkFailure::NotSent(message)) => {
+                tracing::warn!(%message, "shared backend link unusable");
+                sharing.link = None;
+                self.core.backend_lost(&error_reply(&message));
+            }
+            Some(LinkFailure::Lost(reason)) => {
+                tracing::warn!(%reason, pending = self.core.pending.len(), "shared backend link lost: closing the client");
+                sharing.link = None;
+                self.core.pending.retain(|p| matches!(p.effect, Effect::Local(_)));
+                self.core.pending_writes = 0;
+                self.closing = true;
+            }
+        }
     }
 
     /// Forgets the backend link: pending requests get an error, and a session whose state lived on that link
@@ -635,7 +770,7 @@ impl Session {
         tracing::warn!(%message, pending = self.core.pending.len(), "backend link lost");
         if self.core.backend_lost(&error_reply(&message)) || self.replication_stream {
             self.closing = true;
-        } else if self.shared.kills.recent() {
+        } else if self.shared.link_context.kills.recent() {
             tracing::info!("backend connection closed right after a CLIENT KILL: closing the client's too");
             self.closing = true;
         }
@@ -655,6 +790,8 @@ impl Session {
             && !self.closing
             && !self.draining
             && self.link.as_ref().is_none_or(|l| l.output.len() < MAX_BACKEND_OUTPUT)
+            && (self.sharing.is_none()
+                || self.core.pending.len() < MAX_SHARED_IN_FLIGHT && self.core.client_out.len() < OUTPUT_HIGH_WATER)
     }
 
     /// Why the client must be dropped now, if it must: silent for too long while nothing is owed to it, a request
@@ -735,6 +872,14 @@ impl Session {
                 }
             }
         }
+        if let Some(sharing) = self.sharing.as_mut() {
+            sharing.inbox.register(cx.waker());
+            let (got, failure) = sharing.inbox.take(&mut sharing.input);
+            if got || failure.is_some() {
+                sharing.failure = sharing.failure.take().or(failure);
+                progress = true;
+            }
+        }
         if self.wants_client_input() {
             make_room(&mut self.client_in);
             match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.client_in) {
@@ -771,44 +916,6 @@ impl Session {
     }
 }
 
-/// When a client last sent `CLIENT KILL` through the proxy. A server closes the connections such a kill names
-/// while it runs it, and the proxy cannot tell from the closed socket alone whether a kill, a restart or a
-/// network fault closed a session's backend connection: within [`KillNotice::WINDOW`] of a kill, a session
-/// whose backend connection the server closed closes its client's connection too, as Redis closed the
-/// client's own; at any other time it carries on, reconnecting at its next command (README, "What clients see").
-#[derive(Debug)]
-pub struct KillNotice {
-    since: Instant,
-    /// Milliseconds after `since` of the last kill sent, plus one (0: none yet).
-    last_ms: std::sync::atomic::AtomicU64,
-}
-
-impl KillNotice {
-    /// How long after a kill was sent a closed backend connection counts as killed.
-    const WINDOW: Duration = Duration::from_secs(1);
-
-    /// A `CLIENT KILL` is being sent to the server.
-    pub fn note(&self) {
-        let now = self.since.elapsed().as_millis() as u64 + 1;
-        self.last_ms.store(now, Ordering::Relaxed);
-    }
-
-    /// Whether a `CLIENT KILL` was sent within the window.
-    pub fn recent(&self) -> bool {
-        let last = self.last_ms.load(Ordering::Relaxed);
-        last > 0 && self.since.elapsed().as_millis() as u64 + 1 - last <= Self::WINDOW.as_millis() as u64
-    }
-}
-
-impl Default for KillNotice {
-    fn default() -> Self {
-        KillNotice {
-            since: Instant::now(),
-            last_ms: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
-}
-
 /// A session's place at the write gate.
 #[derive(Debug, Default)]
 struct GateSlot {
@@ -839,6 +946,119 @@ impl GateSlot {
         }
         true
     }
+}
+
+/// The credentials for a link to `side` when the proxy authenticates clients itself (`requirepass`); `None` when
+/// clients' own AUTH passes through.
+fn proxy_credentials(config: &crate::config::Config, side: crate::primary::Side) -> Option<state::Credentials> {
+    config.requirepass.as_ref()?;
+    let (user, password) = match side {
+        crate::primary::Side::Old => (&config.old_user, &config.old_password),
+        crate::primary::Side::New => (&config.new_user, &config.new_password),
+    };
+    let password = password.as_ref()?;
+    Some(state::Credentials {
+        user: user.as_deref().map(|u| Bytes::copy_from_slice(u.as_bytes())),
+        password: Bytes::from(password.clone()),
+    })
+}
+
+/// The route of a request that needs no connection of its own, or `None` to wait: the session's shared link
+/// belongs to a replaced primary and replies are still owed on it (they come first).
+fn shared_route(shared: &Shared, sharing: &mut Sharing, core: &Core) -> Option<Route> {
+    let generation = shared.primary.generation();
+    match &sharing.link {
+        Some(link) if link.key.generation == generation => return Some(Route::Shared),
+        Some(_) if !core.pending.is_empty() || sharing.count > 0 => return None,
+        _ => {}
+    }
+    let primary = shared.primary.current();
+    let credentials = proxy_credentials(&shared.config, primary.server.side)
+        .map(|c| (c.user, c.password))
+        .or_else(|| core.state.password.clone().map(|p| (core.state.user.clone(), p)));
+    let key = LinkKey {
+        generation: primary.generation,
+        db: core.state.db,
+        protocol: core.state.protocol,
+        credentials,
+    };
+    let link = shared.links.get(&key, &primary, &shared.link_context);
+    if let Some(old) = sharing.link.replace(link.clone()) {
+        old.detach(&sharing.inbox);
+    }
+    link.attach(&sharing.inbox);
+    Some(Route::Shared)
+}
+
+/// Whether a command's effect lives on the backend connection, so that a session sending it needs a connection of
+/// its own (it cannot go on a shared link). Everything that changes the connection's state (db, user, protocol,
+/// transactions, subscriptions, reply mode, tracking, ...) or blocks it does; commands that only read or change
+/// data, or act on the whole server, do not.
+pub fn pins(command: Command, args: crate::protocol::request::Args<'_>) -> bool {
+    match command {
+        Command::Read | Command::Write | Command::Unknown => {
+            // WAIT blocks its connection until replicas acknowledge its writes.
+            args.is(0, "WAIT") || args.is(0, "WAITAOF")
+        }
+        Command::Eval | Command::EvalSha | Command::Script | Command::Function | Command::XGroup => false,
+        // Without MULTI or WATCH these only answer an error or OK, and change nothing.
+        Command::Exec | Command::Discard | Command::Unwatch => false,
+        Command::Client => !["KILL", "LIST", "INFO", "SETINFO", "PAUSE", "UNPAUSE", "UNBLOCK", "HELP"]
+            .iter()
+            .any(|sub| args.is(1, sub)),
+        Command::Quit | Command::SecurityWarning => false,
+        Command::BlockingRead
+        | Command::BlockingWrite
+        | Command::Auth
+        | Command::Hello
+        | Command::Select
+        | Command::Multi
+        | Command::Watch
+        | Command::Subscribe
+        | Command::Unsubscribe
+        | Command::Monitor
+        | Command::Reset
+        | Command::ReadOnly
+        | Command::ReadWrite
+        | Command::Replication => true,
+    }
+}
+
+/// The reply to a command a session on a shared link gets from the proxy itself, because it concerns the
+/// client's connection, which the proxy keeps (its name), or `None` when it goes to the server.
+fn answer_on_shared_link(
+    command: Command,
+    args: crate::protocol::request::Args<'_>,
+    state: &mut state::SessionState,
+) -> Option<Bytes> {
+    if command != Command::Client {
+        return None;
+    }
+    if args.is(1, "SETNAME") && args.len() == 3 {
+        let name = args.get(2).unwrap_or_default();
+        // Redis's rule (networking.c, validateClientName); a name it refuses goes to the server for its error.
+        if name.iter().any(|&b| !(b'!'..=b'~').contains(&b)) {
+            return None;
+        }
+        state.name = (!name.is_empty()).then(|| Bytes::copy_from_slice(name));
+        return Some(Bytes::from_static(b"+OK\r\n"));
+    }
+    if args.is(1, "GETNAME") && args.len() == 2 {
+        return Some(match &state.name {
+            Some(name) => {
+                let mut reply = BytesMut::new();
+                reply.extend_from_slice(b"$");
+                reply.extend_from_slice(itoa::Buffer::new().format(name.len()).as_bytes());
+                reply.extend_from_slice(b"\r\n");
+                reply.extend_from_slice(name);
+                reply.extend_from_slice(b"\r\n");
+                reply.freeze()
+            }
+            None if state.protocol >= 3 => Bytes::from_static(b"_\r\n"),
+            None => Bytes::from_static(b"$-1\r\n"),
+        });
+    }
+    None
 }
 
 /// Makes sure a read has room for a useful amount of data.

@@ -238,6 +238,14 @@ impl Proxy {
             shutdown_grace_ms: 2_000,
             ..Config::default()
         };
+        // The test command runs the suite once more with every proxy in the other mode.
+        if let Ok(mode) = std::env::var("REDIS_HANDOVER_TEST_BACKEND_LINKS") {
+            config.backend_links = match mode.as_str() {
+                "shared" => redis_handover::config::BackendLinks::Shared,
+                "dedicated" => redis_handover::config::BackendLinks::Dedicated,
+                other => panic!("REDIS_HANDOVER_TEST_BACKEND_LINKS must be shared or dedicated, not {other:?}"),
+            };
+        }
         configure(&mut config);
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -1,0 +1,455 @@
+//! Backend connections shared by many sessions (`backend_links = "shared"`).
+//!
+//! A shared link is one pipelined connection to the primary that carries the requests of every session whose
+//! connection state is the same: the primary's generation, the db, the credentials and the protocol make its
+//! [`LinkKey`]. Sessions append whole request frames to the link's output and a place in its queue of owed
+//! replies; the link's task writes everything that accumulated since its last write in one write (so the
+//! requests of all sessions that ran in one turn of the event loop leave together, without a timer), reads the
+//! replies, and hands each one to the inbox of the session it belongs to, in order.
+//!
+//! Redis answers the requests of one connection in the order it read them, so a session that only ever has
+//! requests on one link at a time (it changes link only with no reply owed) sees its replies in order. The link
+//! never stops reading because a session is slow: replies wait in that session's inbox, and the session stops
+//! reading requests from its client until it has taken them.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use atomic_waker::AtomicWaker;
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+
+use crate::net::BackendTls;
+use crate::primary::Primary;
+use crate::protocol::reply::{ReplyScanner, Scanned};
+use crate::protocol::request::write_command;
+use crate::protocol::value::is_error_frame;
+use crate::telemetry::Telemetry;
+
+/// What a backend connection's state is: sessions with the same key can share it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LinkKey {
+    pub generation: u64,
+    pub db: i64,
+    /// 2 or 3.
+    pub protocol: u8,
+    /// The user and password the connection authenticates with (the configured ones when the proxy checks
+    /// `requirepass` itself).
+    pub credentials: Option<(Option<Bytes>, Bytes)>,
+}
+
+/// How links reach the servers.
+#[derive(Clone)]
+pub struct LinkContext {
+    pub connect_timeout: Duration,
+    pub tls: Option<BackendTls>,
+    pub telemetry: Arc<Telemetry>,
+    pub kills: Arc<KillNotice>,
+}
+
+/// When a client last sent `CLIENT KILL` through the proxy. A server closes the connections such a kill names
+/// while it runs it, and the proxy cannot tell from the closed socket alone whether a kill, a restart or a
+/// network fault closed a session's backend connection: within [`KillNotice::WINDOW`] of a kill, a session
+/// whose backend connection the server closed closes its client's connection too, as Redis closed the
+/// client's own; at any other time it carries on, reconnecting at its next command (README, "What clients see").
+#[derive(Debug)]
+pub struct KillNotice {
+    since: Instant,
+    /// Milliseconds after `since` of the last kill sent, plus one (0: none yet).
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl KillNotice {
+    /// How long after a kill was sent a closed backend connection counts as killed.
+    const WINDOW: Duration = Duration::from_secs(1);
+
+    /// A `CLIENT KILL` is being sent to the server.
+    pub fn note(&self) {
+        let now = self.since.elapsed().as_millis() as u64 + 1;
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Whether a `CLIENT KILL` was sent within the window.
+    pub fn recent(&self) -> bool {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        last > 0 && self.since.elapsed().as_millis() as u64 + 1 - last <= Self::WINDOW.as_millis() as u64
+    }
+}
+
+impl Default for KillNotice {
+    fn default() -> Self {
+        KillNotice {
+            since: Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+/// The shared links open now, by key.
+#[derive(Default)]
+pub struct SharedLinks {
+    links: Mutex<HashMap<LinkKey, Arc<SharedLink>>>,
+}
+
+impl SharedLinks {
+    /// The link for `key` to `primary`; one is opened (its task connects in the background, and requests wait
+    /// in its output meanwhile) if there is none, or if the one there has failed.
+    pub fn get(self: &Arc<Self>, key: &LinkKey, primary: &Primary, context: &LinkContext) -> Arc<SharedLink> {
+        let mut links = lock(&self.links);
+        if let Some(link) = links.get(key)
+            && !lock(&link.state).closed
+        {
+            return link.clone();
+        }
+        // The first link of a new primary retires the former primary's: they take no more requests and close
+        // once they owe nothing.
+        links.retain(|other, link| {
+            let current = other.generation >= key.generation;
+            if !current {
+                lock(&link.state).closed = true;
+                link.wake_writer.notify_one();
+            }
+            current
+        });
+        let link = Arc::new(SharedLink {
+            key: key.clone(),
+            server_addr: primary.server.addr.clone(),
+            state: Mutex::new(LinkState::default()),
+            wake_writer: Notify::new(),
+            attached: Mutex::default(),
+        });
+        links.insert(key.clone(), link.clone());
+        drop(links);
+        let setup = link.setup_commands();
+        {
+            let mut state = lock(&link.state);
+            state.output.extend_from_slice(&setup.bytes);
+            for _ in 0..setup.count {
+                state.owed.push_back(Owed::Link);
+            }
+        }
+        link.wake_writer.notify_one();
+        let registry = Arc::downgrade(self);
+        tokio::spawn(run(link.clone(), primary.server.clone(), context.clone(), registry));
+        link
+    }
+
+    /// Forgets `link` if it is still the one registered for its key.
+    fn remove(&self, link: &Arc<SharedLink>) {
+        let mut links = lock(&self.links);
+        if links.get(&link.key).is_some_and(|l| Arc::ptr_eq(l, link)) {
+            links.remove(&link.key);
+        }
+    }
+}
+
+/// One shared backend connection.
+pub struct SharedLink {
+    pub key: LinkKey,
+    pub server_addr: Arc<str>,
+    state: Mutex<LinkState>,
+    wake_writer: Notify,
+    /// The inboxes of the sessions whose link this is now (whether or not they owe replies on it).
+    attached: Mutex<Vec<std::sync::Weak<Inbox>>>,
+}
+
+#[derive(Default)]
+struct LinkState {
+    /// Requests waiting to be written.
+    output: BytesMut,
+    /// Whose reply each request written or waiting is, in order.
+    owed: VecDeque<Owed>,
+    /// The link failed: no request can be added any more.
+    closed: bool,
+}
+
+/// Whose the next reply is.
+enum Owed {
+    /// A command the link sent itself (its setup).
+    Link,
+    /// This many replies of one session.
+    Session(Arc<Inbox>, usize),
+}
+
+/// Commands written to a new link before any session's, with their count.
+struct Setup {
+    bytes: BytesMut,
+    count: usize,
+}
+
+impl SharedLink {
+    /// Appends `requests` (whole frames, `count` of them) of the session whose inbox is `inbox`. Returns false,
+    /// adding nothing, if the link has failed: the session then takes another.
+    pub fn send(&self, inbox: &Arc<Inbox>, requests: &[u8], count: usize) -> bool {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return false;
+        }
+        let was_empty = state.output.is_empty();
+        state.output.extend_from_slice(requests);
+        match state.owed.back_mut() {
+            Some(Owed::Session(last, n)) if Arc::ptr_eq(last, inbox) => *n += count,
+            _ => state.owed.push_back(Owed::Session(inbox.clone(), count)),
+        }
+        drop(state);
+        if was_empty {
+            self.wake_writer.notify_one();
+        }
+        true
+    }
+
+    /// Records that the session of `inbox` now sends its requests here.
+    pub fn attach(&self, inbox: &Arc<Inbox>) {
+        let mut attached = lock(&self.attached);
+        attached.retain(|a| a.strong_count() > 0);
+        attached.push(Arc::downgrade(inbox));
+    }
+
+    /// Records that the session of `inbox` left for another link.
+    pub fn detach(&self, inbox: &Arc<Inbox>) {
+        lock(&self.attached).retain(|a| !std::ptr::eq(a.as_ptr(), Arc::as_ptr(inbox)));
+    }
+
+    /// What a new connection needs before it can carry sessions' requests: the credentials, the protocol, the db,
+    /// and a name that tells it apart in `CLIENT LIST`.
+    fn setup_commands(&self) -> Setup {
+        let mut bytes = BytesMut::new();
+        let mut count = 0;
+        let mut command = |args: &[&[u8]]| {
+            write_command(&mut bytes, args);
+            count += 1;
+        };
+        let key = &self.key;
+        let default_user = Bytes::from_static(b"default");
+        match (&key.credentials, key.protocol) {
+            (Some((user, password)), 3) => command(&[
+                b"HELLO",
+                b"3",
+                b"AUTH",
+                user.as_ref().unwrap_or(&default_user),
+                password,
+            ]),
+            (None, 3) => command(&[b"HELLO", b"3"]),
+            (Some((Some(user), password)), _) => command(&[b"AUTH", user, password]),
+            (Some((None, password)), _) => command(&[b"AUTH", password]),
+            (None, _) => {}
+        }
+        if key.db != 0 {
+            command(&[b"SELECT", itoa::Buffer::new().format(key.db).as_bytes()]);
+        }
+        let name = format!("redis-handover:shared:db{}:resp{}", key.db, key.protocol);
+        command(&[b"CLIENT", b"SETNAME", name.as_bytes()]);
+        Setup { bytes, count }
+    }
+
+    /// Marks the link failed and tells every session with replies owed on it.
+    fn fail(&self, failure: &LinkFailure) {
+        let owed = {
+            let mut state = lock(&self.state);
+            state.closed = true;
+            state.output.clear();
+            std::mem::take(&mut state.owed)
+        };
+        for owed in owed {
+            if let Owed::Session(inbox, _) = owed {
+                inbox.fail(failure.clone());
+            }
+        }
+    }
+}
+
+/// Why a shared link stopped serving a session's requests.
+#[derive(Debug, Clone)]
+pub enum LinkFailure {
+    /// The requests never reached the server (the connection could not be opened): each can be answered with
+    /// this error.
+    NotSent(String),
+    /// The connection was lost with requests in flight: their outcome is unknown.
+    Lost(String),
+}
+
+/// Where a session's replies from shared links arrive.
+#[derive(Default)]
+pub struct Inbox {
+    state: Mutex<InboxState>,
+    waker: AtomicWaker,
+}
+
+#[derive(Default)]
+struct InboxState {
+    /// Complete reply frames, in order.
+    replies: BytesMut,
+    failure: Option<LinkFailure>,
+}
+
+impl Inbox {
+    /// Registers the session's task to be woken when replies arrive.
+    pub fn register(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
+    }
+
+    /// Moves the replies that arrived into `into`; returns them with the failure, if the link failed.
+    pub fn take(&self, into: &mut BytesMut) -> (bool, Option<LinkFailure>) {
+        let mut state = lock(&self.state);
+        let got = !state.replies.is_empty();
+        if got {
+            into.extend_from_slice(&state.replies);
+            state.replies.clear();
+        }
+        (got, state.failure.take())
+    }
+
+    fn deliver(&self, frames: &[u8]) {
+        lock(&self.state).replies.extend_from_slice(frames);
+        self.waker.wake();
+    }
+
+    fn fail(&self, failure: LinkFailure) {
+        lock(&self.state).failure = Some(failure);
+        self.waker.wake();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The link's task: connects, then writes what sessions append (its writer task) and routes the replies, until
+/// the connection fails or the link is retired (its primary was replaced) and owes nothing.
+async fn run(
+    link: Arc<SharedLink>,
+    server: crate::primary::Server,
+    context: LinkContext,
+    registry: std::sync::Weak<SharedLinks>,
+) {
+    let forget = || {
+        if let Some(registry) = registry.upgrade() {
+            registry.remove(&link);
+        }
+    };
+    let stream = match crate::backend::connect(&server, context.connect_timeout, context.tls.as_ref()).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::warn!(%error, "shared backend link could not connect");
+            forget();
+            link.fail(&LinkFailure::NotSent(error.to_string()));
+            return;
+        }
+    };
+    context.telemetry.backend_link(server.side, 1);
+    tracing::debug!(backend = %server.addr, db = link.key.db, protocol = link.key.protocol, "shared link open");
+    let (reader, writer) = tokio::io::split(stream);
+    let writing = tokio::spawn(write_loop(link.clone(), writer));
+    let failure = read_loop(&link, reader).await;
+    forget();
+    match failure {
+        Some(reason) => {
+            tracing::warn!(backend = %server.addr, %reason, "shared backend link lost");
+            let failure = LinkFailure::Lost(reason);
+            link.fail(&failure);
+            if context.kills.recent() {
+                // A CLIENT KILL sent through the proxy closed this connection: it closes the connections of every
+                // session on it, as Redis closes each client it kills.
+                for inbox in lock(&link.attached).iter().filter_map(std::sync::Weak::upgrade) {
+                    inbox.fail(failure.clone());
+                }
+            }
+        }
+        None => tracing::debug!(backend = %server.addr, "shared link retired"),
+    }
+    link.wake_writer.notify_one();
+    let _ = writing.await;
+    context.telemetry.backend_link(server.side, -1);
+}
+
+/// Writes whatever sessions appended since the last write, in one write. A closed link that owes nothing shuts
+/// its side of the connection down, which makes the server close it.
+async fn write_loop(link: Arc<SharedLink>, mut writer: tokio::io::WriteHalf<crate::net::Stream>) {
+    let mut batch = BytesMut::new();
+    loop {
+        link.wake_writer.notified().await;
+        let done = {
+            let mut state = lock(&link.state);
+            std::mem::swap(&mut batch, &mut state.output);
+            state.closed && state.owed.is_empty()
+        };
+        if !batch.is_empty() {
+            if let Err(error) = writer.write_all(&batch).await {
+                link.fail(&LinkFailure::Lost(format!("connection error: {error}")));
+                return;
+            }
+            batch.clear();
+        }
+        if done {
+            let _ = writer.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// Reads replies and routes them until the connection ends; `None` when it ended because the link was retired
+/// and owed nothing, else why it failed.
+async fn read_loop(link: &SharedLink, mut reader: tokio::io::ReadHalf<crate::net::Stream>) -> Option<String> {
+    let mut input = BytesMut::with_capacity(16 * 1024);
+    let mut scanner = ReplyScanner::new();
+    loop {
+        match reader.read_buf(&mut input).await {
+            Ok(0) => {
+                let state = lock(&link.state);
+                return (!(state.closed && state.owed.is_empty())).then(|| "closed the connection".into());
+            }
+            Ok(_) => {}
+            Err(error) => return Some(format!("connection error: {error}")),
+        }
+        match route(link, &mut scanner, &mut input) {
+            Ok(true) => link.wake_writer.notify_one(),
+            Ok(false) => {}
+            Err(reason) => return Some(reason),
+        }
+        if input.capacity() - input.len() < 4096 {
+            input.reserve(16 * 1024);
+        }
+    }
+}
+
+/// Hands every complete reply in `input` to the session it belongs to. Returns whether the link is closed and
+/// now owes nothing (its writer can then shut the connection down).
+fn route(link: &SharedLink, scanner: &mut ReplyScanner, input: &mut BytesMut) -> Result<bool, String> {
+    let mut state = lock(&link.state);
+    loop {
+        let len = match scanner.scan(input) {
+            Scanned::Incomplete => return Ok(state.closed && state.owed.is_empty()),
+            Scanned::Invalid => return Err("sent bytes that are not RESP".into()),
+            Scanned::Frame { push: true, len } => {
+                // Nothing a shared link carries asks for pushes (subscriptions and tracking pin their session).
+                tracing::debug!("unexpected push on a shared link dropped");
+                input.advance(len);
+                continue;
+            }
+            Scanned::Frame { len, .. } => len,
+        };
+        match state.owed.front_mut() {
+            None => {
+                tracing::warn!("reply on a shared link with no request owed");
+            }
+            Some(Owed::Link) => {
+                if is_error_frame(&input[..len]) {
+                    let reply = String::from_utf8_lossy(&input[..len]).trim_end().to_string();
+                    tracing::warn!(%reply, "shared link setup failed");
+                }
+                state.owed.pop_front();
+            }
+            Some(Owed::Session(inbox, n)) => {
+                inbox.deliver(&input[..len]);
+                *n -= 1;
+                if *n == 0 {
+                    state.owed.pop_front();
+                }
+            }
+        }
+        input.advance(len);
+    }
+}
