@@ -127,8 +127,8 @@ impl SharedLinks {
         {
             let mut state = lock(&link.state);
             state.output.extend_from_slice(&setup.bytes);
-            for _ in 0..setup.count {
-                state.owed.push_back(Owed::Link);
+            for critical in setup.critical {
+                state.owed.push_back(Owed::Link(critical));
             }
         }
         link.wake_writer.notify_one();
@@ -168,16 +168,17 @@ struct LinkState {
 
 /// Whose the next reply is.
 enum Owed {
-    /// A command the link sent itself (its setup).
-    Link,
+    /// A command the link sent itself (its setup); `true` for one that gives the connection its key's state
+    /// (credentials, protocol, db), whose failure leaves the link unusable for that key.
+    Link(bool),
     /// This many replies of one session.
     Session(Arc<Inbox>, usize),
 }
 
-/// Commands written to a new link before any session's, with their count.
+/// Commands written to a new link before any session's: whether each one gives it its key's state.
 struct Setup {
     bytes: BytesMut,
-    count: usize,
+    critical: Vec<bool>,
 }
 
 impl SharedLink {
@@ -217,10 +218,10 @@ impl SharedLink {
     /// and a name that tells it apart in `CLIENT LIST`.
     fn setup_commands(&self) -> Setup {
         let mut bytes = BytesMut::new();
-        let mut count = 0;
+        let mut critical = Vec::new();
         let mut command = |args: &[&[u8]]| {
             write_command(&mut bytes, args);
-            count += 1;
+            critical.push(true);
         };
         let key = &self.key;
         let default_user = Bytes::from_static(b"default");
@@ -241,8 +242,9 @@ impl SharedLink {
             command(&[b"SELECT", itoa::Buffer::new().format(key.db).as_bytes()]);
         }
         let name = format!("redis-handover:shared:db{}:resp{}", key.db, key.protocol);
-        command(&[b"CLIENT", b"SETNAME", name.as_bytes()]);
-        Setup { bytes, count }
+        write_command(&mut bytes, &[b"CLIENT", b"SETNAME", name.as_bytes()]);
+        critical.push(false);
+        Setup { bytes, critical }
     }
 
     /// Marks the link failed and tells every session with replies owed on it.
@@ -435,10 +437,18 @@ fn route(link: &SharedLink, scanner: &mut ReplyScanner, input: &mut BytesMut) ->
             None => {
                 tracing::warn!("reply on a shared link with no request owed");
             }
-            Some(Owed::Link) => {
+            Some(Owed::Link(critical)) => {
                 if is_error_frame(&input[..len]) {
                     let reply = String::from_utf8_lossy(&input[..len]).trim_end().to_string();
-                    tracing::warn!(%reply, "shared link setup failed");
+                    if *critical {
+                        // A wrong password, a db out of range, no RESP3: the sessions that sent requests behind it
+                        // get Redis's own error for them (their AUTH, SELECT or HELLO fails the same way), and the
+                        // link takes no more.
+                        tracing::debug!(%reply, "shared link setup refused; the link is retired");
+                        state.closed = true;
+                    } else {
+                        tracing::debug!(%reply, "shared link could not name itself");
+                    }
                 }
                 state.owed.pop_front();
             }

@@ -212,3 +212,86 @@ fn a_deep_pipeline_beside_a_single_command_client_and_a_client_that_never_reads(
     stuck.read_exact(&mut byte).unwrap();
     assert_eq!(&byte, b"$", "the stuck client's replies wait for it");
 }
+
+#[test]
+fn client_handshakes_select_auth_and_hello_stay_on_shared_links() {
+    let redis = RedisServer::start(Version::V7_0, &["--requirepass", "pw"]);
+    assert_eq!(
+        redis.direct().cmd(&["AUTH", "pw"]),
+        Reply::ok(),
+        "the server has a password"
+    );
+    let proxy = shared_proxy(&redis);
+    // What redis-py 8 and node-redis send at connect: HELLO 3 with AUTH and SETNAME, CLIENT SETINFO, SELECT.
+    let mut clients: Vec<Client> = (0..10)
+        .map(|i| {
+            let mut c = proxy.client();
+            c.protocol = 3;
+            let hello = c.cmd(&["HELLO", "3", "AUTH", "default", "pw", "SETNAME", &format!("app-{i}")]);
+            assert!(matches!(hello, Reply::Map(_)), "{hello:?}");
+            assert!(
+                c.cmd(&["CLIENT", "SETINFO", "LIB-NAME", "redis-py"]).is_error(),
+                "7.0 has no SETINFO"
+            );
+            assert_eq!(c.run("SELECT 2"), Reply::ok());
+            c
+        })
+        .collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(c.cmd(&["SET", &format!("k{i}"), "v"]), Reply::ok());
+        assert_eq!(c.run("CLIENT GETNAME"), Reply::bulk(format!("app-{i}")));
+        assert!(matches!(c.run("HGETALL none"), Reply::Map(_)), "RESP3 replies");
+    }
+    let mut direct = redis.direct();
+    assert_eq!(direct.cmd(&["AUTH", "pw"]), Reply::ok());
+    let connections = server_connections(&mut direct);
+    assert!(connections.len() <= 2, "the handshakes pinned nobody: {connections:#?}");
+    assert!(
+        connections.iter().any(|c| c.contains("db=2") && c.contains("resp=3")),
+        "{connections:#?}"
+    );
+    assert_eq!(direct.run("SELECT 2"), Reply::ok());
+    assert_eq!(direct.run("DBSIZE"), Reply::Int(10));
+
+    // Refusals are Redis's own, and leave the session as it was.
+    let mut c = proxy.client();
+    assert_eq!(c.cmd(&["AUTH", "wrong"]), direct.cmd(&["AUTH", "wrong"]));
+    assert!(c.run("GET k0").text().starts_with("NOAUTH"), "still unauthenticated");
+    assert_eq!(c.cmd(&["AUTH", "pw"]), Reply::ok());
+    assert_eq!(c.run("SELECT 99"), direct.run("SELECT 99"));
+    assert_eq!(c.run("SELECT 2"), Reply::ok());
+    assert_eq!(c.run("GET k0"), Reply::bulk("v"), "db 2");
+    // An ACL user's session shares a link with the same user only.
+    assert_eq!(direct.run("ACL SETUSER app on >secret ~app:* +@all"), Reply::ok());
+    let mut app = proxy.client();
+    assert_eq!(app.run("AUTH app secret"), Reply::ok());
+    assert_eq!(app.run("ACL WHOAMI"), Reply::bulk("app"));
+    assert!(app.run("SET other v").text().starts_with("NOPERM"));
+    assert_eq!(app.run("SET app:x v"), Reply::ok());
+    assert_eq!(c.run("ACL WHOAMI"), Reply::bulk("default"));
+    // A pipeline across a SELECT: each command runs in the db the session had selected when it was sent.
+    let mut piped = proxy.client();
+    let mut pipeline = support::encode(&["AUTH", "pw"]);
+    for args in [
+        &["SET", "p", "db0"][..],
+        &["SELECT", "5"],
+        &["SET", "p", "db5"],
+        &["SELECT", "0"],
+        &["GET", "p"],
+    ] {
+        pipeline.extend(support::encode(args));
+    }
+    piped.write_raw(&pipeline);
+    for expected in [
+        Reply::ok(),
+        Reply::ok(),
+        Reply::ok(),
+        Reply::ok(),
+        Reply::ok(),
+        Reply::bulk("db0"),
+    ] {
+        assert_eq!(piped.read(), expected);
+    }
+    assert_eq!(direct.run("SELECT 5"), Reply::ok());
+    assert_eq!(direct.run("GET p"), Reply::bulk("db5"));
+}

@@ -27,7 +27,7 @@ use crate::links::{Inbox, LinkFailure, LinkKey, SharedLink};
 use crate::net::Stream;
 use crate::protocol::reply::ReplyScanner;
 use crate::protocol::reply::Scanned;
-use crate::protocol::request::{Parsed, RequestParser};
+use crate::protocol::request::{Args, Parsed, RequestParser};
 use crate::server::Shared;
 use crate::telemetry::Family;
 use state::{Blocked, Core, Effect, Expect};
@@ -535,13 +535,16 @@ impl Session {
                         self.core.push_local(reply);
                         continue;
                     }
+                    let mut link_key = None;
                     if let Some(sharing) = &self.sharing {
                         if let Some(reply) = answer_on_shared_link(command, args, &mut self.core.state) {
                             self.client_in.advance(n);
                             self.core.push_local(reply);
                             continue;
                         }
-                        if pins(command, args) {
+                        link_key =
+                            (!pins(command, args)).then(|| request_key(&self.shared, &self.core.state, command, args));
+                        if link_key.is_none() {
                             // The command's effect lives on the connection: the session gets its own, once the
                             // replies owed on the shared link have arrived (so its commands run in order).
                             if !self.core.pending.is_empty() || sharing.count > 0 {
@@ -576,7 +579,8 @@ impl Session {
                         return Next::Wait;
                     }
                     let route = if let Some(sharing) = self.sharing.as_mut() {
-                        match shared_route(&self.shared, sharing, &self.core) {
+                        let key = link_key.take().expect("a shared session's request has a link key");
+                        match shared_route(&self.shared, sharing, &self.core, key) {
                             Some(route) => route,
                             None => return Next::Wait,
                         }
@@ -633,9 +637,15 @@ impl Session {
                     }
                     let write = (gated && blocked.is_none()) || (in_transaction && command == Command::Exec);
                     self.core.plan(command, args, write, blocked);
-                    if let AuthVerdict::ForwardWithoutAuth(at) = auth {
-                        // The client authenticated with the proxy: the server gets HELLO without that AUTH.
-                        self.auth.authenticated = true;
+                    let strip_auth = match auth {
+                        AuthVerdict::ForwardWithoutAuth(at) => {
+                            // The client authenticated with the proxy: the server gets HELLO without that AUTH.
+                            self.auth.authenticated = true;
+                            Some(at)
+                        }
+                        _ => None,
+                    };
+                    if let Some(at) = strip_auth {
                         let kept: Vec<&[u8]> = (0..args.len())
                             .filter(|i| !(at..at + 3).contains(i))
                             .filter_map(|i| args.get(i))
@@ -963,25 +973,70 @@ fn proxy_credentials(config: &crate::config::Config, side: crate::primary::Side)
     })
 }
 
-/// The route of a request that needs no connection of its own, or `None` to wait: the session's shared link
-/// belongs to a replaced primary and replies are still owed on it (they come first).
-fn shared_route(shared: &Shared, sharing: &mut Sharing, core: &Core) -> Option<Route> {
-    let generation = shared.primary.generation();
+/// The shared link a request goes to: the one of the session's connection state, or, for a SELECT, AUTH or HELLO
+/// that changes it, the one of the state it asks for. There the command is a no-op that answers as Redis would
+/// (the link has that state already), or fails as Redis would (the link could not get it either), and the
+/// session's state follows the reply.
+fn request_key(shared: &Shared, state: &state::SessionState, command: Command, args: Args<'_>) -> LinkKey {
+    let primary = shared.primary.current();
+    let proxy_auth = proxy_credentials(&shared.config, primary.server.side);
+    let checked_by_proxy = shared.config.requirepass.is_some();
+    let mut key = LinkKey {
+        generation: primary.generation,
+        db: state.db,
+        protocol: state.protocol,
+        credentials: match proxy_auth {
+            Some(c) => Some((c.user, c.password)),
+            None if checked_by_proxy => None,
+            None => state.password.clone().map(|p| (state.user.clone(), p)),
+        },
+    };
+    match command {
+        Command::Select if args.len() == 2 => {
+            if let Some(db) = args.get(1).and_then(crate::protocol::request::string_to_i64) {
+                key.db = db;
+            }
+        }
+        Command::Auth if !checked_by_proxy => match args.len() {
+            2 => key.credentials = Some((None, Bytes::copy_from_slice(args.get(1).unwrap_or_default()))),
+            3 => {
+                let user = Bytes::copy_from_slice(args.get(1).unwrap_or_default());
+                key.credentials = Some((Some(user), Bytes::copy_from_slice(args.get(2).unwrap_or_default())));
+            }
+            _ => {}
+        },
+        Command::Hello => {
+            // A HELLO ... SETNAME on a shared link names the link too; the session's name is its own (the proxy
+            // answers CLIENT GETNAME), so only CLIENT LIST shows it.
+            if let Some(hello) = state::parse_hello(args) {
+                if let Some(protocol) = hello.protocol {
+                    key.protocol = protocol;
+                }
+                if let Some(auth) = hello.auth.filter(|_| !checked_by_proxy) {
+                    key.credentials = Some((auth.user, auth.password));
+                }
+            }
+        }
+        _ => {}
+    }
+    key
+}
+
+/// Redis's rule for a client name (networking.c, `validateClientName`): printable ASCII without spaces.
+fn valid_client_name(name: &[u8]) -> bool {
+    name.iter().all(|b| (b'!'..=b'~').contains(b))
+}
+
+/// The route of a request that needs no connection of its own and goes to the link for `key`, or `None` to
+/// wait: the session's link has another key (its state changed, or the primary was replaced) and replies are
+/// still owed on it (they come first).
+fn shared_route(shared: &Shared, sharing: &mut Sharing, core: &Core, key: LinkKey) -> Option<Route> {
     match &sharing.link {
-        Some(link) if link.key.generation == generation => return Some(Route::Shared),
+        Some(link) if link.key == key => return Some(Route::Shared),
         Some(_) if !core.pending.is_empty() || sharing.count > 0 => return None,
         _ => {}
     }
     let primary = shared.primary.current();
-    let credentials = proxy_credentials(&shared.config, primary.server.side)
-        .map(|c| (c.user, c.password))
-        .or_else(|| core.state.password.clone().map(|p| (core.state.user.clone(), p)));
-    let key = LinkKey {
-        generation: primary.generation,
-        db: core.state.db,
-        protocol: core.state.protocol,
-        credentials,
-    };
     let link = shared.links.get(&key, &primary, &shared.link_context);
     if let Some(old) = sharing.link.replace(link.clone()) {
         old.detach(&sharing.inbox);
@@ -1007,11 +1062,10 @@ pub fn pins(command: Command, args: crate::protocol::request::Args<'_>) -> bool 
             .iter()
             .any(|sub| args.is(1, sub)),
         Command::Quit | Command::SecurityWarning => false,
+        // They change the connection's state, which is part of a shared link's key: see `request_key`.
+        Command::Auth | Command::Hello | Command::Select => false,
         Command::BlockingRead
         | Command::BlockingWrite
-        | Command::Auth
-        | Command::Hello
-        | Command::Select
         | Command::Multi
         | Command::Watch
         | Command::Subscribe
@@ -1036,8 +1090,8 @@ fn answer_on_shared_link(
     }
     if args.is(1, "SETNAME") && args.len() == 3 {
         let name = args.get(2).unwrap_or_default();
-        // Redis's rule (networking.c, validateClientName); a name it refuses goes to the server for its error.
-        if name.iter().any(|&b| !(b'!'..=b'~').contains(&b)) {
+        // A name Redis refuses goes to the server for its error.
+        if !valid_client_name(name) {
             return None;
         }
         state.name = (!name.is_empty()).then(|| Bytes::copy_from_slice(name));

@@ -229,6 +229,11 @@ pub struct Proxy {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Whether this run of the tests gives the proxies one backend connection per client (see [`Proxy::start`]).
+pub fn dedicated_links() -> bool {
+    std::env::var("REDIS_HANDOVER_TEST_BACKEND_LINKS").is_ok_and(|m| m == "dedicated")
+}
+
 impl Proxy {
     /// Starts the proxy in front of `old` (and `new`), with `configure` changing the settings first.
     pub fn start(old: SocketAddr, new: Option<SocketAddr>, configure: impl FnOnce(&mut Config)) -> Proxy {
