@@ -417,29 +417,40 @@ async fn read_loop(link: &SharedLink, mut reader: tokio::io::ReadHalf<crate::net
     }
 }
 
-/// Hands every complete reply in `input` to the session it belongs to. Returns whether the link is closed and
-/// now owes nothing (its writer can then shut the connection down).
+/// Hands every complete reply in `input` to the session it belongs to; consecutive replies of one session go to
+/// its inbox together. Returns whether the link is closed and now owes nothing (its writer can then shut the
+/// connection down).
 fn route(link: &SharedLink, scanner: &mut ReplyScanner, input: &mut BytesMut) -> Result<bool, String> {
     let mut state = lock(&link.state);
-    loop {
-        let len = match scanner.scan(input) {
-            Scanned::Incomplete => return Ok(state.closed && state.owed.is_empty()),
-            Scanned::Invalid => return Err("sent bytes that are not RESP".into()),
-            Scanned::Frame { push: true, len } => {
+    let mut pos = 0;
+    // Replies scanned but not yet delivered, all of one session: whose, and where they start in `input`.
+    let mut run: Option<(Arc<Inbox>, usize)> = None;
+    let deliver = |run: &mut Option<(Arc<Inbox>, usize)>, input: &[u8], end: usize| {
+        if let Some((owner, from)) = run.take() {
+            owner.deliver(&input[from..end]);
+        }
+    };
+    let result = loop {
+        let (len, push) = match scanner.scan(&input[pos..]) {
+            Scanned::Incomplete => break Ok(state.closed && state.owed.is_empty()),
+            Scanned::Invalid => break Err("sent bytes that are not RESP".to_string()),
+            Scanned::Frame { len, push } => (len, push),
+        };
+        let (start, end) = (pos, pos + len);
+        pos = end;
+        let owner = match state.owed.front_mut() {
+            _ if push => {
                 // Nothing a shared link carries asks for pushes (subscriptions and tracking pin their session).
                 tracing::debug!("unexpected push on a shared link dropped");
-                input.advance(len);
-                continue;
+                None
             }
-            Scanned::Frame { len, .. } => len,
-        };
-        match state.owed.front_mut() {
             None => {
                 tracing::warn!("reply on a shared link with no request owed");
+                None
             }
             Some(Owed::Link(critical)) => {
-                if is_error_frame(&input[..len]) {
-                    let reply = String::from_utf8_lossy(&input[..len]).trim_end().to_string();
+                if is_error_frame(&input[start..end]) {
+                    let reply = String::from_utf8_lossy(&input[start..end]).trim_end().to_string();
                     if *critical {
                         // A wrong password, a db out of range, no RESP3: the sessions that sent requests behind it
                         // get Redis's own error for them (their AUTH, SELECT or HELLO fails the same way), and the
@@ -451,15 +462,26 @@ fn route(link: &SharedLink, scanner: &mut ReplyScanner, input: &mut BytesMut) ->
                     }
                 }
                 state.owed.pop_front();
+                None
             }
             Some(Owed::Session(inbox, n)) => {
-                inbox.deliver(&input[..len]);
+                // The same session as the reply before: its run goes on (no clone, no delivery yet).
+                let continues = run.as_ref().is_some_and(|(current, _)| Arc::ptr_eq(current, inbox));
+                let owner = (!continues).then(|| inbox.clone());
                 *n -= 1;
                 if *n == 0 {
                     state.owed.pop_front();
                 }
+                if continues {
+                    continue;
+                }
+                owner
             }
-        }
-        input.advance(len);
-    }
+        };
+        deliver(&mut run, input, start);
+        run = owner.map(|inbox| (inbox, start));
+    };
+    deliver(&mut run, input, pos);
+    input.advance(pos);
+    result
 }

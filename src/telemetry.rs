@@ -5,7 +5,7 @@
 //! counters and records histograms through handles, with no name lookup.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
@@ -221,8 +221,8 @@ impl Telemetry {
     }
 
     /// Records a reply: its latency since the command was forwarded, and whether it is an error.
-    pub fn reply(&self, family: Family, sent_at: Instant, error: bool) {
-        self.latency[family as usize].record(sent_at.elapsed().as_secs_f64());
+    pub fn reply(&self, family: Family, latency: Duration, error: bool) {
+        self.latency[family as usize].record(latency.as_secs_f64());
         if error {
             self.errors[family as usize].increment(1);
         }

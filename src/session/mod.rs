@@ -214,8 +214,12 @@ struct Watchdog {
     period: Duration,
     idle_timeout: Option<Duration>,
     output_timeout: Option<Duration>,
-    /// When the client last sent bytes.
+    /// When the client last sent bytes (as of the last tick).
     last_read: Instant,
+    /// Whether the client sent bytes, or took bytes of its replies, since the last tick: progress is noted
+    /// without reading the clock, and dated at the next tick (the limits are checked at that granularity).
+    read_since_tick: bool,
+    wrote_since_tick: bool,
     /// When the request still incomplete in the buffer began to arrive.
     partial_since: Option<Instant>,
     /// When the client last accepted bytes of its replies.
@@ -239,6 +243,8 @@ impl Watchdog {
             idle_timeout,
             output_timeout,
             last_read: now,
+            read_since_tick: false,
+            wrote_since_tick: false,
             partial_since: None,
             last_write: now,
         })
@@ -312,6 +318,8 @@ impl Session {
                 _ = control.changed(), if listening => {}
                 () = shutdown.cancelled(), if !self.draining => self.draining = true,
             }
+            // The clock is read once per turn: the replies handled now and the requests sent next share it.
+            self.core.now = Instant::now();
             self.handle_replies();
         }
     }
@@ -484,7 +492,7 @@ impl Session {
                     if let Some(dog) = self.watchdog.as_mut() {
                         let partial = !self.client_in.is_empty();
                         dog.partial_since = if partial {
-                            Some(dog.partial_since.unwrap_or_else(Instant::now))
+                            Some(dog.partial_since.unwrap_or(self.core.now))
                         } else {
                             None
                         };
@@ -837,7 +845,7 @@ impl Session {
                     self.core.client_out.advance(n);
                     self.shared.telemetry.bytes_to_clients.increment(n as u64);
                     if let Some(dog) = self.watchdog.as_mut() {
-                        dog.last_write = Instant::now();
+                        dog.wrote_since_tick = true;
                     }
                     progress = true;
                 }
@@ -900,7 +908,7 @@ impl Session {
                 Poll::Ready(Ok(n)) => {
                     self.shared.telemetry.bytes_from_clients.increment(n as u64);
                     if let Some(dog) = self.watchdog.as_mut() {
-                        dog.last_read = Instant::now();
+                        dog.read_since_tick = true;
                     }
                     progress = true;
                 }
@@ -914,6 +922,12 @@ impl Session {
             let now = Instant::now();
             let next = tokio::time::Instant::from_std(now + dog.period);
             dog.timer.as_mut().reset(next);
+            if std::mem::take(&mut dog.read_since_tick) {
+                dog.last_read = now;
+            }
+            if std::mem::take(&mut dog.wrote_since_tick) {
+                dog.last_write = now;
+            }
             if let Some(reason) = self.watchdog_verdict(now) {
                 return Poll::Ready(Err(SessionError::Dropped(reason)));
             }

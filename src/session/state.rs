@@ -258,8 +258,8 @@ pub struct Pending {
 }
 
 impl Pending {
-    fn new(effect: Effect, expect: Expect) -> Self {
-        let (family, sent_at) = (Family::Other, Instant::now());
+    fn new(effect: Effect, expect: Expect, sent_at: Instant) -> Self {
+        let family = Family::Other;
         Pending {
             effect,
             expect,
@@ -344,6 +344,8 @@ pub struct Core {
     pub multi_open: bool,
     /// Writes forwarded and not yet answered.
     pub pending_writes: usize,
+    /// The time of the batch of requests or replies being handled: read once per batch, not per request.
+    pub now: Instant,
     /// The backend connection's client id, once known.
     pub link_client_id: Option<i64>,
     /// Whether this connection was asked for its id already (it is asked once, before its first blocking call).
@@ -361,6 +363,7 @@ impl Core {
             reply_mode: ReplyMode::On,
             multi_open: false,
             pending_writes: 0,
+            now: Instant::now(),
             link_client_id: None,
             link_client_id_asked: false,
         }
@@ -378,7 +381,7 @@ impl Core {
                 write,
                 queued: self.multi_open,
                 family,
-                ..Pending::new(Effect::None, Expect::One)
+                ..Pending::new(Effect::None, Expect::One, self.now)
             };
             self.pending.push_back(pending);
             return;
@@ -421,7 +424,7 @@ impl Core {
         if expects_reply {
             self.pending_writes += usize::from(write);
             let blocked = blocked.map(Box::new);
-            let sent_at = Instant::now();
+            let sent_at = self.now;
             self.pending.push_back(Pending {
                 effect,
                 expect,
@@ -439,14 +442,15 @@ impl Core {
     pub fn plan_reissued(&mut self, blocked: Blocked) {
         let pending = Pending {
             blocked: Some(Box::new(blocked)),
-            ..Pending::new(Effect::None, Expect::One)
+            ..Pending::new(Effect::None, Expect::One, self.now)
         };
         self.pending.push_back(pending);
     }
 
     /// Queues a reply the proxy gives itself, in order with the replies still to come from the backend.
     pub fn push_local(&mut self, reply: Bytes) {
-        self.pending.push_back(Pending::new(Effect::Local(reply), Expect::One));
+        self.pending
+            .push_back(Pending::new(Effect::Local(reply), Expect::One, self.now));
         self.flush_locals();
     }
 
@@ -460,7 +464,7 @@ impl Core {
         write_command(out, args);
         self.pending.push_back(Pending {
             hidden: true,
-            ..Pending::new(effect, expect)
+            ..Pending::new(effect, expect, self.now)
         });
     }
 
@@ -554,7 +558,7 @@ impl Core {
         let hidden = head.hidden;
         let error = is_error_frame(frame);
         if !hidden {
-            self.telemetry.reply(head.family, head.sent_at, error);
+            self.telemetry.reply(head.family, self.now - head.sent_at, error);
         }
         if link_retired
             && is_null_frame(frame)
@@ -623,12 +627,13 @@ impl Core {
     /// The backend link is gone: every pending request gets `reply` (an error), and the answer tells whether
     /// the client must be disconnected because its session had state that a new link cannot carry.
     pub fn backend_lost(&mut self, reply: &Bytes) -> bool {
+        let now = self.now;
         let answered = std::mem::take(&mut self.pending)
             .into_iter()
             .filter_map(|pending| match pending.effect {
                 _ if pending.hidden => None,
                 Effect::Local(_) => Some(pending),
-                _ => Some(Pending::new(Effect::Local(reply.clone()), Expect::One)),
+                _ => Some(Pending::new(Effect::Local(reply.clone()), Expect::One, now)),
             });
         self.pending = answered.collect();
         self.pending_writes = 0;
