@@ -99,7 +99,18 @@ fn a_client_that_never_reads_is_dropped_and_memory_stays_bounded() {
     let growth_mib = (rss_kib().saturating_sub(before)) / 1024;
     let mut buf = [0u8; 4096];
     greedy.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    std::thread::sleep(Duration::from_millis(2500));
+    // It is counted once the proxy has accepted it (which may come after its writes, under load), and gone once
+    // dropped: its output timeout is 1 s, so there is time to see it counted.
+    support::wait_until(
+        "the proxy to accept the client that never reads",
+        Duration::from_secs(30),
+        || proxy.status()["clients"] == 2,
+    );
+    support::wait_until(
+        "the proxy to drop the client that never reads",
+        Duration::from_secs(30),
+        || proxy.status()["clients"] == 1,
+    );
     // Draining now, the client finds its connection closed after at most the replies already in flight.
     let mut drained = 0usize;
     loop {

@@ -96,7 +96,20 @@ impl Run {
             self.enter(Phase::CatchingUp);
             self.catch_up().await?;
             self.enter(Phase::Paused);
-            self.pause_and_switch().await
+            let paused_at = Instant::now();
+            let budget = Duration::from_millis(self.request.max_pause_ms);
+            self.pause_and_switch().await.map_err(|Abort(reason)| {
+                // A call given what was left of the budget times out when the budget runs out: the budget is the
+                // cause, whichever call noticed it.
+                if paused_at.elapsed() >= budget && reason.contains(" did not answer ") {
+                    Abort(format!(
+                        "the write pause reached max_pause_ms = {} before the switch ({reason})",
+                        self.request.max_pause_ms
+                    ))
+                } else {
+                    Abort(reason)
+                }
+            })
         }
         .await;
         match outcome {
