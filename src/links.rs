@@ -116,7 +116,7 @@ impl SharedLinks {
         });
         let link = Arc::new(SharedLink {
             key: key.clone(),
-            server_addr: primary.server.addr.clone(),
+            server: primary.server.clone(),
             state: Mutex::new(LinkState::default()),
             wake_writer: Notify::new(),
             attached: Mutex::default(),
@@ -127,6 +127,7 @@ impl SharedLinks {
         {
             let mut state = lock(&link.state);
             state.output.extend_from_slice(&setup.bytes);
+            state.unsent += setup.critical.len();
             for critical in setup.critical {
                 state.owed.push_back(Owed::Link(critical));
             }
@@ -149,7 +150,8 @@ impl SharedLinks {
 /// One shared backend connection.
 pub struct SharedLink {
     pub key: LinkKey,
-    pub server_addr: Arc<str>,
+    /// The server it connects to.
+    pub server: crate::primary::Server,
     state: Mutex<LinkState>,
     wake_writer: Notify,
     /// The inboxes of the sessions whose link this is now (whether or not they owe replies on it).
@@ -164,6 +166,8 @@ struct LinkState {
     owed: VecDeque<Owed>,
     /// The link failed: no request can be added any more.
     closed: bool,
+    /// How many of the requests at the end of `owed` are still in `output`, not yet handed to the socket.
+    unsent: usize,
 }
 
 /// Whose the next reply is.
@@ -191,6 +195,7 @@ impl SharedLink {
         }
         let was_empty = state.output.is_empty();
         state.output.extend_from_slice(requests);
+        state.unsent += count;
         match state.owed.back_mut() {
             Some(Owed::Session(last, n)) if Arc::ptr_eq(last, inbox) => *n += count,
             _ => state.owed.push_back(Owed::Session(inbox.clone(), count)),
@@ -247,18 +252,46 @@ impl SharedLink {
         Setup { bytes, critical }
     }
 
-    /// Marks the link failed and tells every session with replies owed on it.
+    /// Marks the link failed and tells every session with replies owed on it. Requests that never left the
+    /// proxy get [`LinkFailure::NotSent`] (an error reply), whatever the failure: only what reached the socket has
+    /// an unknown outcome.
     fn fail(&self, failure: &LinkFailure) {
-        let owed = {
+        let (owed, mut unsent) = {
             let mut state = lock(&self.state);
             state.closed = true;
             state.output.clear();
-            std::mem::take(&mut state.owed)
+            (std::mem::take(&mut state.owed), std::mem::take(&mut state.unsent))
         };
-        for owed in owed {
-            if let Owed::Session(inbox, _) = owed {
-                inbox.fail(failure.clone());
+        let not_sent = match failure {
+            LinkFailure::NotSent(_) => failure.clone(),
+            LinkFailure::Lost(reason) => LinkFailure::NotSent(format!(
+                "backend {} {} {reason}",
+                self.server.side.name(),
+                self.server.addr
+            )),
+        };
+        // From the newest: the last `unsent` requests were never written.
+        let mut told: Vec<(Arc<Inbox>, LinkFailure)> = Vec::new();
+        for owed in owed.into_iter().rev() {
+            let (inbox, n) = match owed {
+                Owed::Session(inbox, n) => (inbox, n),
+                Owed::Link(_) => {
+                    unsent = unsent.saturating_sub(1);
+                    continue;
+                }
+            };
+            let all_unsent = n <= unsent;
+            unsent = unsent.saturating_sub(n);
+            let this = if all_unsent { not_sent.clone() } else { failure.clone() };
+            match told.iter_mut().find(|(known, _)| Arc::ptr_eq(known, &inbox)) {
+                // A session with any request of unknown outcome is told so.
+                Some((_, told)) if matches!(this, LinkFailure::Lost(_)) => *told = this,
+                Some(_) => {}
+                None => told.push((inbox, this)),
             }
+        }
+        for (inbox, failure) in told {
+            inbox.fail(failure);
         }
     }
 }
@@ -376,6 +409,7 @@ async fn write_loop(link: Arc<SharedLink>, mut writer: tokio::io::WriteHalf<crat
         let done = {
             let mut state = lock(&link.state);
             std::mem::swap(&mut batch, &mut state.output);
+            state.unsent = 0;
             state.closed && state.owed.is_empty()
         };
         if !batch.is_empty() {
@@ -484,4 +518,82 @@ fn route(link: &SharedLink, scanner: &mut ReplyScanner, input: &mut BytesMut) ->
     deliver(&mut run, input, pos);
     input.advance(pos);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::primary::{Server, Side};
+
+    fn link() -> SharedLink {
+        SharedLink {
+            key: LinkKey {
+                generation: 0,
+                db: 0,
+                protocol: 2,
+                credentials: None,
+            },
+            server: Server {
+                side: Side::Old,
+                addr: "127.0.0.1:6379".into(),
+            },
+            state: Mutex::default(),
+            wake_writer: Notify::new(),
+            attached: Mutex::default(),
+        }
+    }
+
+    fn failure_of(inbox: &Inbox) -> Option<LinkFailure> {
+        inbox.take(&mut BytesMut::new()).1
+    }
+
+    #[test]
+    fn a_lost_link_closes_sessions_with_requests_written_and_answers_the_others() {
+        let link = link();
+        let (written, unwritten) = (Arc::new(Inbox::default()), Arc::new(Inbox::default()));
+        assert!(link.send(&written, b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nPING\r\n", 2));
+        // The writer takes what was appended so far.
+        let mut batch = BytesMut::new();
+        {
+            let mut state = lock(&link.state);
+            std::mem::swap(&mut batch, &mut state.output);
+            state.unsent = 0;
+        }
+        assert!(link.send(&unwritten, b"*1\r\n$4\r\nPING\r\n", 1));
+        link.fail(&LinkFailure::Lost("closed the connection".into()));
+        assert!(matches!(failure_of(&written), Some(LinkFailure::Lost(_))));
+        match failure_of(&unwritten) {
+            Some(LinkFailure::NotSent(message)) => {
+                assert_eq!(message, "backend old 127.0.0.1:6379 closed the connection")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            !link.send(&unwritten, b"*1\r\n$4\r\nPING\r\n", 1),
+            "a failed link takes no more"
+        );
+    }
+
+    #[test]
+    fn replies_go_to_their_sessions_in_order_and_setup_replies_to_none() {
+        let link = link();
+        {
+            let mut state = lock(&link.state);
+            state.owed.push_back(Owed::Link(true));
+        }
+        let (a, b) = (Arc::new(Inbox::default()), Arc::new(Inbox::default()));
+        assert!(link.send(&a, b"", 2));
+        assert!(link.send(&b, b"", 1));
+        assert!(link.send(&a, b"", 1));
+        let mut input = BytesMut::from(&b"+OK\r\n:1\r\n:2\r\n$1\r\nb\r\n:3\r\n"[..]);
+        let mut scanner = ReplyScanner::new();
+        assert!(!route(&link, &mut scanner, &mut input).unwrap());
+        let mut got = BytesMut::new();
+        a.take(&mut got);
+        assert_eq!(&got[..], b":1\r\n:2\r\n:3\r\n");
+        got.clear();
+        b.take(&mut got);
+        assert_eq!(&got[..], b"$1\r\nb\r\n");
+        assert!(input.is_empty() && lock(&link.state).owed.is_empty());
+    }
 }

@@ -174,7 +174,13 @@ fn a_backend_dying_mid_pipeline_answers_every_pending_request() {
                 "{version:?} reply {i}: {reply:?}"
             );
         }
-        // The proxy stays up and answers with errors, not hangs.
+        // The proxy notices by itself that every connection to OLD is gone (a shared link too), stays up, and
+        // answers with errors, not hangs.
+        support::wait_until("every backend connection to close", Duration::from_secs(10), || {
+            proxy
+                .metrics()
+                .contains("redis_handover_backend_connections{server=\"old\"} 0")
+        });
         assert!(proxy.client().run("PING").is_error());
         assert!(c.run("PING").is_error());
     }

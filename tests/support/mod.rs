@@ -585,6 +585,16 @@ impl Proxy {
             .unwrap()
     }
 
+    /// `GET /metrics`: the Prometheus text.
+    pub fn metrics(&self) -> String {
+        ureq::get(&self.admin_url("/metrics"))
+            .call()
+            .expect("GET /metrics")
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+    }
+
     /// `POST path` with a JSON body; the HTTP status and the JSON answer.
     pub fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
         let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
