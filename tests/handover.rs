@@ -530,7 +530,7 @@ fn after_a_switch_a_handover_back_to_an_older_version_is_refused() {
 
 /// Reads from `stream` until `done` holds for what was read, within `timeout`.
 fn read_until(stream: &mut std::net::TcpStream, timeout: Duration, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
-    use std::io::Read;
+    use std::io::{ErrorKind, Read};
     let deadline = Instant::now() + timeout;
     let mut seen = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
@@ -545,7 +545,11 @@ fn read_until(stream: &mut std::net::TcpStream, timeout: Duration, done: impl Fn
         match stream.read(&mut chunk) {
             Ok(0) => panic!("closed; read {:?}", String::from_utf8_lossy(&seen)),
             Ok(n) => seen.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
             Err(e) => panic!("read failed: {e}"),
         }
     }

@@ -456,6 +456,8 @@ impl Client {
                     String::from_utf8_lossy(&self.buf)
                 ),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                // A signal (SIGCHLD when a test kills a server) interrupted the read: read again.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                     return None;
                 }
@@ -481,6 +483,7 @@ impl Client {
                 Ok(0) => return (all, true),
                 Ok(n) => all.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (all, true),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => return (all, false),
             }
         }
@@ -513,6 +516,7 @@ impl Client {
             match self.stream.read(&mut chunk) {
                 Ok(0) => panic!("connection closed while waiting for a reply"),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => panic!("read error: {e}"),
             }
         }
