@@ -13,9 +13,12 @@ fi
 scripts/demo.sh --quick
 # The fuzzers of the request parser and the reply framer, 30 seconds each.
 scripts/fuzz.sh 30
-# The criterion benchmarks once each (that they run); the integration tests with every proxy in the 1:1 mode
-# (backend_links = "dedicated"); then every test in the default mode (shared links), whose summary closes the
-# output.
+# Redis's own test suite (of the Debian package's version) through the proxy, in both backend_links modes.
+cargo build --release --quiet
+scripts/redis-suite.sh
+scripts/redis-suite.sh --proxy-args "--backend-links shared"
+# The criterion benchmarks once each (that they run); the integration tests with every proxy on shared links
+# (backend_links = "shared"); then every test in the default mode (dedicated), whose summary closes the output.
 cargo test --benches --quiet
-REDIS_HANDOVER_TEST_BACKEND_LINKS=dedicated cargo test --tests "$@"
+REDIS_HANDOVER_TEST_BACKEND_LINKS=shared cargo test --tests "$@"
 cargo test --lib --bins --tests "$@"

@@ -295,3 +295,26 @@ fn client_handshakes_select_auth_and_hello_stay_on_shared_links() {
     assert_eq!(direct.run("SELECT 5"), Reply::ok());
     assert_eq!(direct.run("GET p"), Reply::bulk("db5"));
 }
+
+#[test]
+fn script_kill_reaches_redis_while_a_script_runs_on_the_shared_link() {
+    let redis = RedisServer::start(Version::V7_0, &["--busy-reply-threshold", "50"]);
+    let proxy = shared_proxy(&redis);
+    let mut runner = proxy.client();
+    let mut killer = proxy.client();
+    assert_eq!(
+        killer.run("PING"),
+        Reply::Status("PONG".into()),
+        "on the shared link the runner will use"
+    );
+    runner.send(&["EVAL", "while true do end", "0"]);
+    let mut direct = redis.direct();
+    support::wait_until("the script to run", Duration::from_secs(10), || {
+        direct.run("PING").text().starts_with("BUSY")
+    });
+    // The killer's PING owes nothing now: SCRIPT KILL gets a connection of its own and reaches Redis at once.
+    assert_eq!(killer.run("SCRIPT KILL"), Reply::ok());
+    let killed = runner.read();
+    assert!(killed.text().contains("killed by user"), "{killed:?}");
+    assert_eq!(runner.run("PING"), Reply::Status("PONG".into()));
+}

@@ -1066,13 +1066,19 @@ fn shared_route(shared: &Shared, sharing: &mut Sharing, core: &Core, key: LinkKe
 pub fn pins(command: Command, args: crate::protocol::request::Args<'_>) -> bool {
     match command {
         Command::Read | Command::Write | Command::Unknown => {
-            // WAIT blocks its connection until replicas acknowledge its writes.
-            args.is(0, "WAIT") || args.is(0, "WAITAOF")
+            // WAIT blocks its connection until replicas acknowledge its writes; SHUTDOWN must not wait behind
+            // other sessions' requests on a link.
+            args.is(0, "WAIT") || args.is(0, "WAITAOF") || args.is(0, "SHUTDOWN")
         }
-        Command::Eval | Command::EvalSha | Command::Script | Command::Function | Command::XGroup => false,
+        // SCRIPT KILL and FUNCTION KILL must reach Redis while a script runs: on a shared link they would wait
+        // behind the very script they are meant to stop (its caller may share the link).
+        Command::Script | Command::Function => args.is(1, "KILL"),
+        Command::Eval | Command::EvalSha | Command::XGroup => false,
         // Without MULTI or WATCH these only answer an error or OK, and change nothing.
         Command::Exec | Command::Discard | Command::Unwatch => false,
-        Command::Client => !["KILL", "LIST", "INFO", "SETINFO", "PAUSE", "UNPAUSE", "UNBLOCK", "HELP"]
+        // CLIENT PAUSE pins its sender, whose later commands (UNPAUSE above all) must not queue behind writes
+        // that the pause holds on a shared link.
+        Command::Client => !["KILL", "LIST", "INFO", "SETINFO", "UNBLOCK", "HELP"]
             .iter()
             .any(|sub| args.is(1, sub)),
         Command::Quit | Command::SecurityWarning => false,

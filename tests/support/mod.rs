@@ -229,9 +229,10 @@ pub struct Proxy {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// Whether this run of the tests gives the proxies one backend connection per client (see [`Proxy::start`]).
+/// Whether this run of the tests gives the proxies one backend connection per client, the default (see
+/// [`Proxy::start`]).
 pub fn dedicated_links() -> bool {
-    std::env::var("REDIS_HANDOVER_TEST_BACKEND_LINKS").is_ok_and(|m| m == "dedicated")
+    !std::env::var("REDIS_HANDOVER_TEST_BACKEND_LINKS").is_ok_and(|m| m == "shared")
 }
 
 impl Proxy {
