@@ -893,8 +893,10 @@ impl Session {
         if let Some(sharing) = self.sharing.as_mut() {
             sharing.inbox.register(cx.waker());
             let (got, failure) = sharing.inbox.take(&mut sharing.input);
-            if got || failure.is_some() {
-                sharing.failure = sharing.failure.take().or(failure);
+            sharing.failure = sharing.failure.take().or(failure);
+            // A failure found while sending (the link failed before the requests could be appended) is handled
+            // now too: nothing will wake the session for it.
+            if got || sharing.failure.is_some() {
                 progress = true;
             }
         }
