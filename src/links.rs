@@ -134,7 +134,7 @@ impl SharedLinks {
         }
         link.wake_writer.notify_one();
         let registry = Arc::downgrade(self);
-        tokio::spawn(run(link.clone(), primary.server.clone(), context.clone(), registry));
+        tokio::spawn(run(link.clone(), context.clone(), registry));
         link
     }
 
@@ -354,12 +354,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The link's task: connects, then writes what sessions append (its writer task) and routes the replies, until
 /// the connection fails or the link is retired (its primary was replaced) and owes nothing.
-async fn run(
-    link: Arc<SharedLink>,
-    server: crate::primary::Server,
-    context: LinkContext,
-    registry: std::sync::Weak<SharedLinks>,
-) {
+async fn run(link: Arc<SharedLink>, context: LinkContext, registry: std::sync::Weak<SharedLinks>) {
+    let server = link.server.clone();
     let forget = || {
         if let Some(registry) = registry.upgrade() {
             registry.remove(&link);

@@ -543,16 +543,13 @@ impl Session {
                         self.core.push_local(reply);
                         continue;
                     }
-                    let mut link_key = None;
                     if let Some(sharing) = &self.sharing {
                         if let Some(reply) = answer_on_shared_link(command, args, &mut self.core.state) {
                             self.client_in.advance(n);
                             self.core.push_local(reply);
                             continue;
                         }
-                        link_key =
-                            (!pins(command, args)).then(|| request_key(&self.shared, &self.core.state, command, args));
-                        if link_key.is_none() {
+                        if pins(command, args) {
                             // The command's effect lives on the connection: the session gets its own, once the
                             // replies owed on the shared link have arrived (so its commands run in order).
                             if !self.core.pending.is_empty() || sharing.count > 0 {
@@ -587,8 +584,7 @@ impl Session {
                         return Next::Wait;
                     }
                     let route = if let Some(sharing) = self.sharing.as_mut() {
-                        let key = link_key.take().expect("a shared session's request has a link key");
-                        match shared_route(&self.shared, sharing, &self.core, key) {
+                        match shared_route(&self.shared, sharing, &self.core, command, args) {
                             Some(route) => route,
                             None => return Next::Wait,
                         }
@@ -1038,15 +1034,53 @@ fn request_key(shared: &Shared, state: &state::SessionState, command: Command, a
     key
 }
 
+/// Whether a link of `key` has the connection state of a session in `state` on the primary of `generation` (when
+/// the proxy checks `requirepass`, the credentials are the configured ones of the primary's side, so the
+/// generation decides them).
+fn serves(key: &LinkKey, state: &state::SessionState, generation: u64, checked_by_proxy: bool) -> bool {
+    let credentials = || {
+        let theirs = key
+            .credentials
+            .as_ref()
+            .map(|(user, password)| (user.as_ref(), password));
+        theirs == state.password.as_ref().map(|password| (state.user.as_ref(), password))
+    };
+    key.generation == generation
+        && key.db == state.db
+        && key.protocol == state.protocol
+        && (checked_by_proxy || credentials())
+}
+
 /// Redis's rule for a client name (networking.c, `validateClientName`): printable ASCII without spaces.
 fn valid_client_name(name: &[u8]) -> bool {
     name.iter().all(|b| (b'!'..=b'~').contains(b))
 }
 
-/// The route of a request that needs no connection of its own and goes to the link for `key`, or `None` to
-/// wait: the session's link has another key (its state changed, or the primary was replaced) and replies are
+/// The route of a request that needs no connection of its own, to the link for its key (see `request_key`), or
+/// `None` to wait: the session's link has another key (its state changed, or the primary was replaced) and replies are
 /// still owed on it (they come first).
-fn shared_route(shared: &Shared, sharing: &mut Sharing, core: &Core, key: LinkKey) -> Option<Route> {
+fn shared_route(
+    shared: &Shared,
+    sharing: &mut Sharing,
+    core: &Core,
+    command: Command,
+    args: Args<'_>,
+) -> Option<Route> {
+    // The common case, with no allocation: a command that changes no connection state, and the session's link
+    // still has the session's state.
+    let changes_state = matches!(command, Command::Select | Command::Auth | Command::Hello);
+    if !changes_state
+        && let Some(link) = &sharing.link
+        && serves(
+            &link.key,
+            &core.state,
+            shared.primary.generation(),
+            shared.config.requirepass.is_some(),
+        )
+    {
+        return Some(Route::Shared);
+    }
+    let key = request_key(shared, &core.state, command, args);
     match &sharing.link {
         Some(link) if link.key == key => return Some(Route::Shared),
         Some(_) if !core.pending.is_empty() || sharing.count > 0 => return None,
