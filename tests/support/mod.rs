@@ -148,6 +148,12 @@ impl RedisServer {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
+            // What answers must be this server: another test's server may hold the port (free ports are picked
+            // by several tests at once), and then this one fails to start while the port still answers.
+            if !self.listens_itself() {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
             if tls_only && TcpStream::connect(self.addr()).is_ok() {
                 return true;
             }
@@ -161,6 +167,34 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// Whether the socket listening on this server's port belongs to this server's process (Linux: the listening
+    /// socket's inode in /proc/net/tcp among the process's open files).
+    fn listens_itself(&self) -> bool {
+        let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+            return false;
+        };
+        let local = format!(":{:04X}", self.port);
+        let inodes: Vec<String> = table
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let listening = fields.get(3) == Some(&"0A");
+                (listening && fields.get(1)?.ends_with(&local)).then(|| fields.get(9).map(|i| i.to_string()))?
+            })
+            .collect();
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{}/fd", self.child.id())) else {
+            return false;
+        };
+        fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| {
+                inodes
+                    .iter()
+                    .any(|i| target.to_string_lossy() == format!("socket:[{i}]"))
+            })
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
