@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod backend;
+pub mod clients;
 pub mod command;
 pub mod config;
 pub mod consistency;
@@ -22,4 +23,5 @@ pub mod protocol;
 pub mod scripts;
 pub mod server;
 pub mod session;
+pub mod spares;
 pub mod telemetry;

@@ -41,6 +41,11 @@ pub struct LinkKey {
     pub credentials: Option<(Option<Bytes>, Bytes)>,
 }
 
+/// The name a link gives itself, which `CLIENT LIST` shows.
+pub fn link_name(key: &LinkKey) -> String {
+    format!("redis-handover:shared:db{}:resp{}", key.db, key.protocol)
+}
+
 /// How links reach the servers.
 #[derive(Clone)]
 pub struct LinkContext {
@@ -92,17 +97,59 @@ impl Default for KillNotice {
 #[derive(Default)]
 pub struct SharedLinks {
     links: Mutex<HashMap<LinkKey, Arc<SharedLink>>>,
+    /// Links replaced because they stalled, still open for the requests they owe (at most [`MAX_STALLED`]).
+    stalled: Arc<std::sync::atomic::AtomicUsize>,
+    /// Connections kept ready for sessions that pin.
+    pub spares: Arc<crate::spares::Spares>,
+}
+
+/// How long a link may owe replies without receiving any before sessions with nothing owed on it move to a new
+/// one: a request Redis holds (a script running, a write held by CLIENT PAUSE, a slow command) then holds only the
+/// requests that were sent behind it, as on a direct connection, not every later request of every session.
+pub const STALL: Duration = Duration::from_millis(100);
+/// Stalled links kept open at most: beyond it, sessions wait on the stalled link.
+const MAX_STALLED: usize = 32;
+
+/// Milliseconds since the process's first use of this clock, for times kept in atomics.
+fn millis(at: Instant) -> u64 {
+    static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+    at.saturating_duration_since(*EPOCH).as_millis() as u64 + 1
 }
 
 impl SharedLinks {
     /// The link for `key` to `primary`; one is opened (its task connects in the background, and requests wait
     /// in its output meanwhile) if there is none, or if the one there has failed.
     pub fn get(self: &Arc<Self>, key: &LinkKey, primary: &Primary, context: &LinkContext) -> Arc<SharedLink> {
+        self.get_avoiding(key, primary, context, None)
+    }
+
+    /// The same, but a new link replaces `stalled` if that is the one registered for `key` (see [`STALL`]).
+    pub fn get_avoiding(
+        self: &Arc<Self>,
+        key: &LinkKey,
+        primary: &Primary,
+        context: &LinkContext,
+        stalled: Option<&Arc<SharedLink>>,
+    ) -> Arc<SharedLink> {
         let mut links = lock(&self.links);
         if let Some(link) = links.get(key)
             && !lock(&link.state).closed
         {
-            return link.clone();
+            let replace = stalled.is_some_and(|s| Arc::ptr_eq(s, link))
+                && self
+                    .stalled
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                        (n < MAX_STALLED).then_some(n + 1)
+                    })
+                    .is_ok();
+            if !replace {
+                return link.clone();
+            }
+            // It finishes what it owes and closes; its task gives back its place among the stalled.
+            tracing::debug!(db = key.db, "shared link stalled; later requests go to a new one");
+            *lock(&link.stalled_count) = Some(self.stalled.clone());
+            lock(&link.state).closed = true;
+            link.wake_writer.notify_one();
         }
         // The first link of a new primary retires the former primary's: they take no more requests and close
         // once they owe nothing.
@@ -114,12 +161,15 @@ impl SharedLinks {
             }
             current
         });
+        self.spares.retire_before(key.generation);
         let link = Arc::new(SharedLink {
             key: key.clone(),
             server: primary.server.clone(),
             state: Mutex::new(LinkState::default()),
             wake_writer: Notify::new(),
             attached: Mutex::default(),
+            busy_since: std::sync::atomic::AtomicU64::new(0),
+            stalled_count: Mutex::default(),
         });
         links.insert(key.clone(), link.clone());
         drop(links);
@@ -135,6 +185,7 @@ impl SharedLinks {
         link.wake_writer.notify_one();
         let registry = Arc::downgrade(self);
         tokio::spawn(run(link.clone(), context.clone(), registry));
+        self.spares.refill(primary, context);
         link
     }
 
@@ -156,6 +207,10 @@ pub struct SharedLink {
     wake_writer: Notify,
     /// The inboxes of the sessions whose link this is now (whether or not they owe replies on it).
     attached: Mutex<Vec<std::sync::Weak<Inbox>>>,
+    /// Since when (see [`millis`]) the link has owed replies without receiving one; 0 while it owes none.
+    busy_since: std::sync::atomic::AtomicU64,
+    /// Set when the link was replaced for stalling: the count it gives its place back to when it ends.
+    stalled_count: Mutex<Option<Arc<std::sync::atomic::AtomicUsize>>>,
 }
 
 #[derive(Default)]
@@ -168,6 +223,8 @@ struct LinkState {
     closed: bool,
     /// How many of the requests at the end of `owed` are still in `output`, not yet handed to the socket.
     unsent: usize,
+    /// Why the link failed, as the error a request that could not be sent gets.
+    failure: Option<String>,
 }
 
 /// Whose the next reply is.
@@ -186,6 +243,24 @@ struct Setup {
 }
 
 impl SharedLink {
+    /// Whether the link has owed replies for longer than [`STALL`] without receiving one, as of `now`.
+    pub fn stalled(&self, now: Instant) -> bool {
+        let since = self.busy_since.load(Ordering::Relaxed);
+        since != 0 && millis(now) > since + STALL.as_millis() as u64
+    }
+
+    /// Why the link failed, if it did: the error for requests that could not be sent on it.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.state).failure.clone()
+    }
+
+    /// Gives back the link's place among the stalled ones, if it was replaced for stalling; its task ends.
+    fn leave_stalled(&self) {
+        if let Some(count) = lock(&self.stalled_count).take() {
+            count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// Appends `requests` (whole frames, `count` of them) of the session whose inbox is `inbox`. Returns false,
     /// adding nothing, if the link has failed: the session then takes another.
     pub fn send(&self, inbox: &Arc<Inbox>, requests: &[u8], count: usize) -> bool {
@@ -246,8 +321,7 @@ impl SharedLink {
         if key.db != 0 {
             command(&[b"SELECT", itoa::Buffer::new().format(key.db).as_bytes()]);
         }
-        let name = format!("redis-handover:shared:db{}:resp{}", key.db, key.protocol);
-        write_command(&mut bytes, &[b"CLIENT", b"SETNAME", name.as_bytes()]);
+        write_command(&mut bytes, &[b"CLIENT", b"SETNAME", link_name(key).as_bytes()]);
         critical.push(false);
         Setup { bytes, critical }
     }
@@ -256,12 +330,6 @@ impl SharedLink {
     /// proxy get [`LinkFailure::NotSent`] (an error reply), whatever the failure: only what reached the socket has
     /// an unknown outcome.
     fn fail(&self, failure: &LinkFailure) {
-        let (owed, mut unsent) = {
-            let mut state = lock(&self.state);
-            state.closed = true;
-            state.output.clear();
-            (std::mem::take(&mut state.owed), std::mem::take(&mut state.unsent))
-        };
         let not_sent = match failure {
             LinkFailure::NotSent(_) => failure.clone(),
             LinkFailure::Lost(reason) => LinkFailure::NotSent(format!(
@@ -269,6 +337,15 @@ impl SharedLink {
                 self.server.side.name(),
                 self.server.addr
             )),
+        };
+        let (owed, mut unsent) = {
+            let mut state = lock(&self.state);
+            state.closed = true;
+            state.output.clear();
+            if let LinkFailure::NotSent(message) = &not_sent {
+                state.failure = Some(message.clone());
+            }
+            (std::mem::take(&mut state.owed), std::mem::take(&mut state.unsent))
         };
         // From the newest: the last `unsent` requests were never written.
         let mut told: Vec<(Arc<Inbox>, LinkFailure)> = Vec::new();
@@ -348,7 +425,7 @@ impl Inbox {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -365,6 +442,7 @@ async fn run(link: Arc<SharedLink>, context: LinkContext, registry: std::sync::W
         Ok(stream) => stream,
         Err(error) => {
             tracing::warn!(%error, "shared backend link could not connect");
+            link.leave_stalled();
             forget();
             link.fail(&LinkFailure::NotSent(error.to_string()));
             return;
@@ -393,6 +471,7 @@ async fn run(link: Arc<SharedLink>, context: LinkContext, registry: std::sync::W
     }
     link.wake_writer.notify_one();
     let _ = writing.await;
+    link.leave_stalled();
     context.telemetry.backend_link(server.side, -1);
 }
 
@@ -406,6 +485,9 @@ async fn write_loop(link: Arc<SharedLink>, mut writer: tokio::io::WriteHalf<crat
             let mut state = lock(&link.state);
             std::mem::swap(&mut batch, &mut state.output);
             state.unsent = 0;
+            if !batch.is_empty() && link.busy_since.load(Ordering::Relaxed) == 0 {
+                link.busy_since.store(millis(Instant::now()), Ordering::Relaxed);
+            }
             state.closed && state.owed.is_empty()
         };
         if !batch.is_empty() {
@@ -512,6 +594,15 @@ fn route(link: &SharedLink, scanner: &mut ReplyScanner, input: &mut BytesMut) ->
         run = owner.map(|inbox| (inbox, start));
     };
     deliver(&mut run, input, pos);
+    if pos > 0 {
+        // Replies arrived: the link is making progress (or owes nothing).
+        let since = if state.owed.is_empty() {
+            0
+        } else {
+            millis(Instant::now())
+        };
+        link.busy_since.store(since, Ordering::Relaxed);
+    }
     input.advance(pos);
     result
 }
@@ -536,6 +627,8 @@ mod tests {
             state: Mutex::default(),
             wake_writer: Notify::new(),
             attached: Mutex::default(),
+            busy_since: std::sync::atomic::AtomicU64::new(0),
+            stalled_count: Mutex::default(),
         }
     }
 

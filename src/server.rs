@@ -28,6 +28,8 @@ pub struct Shared {
     /// Client connections open now.
     pub clients: AtomicUsize,
     next_client_id: AtomicU64,
+    /// The sessions by id, for `CLIENT KILL ID` and `CLIENT UNBLOCK` of the proxy's own ids.
+    pub directory: crate::clients::Directory,
     /// Cancelled when the proxy starts shutting down.
     pub shutdown: CancellationToken,
     pub gate: WriteGate,
@@ -72,7 +74,8 @@ impl Shared {
             config,
             primary: PrimaryCell::new(old),
             clients: AtomicUsize::new(0),
-            next_client_id: AtomicU64::new(1),
+            next_client_id: AtomicU64::new(crate::clients::FIRST_ID),
+            directory: Default::default(),
             shutdown: CancellationToken::new(),
             gate: WriteGate::default(),
             moves: MoveTracker::default(),
@@ -142,6 +145,9 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
         new = shared.config.new.as_deref().unwrap_or("-"),
         "redis-handover started; OLD is the primary"
     );
+    if shared.config.backend_links == crate::config::BackendLinks::Shared {
+        shared.links.spares.start_watching();
+    }
     let handover = Handover::new(shared.clone());
     let admin = listeners
         .admin
@@ -220,7 +226,7 @@ fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, sessions: &m
                     Err(_) => return tracing::info!("TLS handshake timed out"),
                 },
             };
-            Session::new(stream, shared).run().await;
+            Session::new(stream, shared, id).run().await;
         }
         .instrument(span),
     );

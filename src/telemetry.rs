@@ -95,6 +95,7 @@ pub struct Telemetry {
     handovers: [Counter; 2],
     /// Sessions that left the shared links for a connection of their own.
     pins: Counter,
+    unpins: Counter,
 }
 
 impl Telemetry {
@@ -158,6 +159,12 @@ impl Telemetry {
                 &recorder,
                 "redis_handover_session_pins_total",
                 "Sessions that left the shared backend links for a connection of their own.",
+                &[],
+            ),
+            unpins: counter(
+                &recorder,
+                "redis_handover_session_unpins_total",
+                "Pinned sessions that returned to the shared backend links, their connection state gone.",
                 &[],
             ),
             commands,
@@ -236,6 +243,11 @@ impl Telemetry {
     /// A session left the shared links for a connection of its own.
     pub fn pinned(&self) {
         self.pins.increment(1);
+    }
+
+    /// A pinned session returned to the shared links.
+    pub fn unpinned(&self) {
+        self.unpins.increment(1);
     }
 
     /// A backend connection to `side` opened (`+1`) or closed (`-1`).

@@ -161,8 +161,10 @@ fn ten_thousand_connections_opened_and_dropped_leave_nothing_behind() {
     assert!(growth_mib < 64, "{growth_mib} MiB");
     assert_eq!(proxy.client().run("PING"), Reply::Status("PONG".into()));
     let clients: String = redis.direct().run("CLIENT LIST").text();
+    // The direct connection, the proxy's, and with shared links the two it keeps ready for sessions that pin.
+    let kept_ready = if support::dedicated_links() { 0 } else { 2 };
     assert!(
-        clients.lines().count() <= 2,
+        clients.lines().count() <= 2 + kept_ready,
         "backend connections were left open:\n{clients}"
     );
 }

@@ -339,10 +339,28 @@ fn client_kill_sent_through_the_proxy_closes_the_killed_clients() {
     // A kill the proxy does not see (an operator on the server itself, or Redis's `timeout`) costs an idle client
     // nothing: it gets a new server connection at its next command.
     let mut bystander = proxy.client();
-    let Reply::Int(id) = bystander.run("CLIENT ID") else {
-        panic!("CLIENT ID")
+    // The id of the server connection that carries its commands (with shared links, CLIENT ID is the proxy's).
+    let info = bystander.run("CLIENT INFO").text();
+    let id = info.split(' ').find_map(|f| f.strip_prefix("id=")).expect("an id");
+    let open = || {
+        let metrics = proxy.metrics();
+        let line = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_handover_backend_connections{server=\"old\"} "))
+            .map(str::to_string);
+        line.expect("the backend connection gauge")
+            .trim()
+            .parse::<f64>()
+            .unwrap()
     };
+    // Its connection, and with shared links the two kept ready for sessions that pin.
+    let before = if support::dedicated_links() { 1.0 } else { 3.0 };
+    support::wait_until("the backend connections to open", Duration::from_secs(10), || {
+        open() == before
+    });
     assert_eq!(redis.direct().run(&format!("CLIENT KILL ID {id}")), Reply::Int(1));
+    // A command sent before the proxy saw the connection close would be lost with it, as on a direct connection.
+    support::wait_until("the proxy to see the kill", Duration::from_secs(10), || open() < before);
     assert_eq!(bystander.run("PING"), Reply::Status("PONG".into()));
 
     // Through the proxy, the kill closes the client's own connection, as Redis closes a direct one.

@@ -47,11 +47,21 @@ fn many_sessions_share_one_connection_and_each_gets_its_own_replies_in_order() {
     }
     let mut direct = redis.direct();
     let connections = server_connections(&mut direct);
-    assert_eq!(connections.len(), 1, "one shared link for 20 clients: {connections:#?}");
+    let links: Vec<&String> = connections
+        .iter()
+        .filter(|c| c.contains("name=redis-handover:shared"))
+        .collect();
+    assert_eq!(links.len(), 1, "one shared link for 20 clients: {connections:#?}");
     assert!(
-        connections[0].contains("name=redis-handover:shared:db0:resp2"),
+        links[0].contains("name=redis-handover:shared:db0:resp2"),
         "{connections:#?}"
     );
+    // Beside it, at most the few idle connections kept ready for sessions that pin.
+    let spares = connections
+        .iter()
+        .filter(|c| c.contains("name= ") && c.contains("cmd=NULL"));
+    assert_eq!(spares.count() + 1, connections.len(), "{connections:#?}");
+    assert!(connections.len() <= 3, "{connections:#?}");
     // A reply a client received before another client sent its command is visible to that client.
     let (mut a, mut b) = (proxy.client(), proxy.client());
     for n in 0..100 {
@@ -133,9 +143,9 @@ fn client_setname_and_getname_stay_with_the_session_on_a_shared_link() {
     assert_eq!(named.run("CLIENT GETNAME"), Reply::bulk("worker-1"));
     // Pinned later (MULTI), the session's connection carries its name.
     assert_eq!(named.run("MULTI"), Reply::ok());
-    assert_eq!(named.run("EXEC"), Reply::Array(vec![]));
     let list = redis.direct().run("CLIENT LIST").text();
     assert!(list.contains("name=worker-1"), "{list}");
+    assert_eq!(named.run("EXEC"), Reply::Array(vec![]));
 }
 
 #[test]
@@ -245,7 +255,15 @@ fn client_handshakes_select_auth_and_hello_stay_on_shared_links() {
     let mut direct = redis.direct();
     assert_eq!(direct.cmd(&["AUTH", "pw"]), Reply::ok());
     let connections = server_connections(&mut direct);
-    assert!(connections.len() <= 2, "the handshakes pinned nobody: {connections:#?}");
+    let links = connections
+        .iter()
+        .filter(|c| c.contains("name=redis-handover:shared"))
+        .count();
+    let pinned = connections.iter().filter(|c| c.contains("name=app-")).count();
+    assert!(
+        links <= 2 && pinned == 0,
+        "the handshakes pinned nobody: {connections:#?}"
+    );
     assert!(
         connections.iter().any(|c| c.contains("db=2") && c.contains("resp=3")),
         "{connections:#?}"
@@ -317,4 +335,259 @@ fn script_kill_reaches_redis_while_a_script_runs_on_the_shared_link() {
     let killed = runner.read();
     assert!(killed.text().contains("killed by user"), "{killed:?}");
     assert_eq!(runner.run("PING"), Reply::Status("PONG".into()));
+}
+
+/// The ids of the idle connections kept ready for sessions that pin, once there are `count` of them.
+fn spares(direct: &mut Client, count: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    support::wait_until("the spare connections to be open", Duration::from_secs(10), || {
+        ids = server_connections(direct)
+            .iter()
+            .filter(|c| c.contains("name= ") && c.contains("cmd=NULL"))
+            .filter_map(|c| c.split(' ').find_map(|f| f.strip_prefix("id=")).map(str::to_string))
+            .collect();
+        ids.len() >= count
+    });
+    ids
+}
+
+/// What the server reports for the connection that carries a session's commands.
+fn client_info(client: &mut Client) -> String {
+    client.run("CLIENT INFO").text()
+}
+
+#[test]
+fn a_session_pins_onto_a_ready_connection_and_returns_when_its_state_is_gone() {
+    let redis = RedisServer::start(Version::V7_0, &[]);
+    let proxy = shared_proxy(&redis);
+    let mut c = proxy.client();
+    let mut direct = redis.direct();
+    assert!(client_info(&mut c).contains("name=redis-handover:shared:db0:resp2"));
+    let ready = spares(&mut direct, 2);
+
+    // A blocking call pins the session onto one of the connections kept ready: no connect, no wait.
+    c.send(&["BLPOP", "q", "0"]);
+    let mut blocked = String::new();
+    support::wait_until("the BLPOP to block", Duration::from_secs(10), || {
+        blocked = server_connections(&mut direct)
+            .into_iter()
+            .find(|l| l.contains("cmd=blpop"))
+            .unwrap_or_default();
+        !blocked.is_empty()
+    });
+    let id = blocked.split(' ').find_map(|f| f.strip_prefix("id=")).unwrap();
+    assert!(ready.iter().any(|r| r == id), "{id} is one of {ready:?}");
+    assert_eq!(direct.run("LPUSH q x"), Reply::Int(1));
+    assert_eq!(c.read(), Reply::Array(vec![Reply::bulk("q"), Reply::bulk("x")]));
+    // Answered, the call leaves no state: the session is back on the shared link.
+    assert!(client_info(&mut c).contains("name=redis-handover:shared"));
+
+    // So do a transaction, a WATCH and a subscription once they end.
+    assert_eq!(c.run("WATCH k"), Reply::ok());
+    assert!(
+        !client_info(&mut c).contains("name=redis-handover:shared"),
+        "pinned while watching"
+    );
+    assert_eq!(c.run("MULTI"), Reply::ok());
+    assert_eq!(c.run("SET k 1"), Reply::Status("QUEUED".into()));
+    assert_eq!(c.run("EXEC"), Reply::Array(vec![Reply::ok()]));
+    assert!(client_info(&mut c).contains("name=redis-handover:shared"));
+    assert_eq!(
+        c.run("SUBSCRIBE ch"),
+        Reply::Array(vec![Reply::bulk("subscribe"), Reply::bulk("ch"), Reply::Int(1)])
+    );
+    assert_eq!(direct.run("PUBLISH ch m"), Reply::Int(1));
+    assert_eq!(
+        c.read(),
+        Reply::Array(vec![Reply::bulk("message"), Reply::bulk("ch"), Reply::bulk("m")])
+    );
+    assert_eq!(
+        c.run("UNSUBSCRIBE"),
+        Reply::Array(vec![Reply::bulk("unsubscribe"), Reply::bulk("ch"), Reply::Int(0)])
+    );
+    assert!(client_info(&mut c).contains("name=redis-handover:shared"));
+    let metrics = proxy.metrics();
+    let unpins = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_handover_session_unpins_total "))
+        .expect("the unpin counter");
+    assert_eq!(unpins.trim(), "3", "{metrics}");
+
+    // A mode the proxy cannot see end keeps the session on its own connection.
+    assert_eq!(c.run("CLIENT NO-EVICT on"), Reply::ok());
+    assert_eq!(c.run("GET k"), Reply::bulk("1"));
+    let info = client_info(&mut c);
+    assert!(
+        !info.contains("name=redis-handover:shared") && info.contains("flags=e"),
+        "{info}"
+    );
+    // Until RESET ends every mode.
+    assert_eq!(c.run("RESET"), Reply::Status("RESET".into()));
+    assert!(client_info(&mut c).contains("name=redis-handover:shared"));
+}
+
+/// A session's own id, from `CLIENT ID`.
+fn client_id(client: &mut Client) -> i64 {
+    match client.run("CLIENT ID") {
+        Reply::Int(id) => id,
+        other => panic!("CLIENT ID answered {other:?}"),
+    }
+}
+
+#[test]
+fn client_ids_are_the_sessions_own_and_kill_unblock_and_hello_use_them() {
+    let redis = RedisServer::start(Version::V7_0, &[]);
+    let proxy = shared_proxy(&redis);
+    let (mut a, mut b) = (proxy.client(), proxy.client());
+    let (id_a, id_b) = (client_id(&mut a), client_id(&mut b));
+    assert_ne!(id_a, id_b, "two sessions on one link have ids of their own");
+    assert_eq!(client_id(&mut a), id_a, "stable");
+    assert!(id_a >= 1_000_000_000_000, "above any server connection's id: {id_a}");
+
+    // HELLO answers as Redis does, with the session's id in place of the link's.
+    let mut direct = redis.direct();
+    let expected = match direct.run("HELLO 2") {
+        Reply::Array(mut fields) => {
+            let at = fields.iter().position(|f| *f == Reply::bulk("id")).unwrap();
+            fields[at + 1] = Reply::Int(id_a);
+            Reply::Array(fields)
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(a.run("HELLO 2"), expected);
+
+    // CLIENT UNBLOCK by the session's id reaches its blocked call, on whatever connection it waits.
+    assert_eq!(
+        b.cmd(&["CLIENT", "UNBLOCK", &id_a.to_string()]),
+        Reply::Int(0),
+        "not blocked"
+    );
+    a.send(&["BLPOP", "nothing", "0"]);
+    support::wait_until("the BLPOP to block", Duration::from_secs(10), || {
+        direct.run("CLIENT LIST").text().contains("cmd=blpop")
+    });
+    support::wait_until("the unblock to land", Duration::from_secs(10), || {
+        // The proxy learns the blocked connection's id right before sending the call: retry until it knows.
+        b.cmd(&["CLIENT", "UNBLOCK", &id_a.to_string()]) == Reply::Int(1)
+    });
+    assert_eq!(a.read(), Reply::Nil, "unblocked as by a timeout");
+    a.send(&["BLPOP", "nothing", "0"]);
+    support::wait_until("the unblock with an error to land", Duration::from_secs(10), || {
+        b.cmd(&["CLIENT", "UNBLOCK", &id_a.to_string(), "ERROR"]) == Reply::Int(1)
+    });
+    let unblocked = a.read();
+    assert!(unblocked.text().starts_with("UNBLOCKED"), "{unblocked:?}");
+
+    // CLIENT KILL ID closes that session only; a session is not its own victim unless SKIPME no.
+    assert_eq!(a.cmd(&["CLIENT", "KILL", "ID", &id_a.to_string()]), Reply::Int(0));
+    assert_eq!(b.cmd(&["CLIENT", "KILL", "ID", &id_a.to_string()]), Reply::Int(1));
+    assert!(
+        a.read_until_closed(Duration::from_secs(10)).1,
+        "the killed session is closed"
+    );
+    assert_eq!(
+        b.cmd(&["CLIENT", "KILL", "ID", &id_a.to_string()]),
+        Reply::Int(0),
+        "gone"
+    );
+    assert_eq!(
+        b.run("PING"),
+        Reply::Status("PONG".into()),
+        "the killer's link carries on"
+    );
+    assert_eq!(
+        b.cmd(&["CLIENT", "KILL", "ID", &id_b.to_string(), "SKIPME", "no"]),
+        Reply::Int(1)
+    );
+    assert!(b.read_until_closed(Duration::from_secs(10)).1);
+}
+
+#[test]
+fn client_reply_off_and_skip_stay_with_the_session_on_a_shared_link() {
+    let redis = RedisServer::start(Version::V7_0, &[]);
+    let proxy = shared_proxy(&redis);
+    let (mut quiet, mut other) = (proxy.client(), proxy.client());
+    assert_eq!(other.run("PING"), Reply::Status("PONG".into()));
+    let mut pipeline = Vec::new();
+    for args in [
+        &["CLIENT", "REPLY", "OFF"][..],
+        &["SET", "a", "1"],
+        &["GET", "a"],
+        &["CLIENT", "GETNAME"],
+        &["CLIENT", "REPLY", "ON"],
+        &["CLIENT", "REPLY", "SKIP"],
+        &["SET", "b", "2"],
+        &["GET", "b"],
+    ] {
+        pipeline.extend(support::encode(args));
+    }
+    quiet.write_raw(&pipeline);
+    assert_eq!(
+        quiet.read(),
+        Reply::ok(),
+        "only CLIENT REPLY ON is answered before GET b"
+    );
+    assert_eq!(quiet.read(), Reply::bulk("2"));
+    assert_eq!(
+        other.run("GET a"),
+        Reply::bulk("1"),
+        "the other session still gets its replies"
+    );
+    assert_eq!(quiet.run("GET a"), Reply::bulk("1"));
+}
+
+#[test]
+fn a_session_keeps_its_id_across_a_handover() {
+    let h = support::Harness::start_with(Version::V6_2, &[], Version::V7_0, &[], |c| {
+        c.backend_links = BackendLinks::Shared
+    });
+    let mut c = h.proxy.client();
+    let id = client_id(&mut c);
+    assert_eq!(c.run("SET k v"), Reply::ok());
+    let report = h.proxy.handover(serde_json::json!({}));
+    assert_eq!(report["outcome"], "switched", "{report}");
+    assert_eq!(c.run("GET k"), Reply::bulk("v"), "now served by NEW");
+    assert_eq!(client_id(&mut c), id);
+}
+
+#[test]
+fn a_request_redis_holds_holds_only_what_was_sent_behind_it() {
+    // Redis answers BUSY once a script has run 200 ms, longer than a link may owe replies before sessions leave it
+    // (`links::STALL`, 100 ms): requests sent before that wait behind the script, as they would on Redis.
+    let redis = RedisServer::start(Version::V7_0, &["--busy-reply-threshold", "200", "--save", ""]);
+    let proxy = shared_proxy(&redis);
+    let (mut runner, mut other) = (proxy.client(), proxy.client());
+    assert_eq!(other.run("PING"), Reply::Status("PONG".into()), "both on one link");
+    assert_eq!(runner.run("PING"), Reply::Status("PONG".into()));
+    // A script that never ends: the others' commands get Redis's BUSY, as on direct connections, instead of
+    // waiting behind it on the link.
+    runner.send(&["EVAL", "while true do end", "0"]);
+    let mut direct = redis.direct();
+    support::wait_until("the script to run", Duration::from_secs(10), || {
+        direct.run("PING").text().starts_with("BUSY")
+    });
+    support::wait_until("a BUSY reply through the proxy", Duration::from_secs(10), || {
+        other.run("PING").text().starts_with("BUSY")
+    });
+    assert_eq!(direct.run("SCRIPT KILL"), Reply::ok());
+    assert!(runner.read().text().contains("killed by user"));
+
+    // A write held by CLIENT PAUSE WRITE: reads of other sessions are answered meanwhile.
+    assert_eq!(direct.run("CLIENT PAUSE 20000 WRITE"), Reply::ok());
+    runner.send(&["SET", "k", "paused"]);
+    // Held for a second at least (CLIENT LIST counts idle time in seconds), so longer than `links::STALL`.
+    support::wait_until("the SET to be held", Duration::from_secs(10), || {
+        let list = direct.run("CLIENT LIST").text();
+        list.lines().any(|l| l.contains("cmd=set") && !l.contains(" idle=0 "))
+    });
+    assert_eq!(other.run("GET k"), Reply::Nil, "answered during the pause");
+    assert_eq!(other.run("EXISTS k"), Reply::Int(0));
+    assert_eq!(
+        runner.read_within(Duration::from_millis(50)),
+        None,
+        "the SET is still held"
+    );
+    assert_eq!(direct.run("CLIENT UNPAUSE"), Reply::ok());
+    assert_eq!(runner.read(), Reply::ok());
+    assert_eq!(other.run("GET k"), Reply::bulk("paused"));
 }

@@ -100,9 +100,16 @@ pub struct Session {
     /// The client sent SYNC or PSYNC (it is a replica): from then on bytes pass through unparsed both ways,
     /// since the stream carries an RDB payload that is not RESP.
     replication_stream: bool,
-    /// The session's requests go to shared links (`backend_links = "shared"`) until it is pinned to a connection
-    /// of its own.
+    /// The session's requests go to shared links (`backend_links = "shared"`) while it is not pinned to a
+    /// connection of its own.
     sharing: Option<Sharing>,
+    /// Pinned by a command whose effect the proxy does not follow (CLIENT PAUSE, CLIENT NO-EVICT, MONITOR, ...):
+    /// the session keeps its connection for good.
+    pinned_for_good: bool,
+    /// The session's id in the proxy's directory (see [`crate::clients`]).
+    id: u64,
+    /// Its entry there, with shared links: its id is the one its client sees.
+    handle: Option<Arc<crate::clients::Handle>>,
 }
 
 /// A session's use of shared links (see [`crate::links`]).
@@ -136,6 +143,7 @@ impl Sharing {
 }
 
 /// Where a request goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Route {
     /// Onto the session's shared link.
     Shared,
@@ -252,14 +260,22 @@ impl Watchdog {
 }
 
 impl Session {
-    pub fn new(client: Stream, shared: Arc<Shared>) -> Self {
+    /// A session for `client`, known as `id` (its `CLIENT ID` with shared links).
+    pub fn new(client: Stream, shared: Arc<Shared>, id: u64) -> Self {
         let watchdog = Watchdog::new(&shared.config);
         let auth = ProxyAuth {
             authenticated: shared.config.requirepass.is_none(),
         };
-        let sharing = (shared.config.backend_links == crate::config::BackendLinks::Shared).then(Sharing::new);
+        let shares = shared.config.backend_links == crate::config::BackendLinks::Shared;
+        let sharing = shares.then(Sharing::new);
+        let handle = shares.then(|| shared.directory.enter(id));
+        let mut core = Core::new(shared.telemetry.clone());
+        if shares {
+            core.virtual_id = Some(id);
+            core.local_reply_mode = true;
+        }
         Session {
-            core: Core::new(shared.telemetry.clone()),
+            core,
             shared,
             client,
             client_in: BytesMut::new(),
@@ -281,6 +297,9 @@ impl Session {
             auth,
             replication_stream: false,
             sharing,
+            pinned_for_good: false,
+            id,
+            handle,
         }
     }
 
@@ -321,6 +340,10 @@ impl Session {
             // The clock is read once per turn: the replies handled now and the requests sent next share it.
             self.core.now = Instant::now();
             self.handle_replies();
+            // Checked once the replies are in, never between a pinning request and its being sent.
+            if self.may_unpin() {
+                self.unpin();
+            }
         }
     }
 
@@ -358,6 +381,48 @@ impl Session {
         next
     }
 
+    /// Whether a pinned session's connection state is gone (its transaction answered, its blocking call answered,
+    /// its last subscription ended), so that it can return to the shared links.
+    fn may_unpin(&self) -> bool {
+        let core = &self.core;
+        let state = &core.state;
+        self.sharing.is_none()
+            && !self.pinned_for_good
+            && self.shared.config.backend_links == crate::config::BackendLinks::Shared
+            && core.pending.is_empty()
+            && !core.multi_open
+            && self.reissue.is_none()
+            && !self.watch_broken
+            && !self.replication_stream
+            && !self.closing
+            && !state.in_multi
+            && !state.watching
+            && !state.subscribed()
+            && !state.monitor
+            && !state.readonly
+            && state.tracking.is_none()
+            && self
+                .link
+                .as_ref()
+                .is_none_or(|l| l.output.is_empty() && l.input.is_empty())
+    }
+
+    /// Returns a pinned session to the shared links. Its connection is kept ready for the next session that pins
+    /// when its state is exactly a link key's (no name); else it is closed.
+    fn unpin(&mut self) {
+        tracing::debug!("session back on the shared links");
+        if let Some(link) = self.link.take()
+            && self.core.state.name.is_none()
+            && link.generation == self.shared.primary.generation()
+        {
+            let key = session_key(&self.shared, &self.core.state);
+            self.shared.links.spares.give_back(key, link);
+        }
+        self.core.forget_link();
+        self.sharing = Some(Sharing::new());
+        self.shared.telemetry.unpinned();
+    }
+
     /// Appends the requests gathered for the shared link in this turn to it, in one go.
     fn flush_shared(&mut self) {
         let Some(sharing) = self.sharing.as_mut().filter(|s| s.count > 0) else {
@@ -371,7 +436,9 @@ impl Session {
                 .links
                 .get(&link.key, &self.shared.primary.current(), &self.shared.link_context);
             if !fresh.send(&sharing.inbox, &sharing.output, sharing.count) {
-                sharing.failure = Some(LinkFailure::NotSent("backend link closed".into()));
+                // It failed at once too (the server refuses connections): the requests get its reason.
+                let reason = fresh.failure().unwrap_or_else(|| "backend link closed".into());
+                sharing.failure = Some(LinkFailure::NotSent(reason));
             }
             link.detach(&sharing.inbox);
             fresh.attach(&sharing.inbox);
@@ -450,6 +517,9 @@ impl Session {
             _ => None,
         };
         if blocked != self.blocked_registered {
+            if let Some(handle) = &self.handle {
+                handle.set_blocked_on(blocked.and_then(|b| b.id));
+            }
             self.shared.moves.set_blocked(self.blocked_registered, blocked);
             self.blocked_registered = blocked;
         }
@@ -543,6 +613,22 @@ impl Session {
                         self.core.push_local(reply);
                         continue;
                     }
+                    let mut rewritten = None;
+                    if let Some(id) = self.core.virtual_id.filter(|_| !self.core.multi_open) {
+                        match answer_for_session(&self.shared.directory, id, command, args, &mut self.core) {
+                            Some(Intercepted::Answered) => {
+                                self.client_in.advance(n);
+                                continue;
+                            }
+                            Some(Intercepted::AnsweredThenClose) => {
+                                self.client_in.clear();
+                                self.closing = true;
+                                return Next::Wait;
+                            }
+                            Some(Intercepted::Rewritten(args)) => rewritten = Some(args),
+                            None => {}
+                        }
+                    }
                     if let Some(sharing) = &self.sharing {
                         if let Some(reply) = answer_on_shared_link(command, args, &mut self.core.state) {
                             self.client_in.advance(n);
@@ -559,6 +645,14 @@ impl Session {
                             self.sharing = None;
                             self.shared.telemetry.pinned();
                         }
+                    }
+                    if self.sharing.is_none() && self.shared.config.backend_links == crate::config::BackendLinks::Shared
+                    {
+                        // RESET ends every mode a connection can be in.
+                        self.pinned_for_good = match command {
+                            Command::Reset => false,
+                            _ => self.pinned_for_good || pin_lasts(command, args),
+                        };
                     }
                     if command == Command::Replication && !self.core.multi_open {
                         // Replies still owed go first; then the connection carries the replication stream.
@@ -593,11 +687,20 @@ impl Session {
                     } else {
                         return Next::Connect;
                     };
+                    // A HELLO ... SETNAME on a shared link names the link: its own name is given back right after (the
+                    // session's name is kept by the proxy).
+                    let link_name = match (route, &self.sharing) {
+                        (Route::Shared, Some(sharing)) if command == Command::Hello => (2..args.len())
+                            .any(|i| args.is(i, "SETNAME"))
+                            .then(|| sharing.link.as_ref().map(|l| crate::links::link_name(&l.key)))
+                            .flatten(),
+                        _ => None,
+                    };
                     let output = match route {
                         Route::Own => &mut self.link.as_mut().expect("the session has its own link").output,
                         Route::Shared => {
                             let sharing = self.sharing.as_mut().expect("the session shares links");
-                            sharing.count += 1;
+                            sharing.count += 1 + usize::from(link_name.is_some());
                             &mut sharing.output
                         }
                     };
@@ -649,7 +752,10 @@ impl Session {
                         }
                         _ => None,
                     };
-                    if let Some(at) = strip_auth {
+                    if let Some(rewritten) = &rewritten {
+                        let args: Vec<&[u8]> = rewritten.iter().map(|a| &a[..]).collect();
+                        crate::protocol::request::write_command(output, &args);
+                    } else if let Some(at) = strip_auth {
                         let kept: Vec<&[u8]> = (0..args.len())
                             .filter(|i| !(at..at + 3).contains(i))
                             .filter_map(|i| args.get(i))
@@ -659,6 +765,10 @@ impl Session {
                         self.parser.encode_multibulk(&self.client_in, output);
                     } else {
                         output.extend_from_slice(&self.client_in[..n]);
+                    }
+                    if let Some(name) = link_name {
+                        self.core
+                            .push_internal(output, &[b"CLIENT", b"SETNAME", name.as_bytes()]);
                     }
                     self.client_in.advance(n);
                 }
@@ -671,13 +781,26 @@ impl Session {
     /// tries again.
     async fn connect(&mut self) {
         let primary = self.shared.primary.current();
+        if self.shared.config.backend_links == crate::config::BackendLinks::Shared {
+            // A session pinning off the shared links takes a connection kept ready, in this same turn.
+            let key = session_key(&self.shared, &self.core.state);
+            let context = &self.shared.link_context;
+            if let Some((mut link, in_place)) = self.shared.links.spares.take(&key, &primary, context) {
+                let proxy_credentials = self.proxy_credentials(primary.server.side);
+                self.core
+                    .restore_on(&mut link.output, proxy_credentials.as_ref(), in_place);
+                self.link = Some(link);
+                return;
+            }
+        }
         let timeout = Duration::from_millis(self.shared.config.connect_timeout_ms);
         match backend::connect(&primary.server, timeout, self.shared.backend_tls.as_ref()).await {
             Ok(stream) => {
                 let telemetry = self.shared.telemetry.clone();
                 let mut link = BackendLink::new(stream, primary.server.clone(), primary.generation, telemetry);
                 let proxy_credentials = self.proxy_credentials(primary.server.side);
-                self.core.restore_on(&mut link.output, proxy_credentials.as_ref());
+                self.core
+                    .restore_on(&mut link.output, proxy_credentials.as_ref(), false);
                 tracing::debug!(backend = %primary.server.addr, "backend link open");
                 self.link = Some(link);
             }
@@ -886,6 +1009,11 @@ impl Session {
                 }
             }
         }
+        if let Some(handle) = &self.handle
+            && handle.poll_killed(cx.waker())
+        {
+            return Poll::Ready(Err(SessionError::Dropped("killed by CLIENT KILL")));
+        }
         if let Some(sharing) = self.sharing.as_mut() {
             sharing.inbox.register(cx.waker());
             let (got, failure) = sharing.inbox.take(&mut sharing.input);
@@ -990,19 +1118,8 @@ fn proxy_credentials(config: &crate::config::Config, side: crate::primary::Side)
 /// (the link has that state already), or fails as Redis would (the link could not get it either), and the
 /// session's state follows the reply.
 fn request_key(shared: &Shared, state: &state::SessionState, command: Command, args: Args<'_>) -> LinkKey {
-    let primary = shared.primary.current();
-    let proxy_auth = proxy_credentials(&shared.config, primary.server.side);
     let checked_by_proxy = shared.config.requirepass.is_some();
-    let mut key = LinkKey {
-        generation: primary.generation,
-        db: state.db,
-        protocol: state.protocol,
-        credentials: match proxy_auth {
-            Some(c) => Some((c.user, c.password)),
-            None if checked_by_proxy => None,
-            None => state.password.clone().map(|p| (state.user.clone(), p)),
-        },
-    };
+    let mut key = session_key(shared, state);
     match command {
         Command::Select if args.len() == 2 => {
             if let Some(db) = args.get(1).and_then(crate::protocol::request::string_to_i64) {
@@ -1018,8 +1135,6 @@ fn request_key(shared: &Shared, state: &state::SessionState, command: Command, a
             _ => {}
         },
         Command::Hello => {
-            // A HELLO ... SETNAME on a shared link names the link too; the session's name is its own (the proxy
-            // answers CLIENT GETNAME), so only CLIENT LIST shows it.
             if let Some(hello) = state::parse_hello(args) {
                 if let Some(protocol) = hello.protocol {
                     key.protocol = protocol;
@@ -1032,6 +1147,23 @@ fn request_key(shared: &Shared, state: &state::SessionState, command: Command, a
         _ => {}
     }
     key
+}
+
+/// The key of a link to the current primary in the connection state of a session in `state`.
+fn session_key(shared: &Shared, state: &state::SessionState) -> LinkKey {
+    let primary = shared.primary.current();
+    let proxy_auth = proxy_credentials(&shared.config, primary.server.side);
+    let checked_by_proxy = shared.config.requirepass.is_some();
+    LinkKey {
+        generation: primary.generation,
+        db: state.db,
+        protocol: state.protocol,
+        credentials: match proxy_auth {
+            Some(c) => Some((c.user, c.password)),
+            None if checked_by_proxy => None,
+            None => state.password.clone().map(|p| (state.user.clone(), p)),
+        },
+    }
 }
 
 /// Whether a link of `key` has the connection state of a session in `state` on the primary of `generation` (when
@@ -1066,10 +1198,15 @@ fn shared_route(
     command: Command,
     args: Args<'_>,
 ) -> Option<Route> {
+    // A session that owes nothing on its link may leave it: it does when the link has stalled (see
+    // `crate::links::STALL`), so that its requests are not held behind another session's.
+    let movable = core.pending.is_empty() && sharing.count == 0;
+    let stalled = movable && sharing.link.as_ref().is_some_and(|l| l.stalled(core.now));
     // The common case, with no allocation: a command that changes no connection state, and the session's link
     // still has the session's state.
     let changes_state = matches!(command, Command::Select | Command::Auth | Command::Hello);
     if !changes_state
+        && !stalled
         && let Some(link) = &sharing.link
         && serves(
             &link.key,
@@ -1082,12 +1219,13 @@ fn shared_route(
     }
     let key = request_key(shared, &core.state, command, args);
     match &sharing.link {
-        Some(link) if link.key == key => return Some(Route::Shared),
-        Some(_) if !core.pending.is_empty() || sharing.count > 0 => return None,
+        Some(link) if link.key == key && !stalled => return Some(Route::Shared),
+        Some(_) if !movable => return None,
         _ => {}
     }
     let primary = shared.primary.current();
-    let link = shared.links.get(&key, &primary, &shared.link_context);
+    let avoid = sharing.link.as_ref().filter(|_| stalled);
+    let link = shared.links.get_avoiding(&key, &primary, &shared.link_context, avoid);
     if let Some(old) = sharing.link.replace(link.clone()) {
         old.detach(&sharing.inbox);
     }
@@ -1114,7 +1252,7 @@ pub fn pins(command: Command, args: crate::protocol::request::Args<'_>) -> bool 
         Command::Exec | Command::Discard | Command::Unwatch => false,
         // CLIENT PAUSE pins its sender, whose later commands (UNPAUSE above all) must not queue behind writes
         // that the pause holds on a shared link.
-        Command::Client => !["KILL", "LIST", "INFO", "SETINFO", "UNBLOCK", "HELP"]
+        Command::Client => !["KILL", "LIST", "INFO", "SETINFO", "UNBLOCK", "HELP", "ID", "REPLY"]
             .iter()
             .any(|sub| args.is(1, sub)),
         Command::Quit | Command::SecurityWarning => false,
@@ -1131,6 +1269,124 @@ pub fn pins(command: Command, args: crate::protocol::request::Args<'_>) -> bool 
         | Command::ReadOnly
         | Command::ReadWrite
         | Command::Replication => true,
+    }
+}
+
+/// What the proxy did with a request about the client's own connection, answered from its own id.
+enum Intercepted {
+    /// Answered here (or, for CLIENT REPLY OFF and SKIP, given no reply, as Redis gives none).
+    Answered,
+    /// The session killed itself (`CLIENT KILL ID <own> SKIPME no`): answered, then closed.
+    AnsweredThenClose,
+    /// Forwarded with these arguments instead (the session id replaced by the server connection's).
+    Rewritten(Vec<Bytes>),
+}
+
+/// With shared links, the commands that name a client by id use the proxy's ids (see [`crate::clients`]): `CLIENT
+/// ID`, `CLIENT KILL ID` and `CLIENT UNBLOCK` of a session, and `CLIENT REPLY`, which the proxy applies itself (a
+/// shared link must keep answering). `None` when the request goes to the server as it is.
+fn answer_for_session(
+    directory: &crate::clients::Directory,
+    own_id: u64,
+    command: Command,
+    args: Args<'_>,
+    core: &mut Core,
+) -> Option<Intercepted> {
+    if command != Command::Client {
+        return None;
+    }
+    let number = |i: usize| {
+        args.get(i)
+            .and_then(crate::protocol::request::string_to_i64)
+            .and_then(|n| u64::try_from(n).ok())
+    };
+    let ours = |id: u64| id >= crate::clients::FIRST_ID;
+    let integer = |n: u64| Bytes::from(format!(":{n}\r\n"));
+    if args.is(1, "ID") && args.len() == 2 {
+        core.push_local(integer(own_id));
+        return Some(Intercepted::Answered);
+    }
+    if args.is(1, "REPLY") && args.len() == 3 {
+        let mode = if args.is(2, "ON") {
+            state::ReplyMode::On
+        } else if args.is(2, "OFF") {
+            state::ReplyMode::Off
+        } else if args.is(2, "SKIP") {
+            state::ReplyMode::SkipNext
+        } else {
+            return None;
+        };
+        match mode {
+            state::ReplyMode::On => {
+                core.reply_mode = mode;
+                core.push_local(Bytes::from_static(b"+OK\r\n"));
+            }
+            // SKIP while replies are off changes nothing.
+            state::ReplyMode::SkipNext if core.reply_mode == state::ReplyMode::Off => {}
+            _ => core.reply_mode = mode,
+        }
+        return Some(Intercepted::Answered);
+    }
+    if args.is(1, "KILL") && args.len() >= 4 && args.len().is_multiple_of(2) {
+        // The filter form with ID (and SKIPME) only; any other filter goes to the server.
+        let (mut id, mut skip_me) = (None, true);
+        for i in (2..args.len()).step_by(2) {
+            if args.is(i, "ID") {
+                id = Some(number(i + 1).filter(|&n| ours(n))?);
+            } else if args.is(i, "SKIPME") && args.is(i + 1, "YES") {
+                skip_me = true;
+            } else if args.is(i, "SKIPME") && args.is(i + 1, "NO") {
+                skip_me = false;
+            } else {
+                return None;
+            }
+        }
+        let id = id?;
+        if id == own_id {
+            core.push_local(integer(u64::from(!skip_me)));
+            return Some(if skip_me {
+                Intercepted::Answered
+            } else {
+                Intercepted::AnsweredThenClose
+            });
+        }
+        let killed = directory.kill(id);
+        core.push_local(integer(u64::from(killed)));
+        return Some(Intercepted::Answered);
+    }
+    if args.is(1, "UNBLOCK") && (3..=4).contains(&args.len()) {
+        let id = number(2).filter(|&n| ours(n))?;
+        if args.len() == 4 && !args.is(3, "TIMEOUT") && !args.is(3, "ERROR") {
+            return None;
+        }
+        return Some(match directory.blocked_on(id) {
+            Some(server_id) => {
+                let mut rewritten: Vec<Bytes> = (0..args.len())
+                    .map(|i| Bytes::copy_from_slice(args.get(i).unwrap_or_default()))
+                    .collect();
+                rewritten[2] = Bytes::from(server_id.to_string());
+                Intercepted::Rewritten(rewritten)
+            }
+            None => {
+                core.push_local(integer(0));
+                Intercepted::Answered
+            }
+        });
+    }
+    None
+}
+
+/// Whether a pinning command's effect stays on the connection where the proxy cannot see it end, so that its
+/// session never returns to the shared links (until a RESET). The others (MULTI, WATCH, blocking calls,
+/// subscriptions, tracking, CLIENT REPLY, READONLY) leave state the session follows, and it returns once that state
+/// is gone.
+fn pin_lasts(command: Command, args: Args<'_>) -> bool {
+    match command {
+        Command::Monitor | Command::Replication => true,
+        Command::Client => ["PAUSE", "UNPAUSE", "NO-EVICT", "NO-TOUCH"]
+            .iter()
+            .any(|sub| args.is(1, sub)),
+        _ => false,
     }
 }
 
@@ -1228,6 +1484,9 @@ impl Drop for Session {
         }
         self.shared.moves.set_blocked(self.blocked_registered, None);
         self.shared.moves.shift(self.mover_counted, None);
+        if self.handle.is_some() {
+            self.shared.directory.leave(self.id);
+        }
     }
 }
 

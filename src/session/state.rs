@@ -350,6 +350,11 @@ pub struct Core {
     pub link_client_id: Option<i64>,
     /// Whether this connection was asked for its id already (it is asked once, before its first blocking call).
     pub link_client_id_asked: bool,
+    /// The id the client sees (with shared links): `HELLO`'s reply carries it instead of the server connection's.
+    pub virtual_id: Option<u64>,
+    /// `CLIENT REPLY` is applied here, not on the server (with shared links): requests sent while replies are off
+    /// are still answered by the server, and those replies are kept from the client.
+    pub local_reply_mode: bool,
     pub telemetry: Arc<Telemetry>,
 }
 
@@ -366,6 +371,8 @@ impl Core {
             now: Instant::now(),
             link_client_id: None,
             link_client_id_asked: false,
+            virtual_id: None,
+            local_reply_mode: false,
         }
     }
 
@@ -421,7 +428,7 @@ impl Core {
                 false
             }
         };
-        if expects_reply {
+        if expects_reply || self.local_reply_mode {
             self.pending_writes += usize::from(write);
             let blocked = blocked.map(Box::new);
             let sent_at = self.now;
@@ -431,7 +438,7 @@ impl Core {
                 queued,
                 write,
                 blocked,
-                hidden: false,
+                hidden: !expects_reply,
                 family,
                 sent_at,
             });
@@ -449,6 +456,17 @@ impl Core {
 
     /// Queues a reply the proxy gives itself, in order with the replies still to come from the backend.
     pub fn push_local(&mut self, reply: Bytes) {
+        if self.local_reply_mode {
+            // Replies the proxy gives itself follow CLIENT REPLY as the server's would.
+            match self.reply_mode {
+                ReplyMode::On => {}
+                ReplyMode::Off => return,
+                ReplyMode::SkipNext => {
+                    self.reply_mode = ReplyMode::On;
+                    return;
+                }
+            }
+        }
         self.pending
             .push_back(Pending::new(Effect::Local(reply), Expect::One, self.now));
         self.flush_locals();
@@ -576,8 +594,13 @@ impl Core {
                 tracing::warn!(reply = %reply.trim_end(), "restoring session state failed");
             }
         }
-        if !hidden {
-            self.client_out.extend_from_slice(frame);
+        match (&head.effect, self.virtual_id) {
+            _ if hidden => {}
+            (Effect::Hello(_), Some(id)) if !error => match crate::clients::hello_with_id(frame, id) {
+                Some(rewritten) => self.client_out.extend_from_slice(&rewritten),
+                None => self.client_out.extend_from_slice(frame),
+            },
+            _ => self.client_out.extend_from_slice(frame),
         }
         match head.effect {
             Effect::ClientId => {
@@ -651,27 +674,32 @@ impl Core {
     ///
     /// `proxy_credentials` replaces the client's own user and password when the proxy authenticates clients
     /// itself (`requirepass`) and uses the configured credentials toward the server.
-    pub fn restore_on(&mut self, out: &mut BytesMut, proxy_credentials: Option<&Credentials>) {
+    ///
+    /// `identity_in_place`: the connection has the session's protocol, credentials and db already (a spare kept in
+    /// that state, see [`crate::spares`]), so only the rest is restored.
+    pub fn restore_on(&mut self, out: &mut BytesMut, proxy_credentials: Option<&Credentials>, identity_in_place: bool) {
         let state = self.state.clone();
         let default_user = Bytes::from_static(b"default");
         let (user, password) = match proxy_credentials {
             Some(credentials) => (credentials.user.as_ref(), Some(&credentials.password)),
             None => (state.user.as_ref(), state.password.as_ref()),
         };
-        if state.protocol >= 3 {
-            let mut args: Vec<&[u8]> = vec![b"HELLO", b"3"];
-            if let Some(password) = password {
-                args.extend([&b"AUTH"[..], user.unwrap_or(&default_user), password]);
+        if !identity_in_place {
+            if state.protocol >= 3 {
+                let mut args: Vec<&[u8]> = vec![b"HELLO", b"3"];
+                if let Some(password) = password {
+                    args.extend([&b"AUTH"[..], user.unwrap_or(&default_user), password]);
+                }
+                self.push_internal(out, &args);
+            } else if let Some(password) = password {
+                match user {
+                    Some(user) => self.push_internal(out, &[b"AUTH", user, password]),
+                    None => self.push_internal(out, &[b"AUTH", password]),
+                }
             }
-            self.push_internal(out, &args);
-        } else if let Some(password) = password {
-            match user {
-                Some(user) => self.push_internal(out, &[b"AUTH", user, password]),
-                None => self.push_internal(out, &[b"AUTH", password]),
+            if state.db != 0 {
+                self.push_internal(out, &[b"SELECT", itoa::Buffer::new().format(state.db).as_bytes()]);
             }
-        }
-        if state.db != 0 {
-            self.push_internal(out, &[b"SELECT", itoa::Buffer::new().format(state.db).as_bytes()]);
         }
         if let Some(name) = &state.name {
             self.push_internal(out, &[b"CLIENT", b"SETNAME", name]);
@@ -894,7 +922,7 @@ mod tests {
     fn the_connection_id_is_asked_once_outside_transactions_and_its_reply_is_hidden() {
         let mut core = Core::default();
         let mut out = BytesMut::new();
-        core.restore_on(&mut out, None);
+        core.restore_on(&mut out, None, false);
         assert!(
             out.is_empty(),
             "a session with no state sends nothing ahead of its first command"
