@@ -21,14 +21,14 @@ pub struct Directory {
     sessions: Mutex<HashMap<u64, Arc<Handle>>>,
 }
 
-/// What other sessions can do to a session: close it (`CLIENT KILL ID`), or reach its blocked call (`CLIENT
-/// UNBLOCK`) through the id of the server connection it is blocked on.
+/// What other sessions can do to a session: close it (`CLIENT KILL ID`), or name the server connection it has of
+/// its own, when it is pinned (`CLIENT UNBLOCK`, `CLIENT LIST ID`, `CLIENT TRACKING ... REDIRECT`).
 #[derive(Default)]
 pub struct Handle {
     killed: AtomicBool,
     waker: AtomicWaker,
-    /// The id of the server connection of the session's blocked call, or -1.
-    blocked_on: AtomicI64,
+    /// The id of the session's own server connection, once known, or -1.
+    server_id: AtomicI64,
 }
 
 impl Handle {
@@ -38,9 +38,9 @@ impl Handle {
         self.killed.load(Ordering::Acquire)
     }
 
-    /// Records the server connection id of the session's blocked call (`None` when it has none).
-    pub fn set_blocked_on(&self, id: Option<i64>) {
-        self.blocked_on.store(id.unwrap_or(-1), Ordering::Relaxed);
+    /// Records the id of the session's own server connection (`None` when it has none, or it is not known yet).
+    pub fn set_server_id(&self, id: Option<i64>) {
+        self.server_id.store(id.unwrap_or(-1), Ordering::Relaxed);
     }
 }
 
@@ -48,7 +48,7 @@ impl Directory {
     /// Enters the session `id`.
     pub fn enter(&self, id: u64) -> Arc<Handle> {
         let handle = Arc::new(Handle {
-            blocked_on: AtomicI64::new(-1),
+            server_id: AtomicI64::new(-1),
             ..Handle::default()
         });
         crate::links::lock(&self.sessions).insert(id, handle.clone());
@@ -70,11 +70,11 @@ impl Directory {
         true
     }
 
-    /// The server connection id that session `id`'s blocked call waits on, if it is blocked.
-    pub fn blocked_on(&self, id: u64) -> Option<i64> {
+    /// The id of session `id`'s own server connection, if it has one and it is known.
+    pub fn server_id(&self, id: u64) -> Option<i64> {
         let sessions = crate::links::lock(&self.sessions);
-        let blocked_on = sessions.get(&id)?.blocked_on.load(Ordering::Relaxed);
-        (blocked_on >= 0).then_some(blocked_on)
+        let server_id = sessions.get(&id)?.server_id.load(Ordering::Relaxed);
+        (server_id >= 0).then_some(server_id)
     }
 }
 
@@ -111,13 +111,13 @@ mod tests {
     }
 
     #[test]
-    fn a_killed_session_is_told_and_a_blocked_one_found() {
+    fn a_killed_session_is_told_and_a_pinned_one_found() {
         let directory = Directory::default();
         let handle = directory.enter(FIRST_ID + 1);
         assert!(!handle.poll_killed(std::task::Waker::noop()));
-        assert_eq!(directory.blocked_on(FIRST_ID + 1), None);
-        handle.set_blocked_on(Some(42));
-        assert_eq!(directory.blocked_on(FIRST_ID + 1), Some(42));
+        assert_eq!(directory.server_id(FIRST_ID + 1), None);
+        handle.set_server_id(Some(42));
+        assert_eq!(directory.server_id(FIRST_ID + 1), Some(42));
         assert!(directory.kill(FIRST_ID + 1));
         assert!(handle.poll_killed(std::task::Waker::noop()));
         directory.leave(FIRST_ID + 1);

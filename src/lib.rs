@@ -23,5 +23,6 @@ pub mod protocol;
 pub mod scripts;
 pub mod server;
 pub mod session;
+pub mod shared;
 pub mod spares;
 pub mod telemetry;

@@ -106,7 +106,7 @@ pub struct SharedLinks {
 /// How long a link may owe replies without receiving any before sessions with nothing owed on it move to a new
 /// one: a request Redis holds (a script running, a write held by CLIENT PAUSE, a slow command) then holds only the
 /// requests that were sent behind it, as on a direct connection, not every later request of every session.
-pub const STALL: Duration = Duration::from_millis(100);
+pub const STALL: Duration = Duration::from_millis(50);
 /// Stalled links kept open at most: beyond it, sessions wait on the stalled link.
 const MAX_STALLED: usize = 32;
 

@@ -3,106 +3,18 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::{Config, Resp3Mode};
-use crate::gate::WriteGate;
+use crate::config::Config;
 use crate::handover::Handover;
-use crate::moves::MoveTracker;
-use crate::net::{BackendTls, Stream, TlsError};
-use crate::primary::{PrimaryCell, Server, Side};
-use crate::scripts::ScriptCache;
+use crate::net::Stream;
 use crate::session::{ClientSlot, Session};
-use crate::telemetry::Telemetry;
-
-/// What every session and the admin port share.
-pub struct Shared {
-    pub config: Config,
-    pub primary: PrimaryCell,
-    /// Client connections open now.
-    pub clients: AtomicUsize,
-    next_client_id: AtomicU64,
-    /// The sessions by id, for `CLIENT KILL ID` and `CLIENT UNBLOCK` of the proxy's own ids.
-    pub directory: crate::clients::Directory,
-    /// Cancelled when the proxy starts shutting down.
-    pub shutdown: CancellationToken,
-    pub gate: WriteGate,
-    pub moves: MoveTracker,
-    pub scripts: ScriptCache,
-    pub telemetry: Arc<Telemetry>,
-    /// TLS toward clients (the listen port) and toward the servers, when configured.
-    pub client_tls: Option<tokio_rustls::TlsAcceptor>,
-    pub backend_tls: Option<BackendTls>,
-    /// Whether `HELLO 3` is refused (the `resp3` setting, changeable at run time).
-    pub resp3_pinned: AtomicBool,
-    /// The shared backend links (`backend_links = "shared"`), and how they reach the servers.
-    pub links: Arc<crate::links::SharedLinks>,
-    pub link_context: crate::links::LinkContext,
-}
-
-impl Shared {
-    pub fn new(config: Config) -> Result<Self, TlsError> {
-        let client_tls = match (&config.tls_cert_file, &config.tls_key_file) {
-            (Some(cert), Some(key)) => Some(crate::net::acceptor(cert, key)?),
-            _ => None,
-        };
-        let backend_tls = match (&config.backend_tls, &config.backend_tls_ca_file) {
-            (true, Some(ca)) => Some(BackendTls::new(ca, config.backend_tls_server_name.clone())?),
-            _ => None,
-        };
-        let old = Server {
-            side: Side::Old,
-            addr: config.old.as_str().into(),
-        };
-        let telemetry = Arc::new(Telemetry::new());
-        let link_context = crate::links::LinkContext {
-            connect_timeout: std::time::Duration::from_millis(config.connect_timeout_ms),
-            tls: backend_tls.clone(),
-            telemetry: telemetry.clone(),
-            kills: Arc::default(),
-        };
-        Ok(Shared {
-            client_tls,
-            backend_tls,
-            resp3_pinned: AtomicBool::new(config.resp3 == Resp3Mode::PinResp2),
-            config,
-            primary: PrimaryCell::new(old),
-            clients: AtomicUsize::new(0),
-            next_client_id: AtomicU64::new(crate::clients::FIRST_ID),
-            directory: Default::default(),
-            shutdown: CancellationToken::new(),
-            gate: WriteGate::default(),
-            moves: MoveTracker::default(),
-            scripts: ScriptCache::default(),
-            links: Arc::default(),
-            link_context,
-            telemetry,
-        })
-    }
-}
-
-impl Shared {
-    /// The `resp3` setting in force.
-    pub fn resp3_mode(&self) -> Resp3Mode {
-        if self.resp3_pinned.load(Ordering::Relaxed) {
-            Resp3Mode::PinResp2
-        } else {
-            Resp3Mode::Allow
-        }
-    }
-
-    /// Changes the `resp3` setting; it applies to the HELLOs that follow.
-    pub fn set_resp3_mode(&self, mode: Resp3Mode) {
-        self.resp3_pinned.store(mode == Resp3Mode::PinResp2, Ordering::Relaxed);
-        tracing::info!(resp3 = mode.name(), "resp3 setting changed");
-    }
-}
+use crate::shared::Shared;
 
 /// The listen backlog: Redis's default `tcp-backlog`. Tokio's default (128) drops connections that arrive in
 /// bursts, which clients then retry only after a one-second SYN timeout.

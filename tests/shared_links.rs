@@ -553,7 +553,7 @@ fn a_session_keeps_its_id_across_a_handover() {
 #[test]
 fn a_request_redis_holds_holds_only_what_was_sent_behind_it() {
     // Redis answers BUSY once a script has run 200 ms, longer than a link may owe replies before sessions leave it
-    // (`links::STALL`, 100 ms): requests sent before that wait behind the script, as they would on Redis.
+    // (`links::STALL`, 50 ms): requests sent before that wait behind the script, as they would on Redis.
     let redis = RedisServer::start(Version::V7_0, &["--busy-reply-threshold", "200", "--save", ""]);
     let proxy = shared_proxy(&redis);
     let (mut runner, mut other) = (proxy.client(), proxy.client());

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::{ControlConn, Credentials};
 use crate::primary::{Server, Side};
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// The options of one handover (the JSON body of `POST /handover`).
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -28,7 +28,7 @@ use crate::net::Stream;
 use crate::protocol::reply::ReplyScanner;
 use crate::protocol::reply::Scanned;
 use crate::protocol::request::{Args, Parsed, RequestParser};
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::telemetry::Family;
 use state::{Blocked, Core, Effect, Expect};
 
@@ -110,6 +110,12 @@ pub struct Session {
     id: u64,
     /// Its entry there, with shared links: its id is the one its client sees.
     handle: Option<Arc<crate::clients::Handle>>,
+    /// The server connection id last recorded there.
+    published_server_id: Option<i64>,
+    /// The session's own connection got state that its key does not describe (CLIENT TRACKING leaves the keys it
+    /// tracked in the server's table, CLIENT SETINFO a library name, ...): it is closed, not kept, when the session
+    /// returns to the shared links.
+    own_link_tainted: bool,
 }
 
 /// A session's use of shared links (see [`crate::links`]).
@@ -300,6 +306,8 @@ impl Session {
             pinned_for_good: false,
             id,
             handle,
+            published_server_id: None,
+            own_link_tainted: false,
         }
     }
 
@@ -412,6 +420,7 @@ impl Session {
     fn unpin(&mut self) {
         tracing::debug!("session back on the shared links");
         if let Some(link) = self.link.take()
+            && !std::mem::take(&mut self.own_link_tainted)
             && self.core.state.name.is_none()
             && link.generation == self.shared.primary.generation()
         {
@@ -516,10 +525,14 @@ impl Session {
             }),
             _ => None,
         };
-        if blocked != self.blocked_registered {
-            if let Some(handle) = &self.handle {
-                handle.set_blocked_on(blocked.and_then(|b| b.id));
+        if let Some(handle) = &self.handle {
+            let server_id = self.link.as_ref().and(self.core.link_client_id);
+            if server_id != self.published_server_id {
+                handle.set_server_id(server_id);
+                self.published_server_id = server_id;
             }
+        }
+        if blocked != self.blocked_registered {
             self.shared.moves.set_blocked(self.blocked_registered, blocked);
             self.blocked_registered = blocked;
         }
@@ -696,6 +709,11 @@ impl Session {
                             .flatten(),
                         _ => None,
                     };
+                    if route == Route::Own
+                        && matches!(command, Command::Client | Command::ReadOnly | Command::ReadWrite)
+                    {
+                        self.own_link_tainted = true;
+                    }
                     let output = match route {
                         Route::Own => &mut self.link.as_mut().expect("the session has its own link").output,
                         Route::Shared => {
@@ -789,6 +807,9 @@ impl Session {
                 let proxy_credentials = self.proxy_credentials(primary.server.side);
                 self.core
                     .restore_on(&mut link.output, proxy_credentials.as_ref(), in_place);
+                // Its id, so that other clients can name this one by the proxy's id (CLIENT UNBLOCK, ...).
+                self.core.ask_client_id(&mut link.output);
+                self.own_link_tainted = false;
                 self.link = Some(link);
                 return;
             }
@@ -801,7 +822,11 @@ impl Session {
                 let proxy_credentials = self.proxy_credentials(primary.server.side);
                 self.core
                     .restore_on(&mut link.output, proxy_credentials.as_ref(), false);
+                if self.core.virtual_id.is_some() {
+                    self.core.ask_client_id(&mut link.output);
+                }
                 tracing::debug!(backend = %primary.server.addr, "backend link open");
+                self.own_link_tainted = false;
                 self.link = Some(link);
             }
             Err(error) => {
@@ -1283,8 +1308,9 @@ enum Intercepted {
 }
 
 /// With shared links, the commands that name a client by id use the proxy's ids (see [`crate::clients`]): `CLIENT
-/// ID`, `CLIENT KILL ID` and `CLIENT UNBLOCK` of a session, and `CLIENT REPLY`, which the proxy applies itself (a
-/// shared link must keep answering). `None` when the request goes to the server as it is.
+/// ID`, `CLIENT KILL ID`, `CLIENT UNBLOCK`, `CLIENT LIST ID` and `CLIENT TRACKING ... REDIRECT` of a session, and
+/// `CLIENT REPLY`, which the proxy applies itself (a shared link must keep answering). `None` when the request goes
+/// to the server as it is.
 fn answer_for_session(
     directory: &crate::clients::Directory,
     own_id: u64,
@@ -1355,15 +1381,14 @@ fn answer_for_session(
         return Some(Intercepted::Answered);
     }
     if args.is(1, "UNBLOCK") && (3..=4).contains(&args.len()) {
+        // A session's blocked call waits on a connection of its own (blocking calls pin).
         let id = number(2).filter(|&n| ours(n))?;
         if args.len() == 4 && !args.is(3, "TIMEOUT") && !args.is(3, "ERROR") {
             return None;
         }
-        return Some(match directory.blocked_on(id) {
+        return Some(match directory.server_id(id) {
             Some(server_id) => {
-                let mut rewritten: Vec<Bytes> = (0..args.len())
-                    .map(|i| Bytes::copy_from_slice(args.get(i).unwrap_or_default()))
-                    .collect();
+                let mut rewritten = owned_args(args);
                 rewritten[2] = Bytes::from(server_id.to_string());
                 Intercepted::Rewritten(rewritten)
             }
@@ -1373,7 +1398,33 @@ fn answer_for_session(
             }
         });
     }
-    None
+    // CLIENT LIST ID id... and CLIENT TRACKING ... REDIRECT id name connections: a pinned session's own, else none
+    // (its id is left as it is, which no server connection has).
+    let named_from = if args.is(1, "LIST") && args.is(2, "ID") {
+        Some(3)
+    } else if args.is(1, "TRACKING") {
+        (3..args.len()).find(|&i| args.is(i - 1, "REDIRECT"))
+    } else {
+        None
+    };
+    let from = named_from?;
+    let until = if args.is(1, "LIST") { args.len() } else { from + 1 };
+    let mut rewritten = owned_args(args);
+    let mut changed = false;
+    for (i, arg) in rewritten.iter_mut().enumerate().take(until).skip(from) {
+        if let Some(server_id) = number(i).filter(|&n| ours(n)).and_then(|n| directory.server_id(n)) {
+            *arg = Bytes::from(server_id.to_string());
+            changed = true;
+        }
+    }
+    changed.then_some(Intercepted::Rewritten(rewritten))
+}
+
+/// A request's arguments, owned.
+fn owned_args(args: Args<'_>) -> Vec<Bytes> {
+    (0..args.len())
+        .map(|i| Bytes::copy_from_slice(args.get(i).unwrap_or_default()))
+        .collect()
 }
 
 /// Whether a pinning command's effect stays on the connection where the proxy cannot see it end, so that its

@@ -438,7 +438,8 @@ impl Core {
                 queued,
                 write,
                 blocked,
-                hidden: !expects_reply,
+                // Redis sends (un)subscribe confirmations whatever CLIENT REPLY says.
+                hidden: !expects_reply && !matches!(command, Command::Subscribe | Command::Unsubscribe),
                 family,
                 sent_at,
             });
@@ -490,7 +491,8 @@ impl Core {
     /// reply could not be told apart (inside MULTI, or with CLIENT REPLY OFF/SKIP). Sent right before a blocking
     /// call, when the client's own AUTH has run: the handover ends that call on OLD by this id.
     pub fn ask_client_id(&mut self, out: &mut BytesMut) {
-        if self.link_client_id_asked || self.multi_open || self.reply_mode != ReplyMode::On {
+        if self.link_client_id_asked || self.multi_open || (self.reply_mode != ReplyMode::On && !self.local_reply_mode)
+        {
             return;
         }
         self.link_client_id_asked = true;
