@@ -16,9 +16,9 @@ scripts/fuzz.sh 30
 # Redis's own test suite (of the Debian package's version) through the proxy, in both backend_links modes.
 cargo build --release --quiet
 scripts/redis-suite.sh
-scripts/redis-suite.sh --proxy-args "--backend-links shared"
-# The criterion benchmarks once each (that they run); the integration tests with every proxy on shared links
-# (backend_links = "shared"); then every test in the default mode (dedicated), whose summary closes the output.
+scripts/redis-suite.sh --proxy-args "--backend-links dedicated"
+# The criterion benchmarks once each (that they run); the integration tests with every proxy on dedicated links
+# (backend_links = "dedicated"); then every test in the default mode (shared), whose summary closes the output.
 cargo test --benches --quiet
-REDIS_HANDOVER_TEST_BACKEND_LINKS=shared cargo test --tests "$@"
+REDIS_HANDOVER_TEST_BACKEND_LINKS=dedicated cargo test --tests "$@"
 cargo test --lib --bins --tests "$@"

@@ -99,9 +99,9 @@ impl Resp3Mode {
 #[serde(rename_all = "lowercase")]
 pub enum BackendLinks {
     /// Shared pipelined links while a session holds no connection state; its own connection while it does.
+    #[default]
     Shared,
     /// One backend connection per client.
-    #[default]
     Dedicated,
 }
 
@@ -125,7 +125,7 @@ impl Default for Config {
             shutdown_grace_ms: 5_000,
             log_format: LogFormat::Text,
             threads: 1,
-            backend_links: BackendLinks::Dedicated,
+            backend_links: BackendLinks::Shared,
             client_idle_timeout_s: 0,
             client_output_timeout_s: 60,
             resp3: Resp3Mode::Allow,
@@ -195,7 +195,7 @@ pub struct Overrides {
     /// Worker threads; 1 runs everything on one thread [default: 1].
     #[arg(long, env = "REDIS_HANDOVER_THREADS", value_name = "N")]
     pub threads: Option<usize>,
-    /// Backend connections shared by sessions, or one per client [default: dedicated].
+    /// Backend connections shared by sessions, or one per client [default: shared].
     #[arg(long, env = "REDIS_HANDOVER_BACKEND_LINKS", value_enum)]
     pub backend_links: Option<BackendLinks>,
     /// Drop clients idle (or stuck mid-request) this long; 0 = never [default: 0].

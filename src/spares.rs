@@ -35,10 +35,11 @@ pub struct Spares {
     watching: AtomicBool,
 }
 
-/// A ready connection and the state it has.
+/// A ready connection, the state it has, and its id on the server when known.
 struct Spare {
     key: LinkKey,
     link: BackendLink,
+    id: Option<i64>,
 }
 
 /// The key of a new connection to the primary of `generation`: db 0, RESP2, not authenticated.
@@ -54,13 +55,14 @@ fn fresh_key(generation: u64) -> LinkKey {
 impl Spares {
     /// A live connection to `primary` for a session whose connection state is `key`: one already in that state if
     /// there is one (the second value is then `true`: only the session's other state needs restoring), else a
-    /// fresh one. `None` when none is ready. A replacement is opened in the background either way.
+    /// fresh one, with its id on the server when known. `None` when none is ready. A replacement is opened in the
+    /// background either way.
     pub fn take(
         self: &Arc<Self>,
         key: &LinkKey,
         primary: &Primary,
         context: &LinkContext,
-    ) -> Option<(BackendLink, bool)> {
+    ) -> Option<(BackendLink, bool, Option<i64>)> {
         let taken = {
             let mut ready = crate::links::lock(&self.ready);
             ready.retain(|spare| spare.key.generation == primary.generation);
@@ -74,7 +76,7 @@ impl Spares {
                 let mut spare = ready.swap_remove(at);
                 // A connection the server closed an instant ago may not have been seen by the watcher yet.
                 if alive(&mut spare.link, &mut Context::from_waker(Waker::noop())) {
-                    found = Some((spare.link, &spare.key == key));
+                    found = Some((spare.link, &spare.key == key, spare.id));
                     break;
                 }
             }
@@ -84,11 +86,12 @@ impl Spares {
         taken
     }
 
-    /// Keeps the connection of a session that returns to the shared links, whose state is `key`'s exactly.
-    pub fn give_back(&self, key: LinkKey, link: BackendLink) {
+    /// Keeps the connection (whose server id is `id`) of a session that returns to the shared links, whose state is
+    /// `key`'s exactly.
+    pub fn give_back(&self, key: LinkKey, link: BackendLink, id: Option<i64>) {
         let mut ready = crate::links::lock(&self.ready);
         if ready.len() < MOST {
-            ready.push(Spare { key, link });
+            ready.push(Spare { key, link, id });
             self.watcher.wake();
         }
     }
@@ -110,9 +113,16 @@ impl Spares {
                     crate::backend::connect(&primary.server, context.connect_timeout, context.tls.as_ref()).await;
                 spares.opening.fetch_sub(1, Ordering::Relaxed);
                 match opened {
-                    Ok(stream) => {
+                    Ok(mut stream) => {
+                        // Its id is known before a session takes it, so that the session can be named by the proxy's
+                        // id at once (CLIENT UNBLOCK of its blocked call). A server that wants a password first
+                        // answers NOAUTH: the session then asks once it has authenticated.
+                        let id = tokio::time::timeout(context.connect_timeout, client_id(&mut stream))
+                            .await
+                            .ok()
+                            .flatten();
                         let link = BackendLink::new(stream, primary.server, primary.generation, context.telemetry);
-                        spares.give_back(fresh_key(primary.generation), link);
+                        spares.give_back(fresh_key(primary.generation), link, id);
                     }
                     Err(error) => tracing::debug!(%error, "spare backend connection not opened"),
                 }
@@ -131,6 +141,36 @@ impl Spares {
     pub fn retire_before(&self, generation: u64) {
         crate::links::lock(&self.ready).retain(|spare| spare.key.generation >= generation);
     }
+}
+
+/// Finds a new connection's id on the server: its line in `CLIENT LIST` is the one whose `addr` is this end of the
+/// connection. `CLIENT LIST` rather than `CLIENT ID`: an admin command, so MONITOR does not show it to clients.
+/// `None` if the server refuses (NOAUTH) or the connection fails.
+async fn client_id(stream: &mut crate::net::Stream) -> Option<i64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let own = format!("addr={} ", stream.local_addr().ok()?);
+    stream.write_all(b"*2\r\n$6\r\nCLIENT\r\n$4\r\nLIST\r\n").await.ok()?;
+    // `$<length>`, or an error line.
+    let mut header = Vec::new();
+    while !header.ends_with(b"\r\n") {
+        let mut byte = [0u8; 1];
+        if stream.read(&mut byte).await.ok()? == 0 || header.len() > 512 {
+            return None;
+        }
+        header.push(byte[0]);
+    }
+    let length: usize = std::str::from_utf8(header.strip_prefix(b"$")?.strip_suffix(b"\r\n")?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let mut list = vec![0u8; length + 2];
+    stream.read_exact(&mut list).await.ok()?;
+    let list = String::from_utf8_lossy(&list);
+    let line = list.lines().find(|line| line.contains(&own))?;
+    line.split(' ')
+        .find_map(|field| field.strip_prefix("id="))?
+        .parse()
+        .ok()
 }
 
 /// Drops each ready connection as soon as its server closes it (a restart, a timeout, `CLIENT KILL`), so that the

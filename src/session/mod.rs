@@ -425,7 +425,7 @@ impl Session {
             && link.generation == self.shared.primary.generation()
         {
             let key = session_key(&self.shared, &self.core.state);
-            self.shared.links.spares.give_back(key, link);
+            self.shared.links.spares.give_back(key, link, self.core.link_client_id);
         }
         self.core.forget_link();
         self.sharing = Some(Sharing::new());
@@ -803,12 +803,19 @@ impl Session {
             // A session pinning off the shared links takes a connection kept ready, in this same turn.
             let key = session_key(&self.shared, &self.core.state);
             let context = &self.shared.link_context;
-            if let Some((mut link, in_place)) = self.shared.links.spares.take(&key, &primary, context) {
+            if let Some((mut link, in_place, id)) = self.shared.links.spares.take(&key, &primary, context) {
                 let proxy_credentials = self.proxy_credentials(primary.server.side);
                 self.core
                     .restore_on(&mut link.output, proxy_credentials.as_ref(), in_place);
-                // Its id, so that other clients can name this one by the proxy's id (CLIENT UNBLOCK, ...).
-                self.core.ask_client_id(&mut link.output);
+                // Its id, so that other clients can name this one by the proxy's id (CLIENT UNBLOCK, ...): known
+                // already for a connection kept ready, else asked.
+                match id {
+                    Some(id) => {
+                        self.core.link_client_id = Some(id);
+                        self.core.link_client_id_asked = true;
+                    }
+                    None => self.core.ask_client_id(&mut link.output),
+                }
                 self.own_link_tainted = false;
                 self.link = Some(link);
                 return;

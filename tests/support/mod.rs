@@ -263,10 +263,10 @@ pub struct Proxy {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// Whether this run of the tests gives the proxies one backend connection per client, the default (see
-/// [`Proxy::start`]).
+/// Whether this run of the tests gives the proxies one backend connection per client
+/// (`REDIS_HANDOVER_TEST_BACKEND_LINKS=dedicated`) rather than shared links, the default (see [`Proxy::start`]).
 pub fn dedicated_links() -> bool {
-    !std::env::var("REDIS_HANDOVER_TEST_BACKEND_LINKS").is_ok_and(|m| m == "shared")
+    std::env::var("REDIS_HANDOVER_TEST_BACKEND_LINKS").is_ok_and(|m| m == "dedicated")
 }
 
 impl Proxy {
