@@ -57,7 +57,7 @@ pub struct LinkContext {
 
 /// When a client last sent `CLIENT KILL` through the proxy. A server closes the connections such a kill names
 /// while it runs it, and the proxy cannot tell from the closed socket alone whether a kill, a restart or a
-/// network fault closed a session's backend connection: within [`KillNotice::WINDOW`] of a kill, a session
+/// network fault closed a session's backend connection: within `KillNotice::WINDOW` (1 s) of a kill, a session
 /// whose backend connection the server closed closes its client's connection too, as Redis closed the
 /// client's own; at any other time it carries on, reconnecting at its next command (README, "What clients see").
 #[derive(Debug)]

@@ -96,7 +96,7 @@ impl Spares {
         }
     }
 
-    /// Opens fresh connections in the background until [`FRESH`] of them are ready or being opened.
+    /// Opens fresh connections in the background until `FRESH` (2) of them are ready or being opened.
     pub fn refill(self: &Arc<Self>, primary: &Primary, context: &LinkContext) {
         self.start_watching();
         let fresh = fresh_key(primary.generation);

@@ -559,7 +559,7 @@ fn a_session_keeps_its_id_across_a_handover() {
 }
 
 #[test]
-fn a_request_redis_holds_holds_only_what_was_sent_behind_it() {
+fn a_script_running_holds_only_what_was_sent_behind_it_on_its_link() {
     // Redis answers BUSY once a script has run 200 ms, longer than a link may owe replies before sessions leave it
     // (`links::STALL`, 50 ms): requests sent before that wait behind the script, as they would on Redis.
     let redis = RedisServer::start(Version::V7_0, &["--busy-reply-threshold", "200", "--save", ""]);
@@ -579,7 +579,16 @@ fn a_request_redis_holds_holds_only_what_was_sent_behind_it() {
     });
     assert_eq!(direct.run("SCRIPT KILL"), Reply::ok());
     assert!(runner.read().text().contains("killed by user"));
+}
 
+#[test]
+fn reads_of_other_sessions_are_answered_while_a_paused_write_holds_a_link() {
+    let redis = RedisServer::start(Version::V7_0, &["--save", ""]);
+    let proxy = shared_proxy(&redis);
+    let (mut runner, mut other) = (proxy.client(), proxy.client());
+    assert_eq!(other.run("PING"), Reply::Status("PONG".into()), "both on one link");
+    assert_eq!(runner.run("PING"), Reply::Status("PONG".into()));
+    let mut direct = redis.direct();
     // A write held by CLIENT PAUSE WRITE: reads of other sessions are answered meanwhile.
     assert_eq!(direct.run("CLIENT PAUSE 20000 WRITE"), Reply::ok());
     runner.send(&["SET", "k", "paused"]);
@@ -588,7 +597,14 @@ fn a_request_redis_holds_holds_only_what_was_sent_behind_it() {
         let list = direct.run("CLIENT LIST").text();
         list.lines().any(|l| l.contains("cmd=set") && !l.contains(" idle=0 "))
     });
-    assert_eq!(other.run("GET k"), Reply::Nil, "answered during the pause");
+    other.send(&["GET", "k"]);
+    let answer = other.read_within(Duration::from_secs(10));
+    assert_eq!(
+        answer,
+        Some(Reply::Nil),
+        "answered during the pause; the server's connections: {}",
+        direct.run("CLIENT LIST").text()
+    );
     assert_eq!(other.run("EXISTS k"), Reply::Int(0));
     assert_eq!(
         runner.read_within(Duration::from_millis(50)),

@@ -671,12 +671,19 @@ impl Proxy {
 
     /// Waits until no handover runs, then returns the last one's report.
     pub fn wait_for_handover_end(&self, timeout: Duration) -> serde_json::Value {
-        let mut status = self.status();
-        wait_until("the handover to end", timeout, || {
-            status = self.status();
-            status["handover"].is_null() && !status["last_handover"].is_null()
-        });
-        status["last_handover"].clone()
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status();
+            if status["handover"].is_null() && !status["last_handover"].is_null() {
+                return status["last_handover"].clone();
+            }
+            // The status says where it stuck (its phase, what it waits for).
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for the handover to end: {status:#}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Waits until the running handover reaches `phase`.
