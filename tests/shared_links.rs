@@ -29,6 +29,13 @@ fn server_connections(direct: &mut Client) -> Vec<String> {
         .collect()
 }
 
+/// The `id` field of a `CLIENT LIST` line.
+fn connection_id(line: &str) -> &str {
+    line.split(' ')
+        .find_map(|f| f.strip_prefix("id="))
+        .unwrap_or_else(|| panic!("no id in {line:?}"))
+}
+
 #[test]
 fn many_sessions_share_one_connection_and_each_gets_its_own_replies_in_order() {
     let redis = RedisServer::start(Version::V7_0, &[]);
@@ -173,7 +180,7 @@ fn a_shared_link_killed_on_the_server_closes_only_the_sessions_with_requests_in_
         !link.is_empty()
     });
     assert!(link.contains("name=redis-handover:shared"), "{link}");
-    let id = link.split(' ').find_map(|f| f.strip_prefix("id=")).unwrap().to_string();
+    let id = connection_id(&link).to_string();
     assert_eq!(direct.run(&format!("CLIENT KILL ID {id}")), Reply::Int(1));
     assert_eq!(direct.run("CLIENT UNPAUSE"), Reply::ok());
     let (_, closed) = busy.read_until_closed(Duration::from_secs(10));
@@ -352,7 +359,7 @@ fn spares(direct: &mut Client, count: usize) -> Vec<String> {
         ids = server_connections(direct)
             .iter()
             .filter(|c| is_spare(c))
-            .filter_map(|c| c.split(' ').find_map(|f| f.strip_prefix("id=")).map(str::to_string))
+            .map(|c| connection_id(c).to_string())
             .collect();
         ids.len() >= count
     });
@@ -383,7 +390,7 @@ fn a_session_pins_onto_a_ready_connection_and_returns_when_its_state_is_gone() {
             .unwrap_or_default();
         !blocked.is_empty()
     });
-    let id = blocked.split(' ').find_map(|f| f.strip_prefix("id=")).unwrap();
+    let id = connection_id(&blocked);
     assert!(ready.iter().any(|r| r == id), "{id} is one of {ready:?}");
     assert_eq!(direct.run("LPUSH q x"), Reply::Int(1));
     assert_eq!(c.read(), Reply::Array(vec![Reply::bulk("q"), Reply::bulk("x")]));
