@@ -55,7 +55,8 @@ pub async fn connect(server: &Server, timeout: Duration, tls: Option<&BackendTls
     }
 }
 
-/// One session's link to its backend: the socket, what is waiting to be written, and what was read.
+/// One session's own connection to its backend: the socket and what was read (what it writes is its core's, see
+/// [`crate::session::core::SessionCore::own_out`]).
 #[derive(Debug)]
 pub struct BackendLink {
     pub stream: Stream,
@@ -64,8 +65,6 @@ pub struct BackendLink {
     pub generation: u64,
     /// The proxy's end of the connection: the `addr` the server lists for it in `CLIENT LIST`.
     pub local_addr: Option<std::net::SocketAddr>,
-    /// Requests waiting to be written.
-    pub output: BytesMut,
     /// Replies read and not yet forwarded.
     pub input: BytesMut,
     pub scanner: ReplyScanner,
@@ -80,7 +79,6 @@ impl BackendLink {
             stream,
             server,
             generation,
-            output: BytesMut::new(),
             input: BytesMut::new(),
             scanner: ReplyScanner::new(),
             telemetry,

@@ -259,6 +259,16 @@ impl<'a> Args<'a> {
     pub fn is(&self, i: usize, word: &str) -> bool {
         self.get(i).is_some_and(|a| a.eq_ignore_ascii_case(word.as_bytes()))
     }
+
+    /// Whether the request came as an inline command (its bytes are not RESP).
+    pub fn is_inline(&self) -> bool {
+        self.parser.is_inline()
+    }
+
+    /// Appends the request to `out` as a RESP multibulk.
+    pub fn encode(&self, out: &mut bytes::BytesMut) {
+        self.parser.encode_multibulk(self.buf, out);
+    }
 }
 
 /// Splits an inline command line into words as Redis's `sdssplitargs` does: blanks separate words, and a word

@@ -1,4 +1,5 @@
-//! What Redis keeps for one client, and how each reply changes it: the part of a session that does no I/O.
+//! What Redis keeps for one client, and how each reply changes it: the ledger of a session's requests and
+//! replies, which [`super::core::SessionCore`] keeps.
 //!
 //! Every request forwarded to the backend leaves a [`Pending`] entry; replies come back in order and each one
 //! settles the entry at the head of the queue. An entry carries the effect its command has on the session when
@@ -331,9 +332,10 @@ impl Blocked {
     }
 }
 
-/// A session's state and its queue of pending replies, with no I/O: requests go in through [`Core::plan`],
-/// reply frames through [`Core::on_frame`], and what the client must receive comes out in `client_out`.
-pub struct Core {
+/// A session's state and its queue of pending replies, with no I/O: requests go in through [`Ledger::plan`],
+/// reply frames through [`Ledger::on_frame`], and what the client must receive comes out in `client_out`. The
+/// decisions about each request (answer, forward, hold, pin) are [`super::core::SessionCore`]'s.
+pub struct Ledger {
     pub state: SessionState,
     pub pending: VecDeque<Pending>,
     /// Bytes to write to the client.
@@ -358,9 +360,9 @@ pub struct Core {
     pub telemetry: Arc<Telemetry>,
 }
 
-impl Core {
+impl Ledger {
     pub fn new(telemetry: Arc<Telemetry>) -> Self {
-        Core {
+        Ledger {
             telemetry,
             state: SessionState::new(),
             pending: VecDeque::new(),
@@ -732,9 +734,9 @@ impl Core {
     }
 }
 
-impl Default for Core {
+impl Default for Ledger {
     fn default() -> Self {
-        Core::new(Arc::new(Telemetry::new()))
+        Ledger::new(Arc::new(Telemetry::new()))
     }
 }
 
@@ -897,7 +899,7 @@ mod tests {
     use super::*;
     use crate::protocol::request::{Parsed, RequestParser};
 
-    fn forward(core: &mut Core, command: &[u8]) {
+    fn forward(core: &mut Ledger, command: &[u8]) {
         let mut parser = RequestParser::new();
         assert!(matches!(parser.parse(command), Parsed::Request(_)));
         let args = parser.args(command);
@@ -910,19 +912,19 @@ mod tests {
         );
     }
 
-    impl Core {
+    impl Ledger {
         fn on_frame_test(&mut self, frame: &[u8], push: bool) {
             assert!(self.on_frame(frame, push, false).is_none());
         }
     }
 
-    fn taken(core: &mut Core) -> Vec<u8> {
+    fn taken(core: &mut Ledger) -> Vec<u8> {
         core.client_out.split().to_vec()
     }
 
     #[test]
     fn the_connection_id_is_asked_once_outside_transactions_and_its_reply_is_hidden() {
-        let mut core = Core::default();
+        let mut core = Ledger::default();
         let mut out = BytesMut::new();
         core.restore_on(&mut out, None, false);
         assert!(
@@ -957,7 +959,7 @@ mod tests {
 
     #[test]
     fn select_applies_only_on_success() {
-        let mut core = Core::default();
+        let mut core = Ledger::default();
         forward(&mut core, b"SELECT 3\r\n");
         forward(&mut core, b"SELECT 99\r\n");
         core.on_frame_test(b"+OK\r\n", false);
@@ -968,7 +970,7 @@ mod tests {
 
     #[test]
     fn queued_select_applies_at_exec() {
-        let mut core = Core::default();
+        let mut core = Ledger::default();
         for cmd in [
             &b"MULTI\r\n"[..],
             b"SELECT 2\r\n",
@@ -991,7 +993,7 @@ mod tests {
 
     #[test]
     fn resp2_subscribe_counts_confirmations_and_passes_messages() {
-        let mut core = Core::default();
+        let mut core = Ledger::default();
         forward(&mut core, b"SUBSCRIBE a b\r\n");
         core.on_frame_test(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n", false);
         core.on_frame_test(b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$2\r\nhi\r\n", false);
@@ -1010,7 +1012,7 @@ mod tests {
 
     #[test]
     fn client_reply_off_expects_nothing() {
-        let mut core = Core::default();
+        let mut core = Ledger::default();
         forward(&mut core, b"CLIENT REPLY OFF\r\n");
         forward(&mut core, b"SET a 1\r\n");
         assert!(core.pending.is_empty());
@@ -1024,7 +1026,7 @@ mod tests {
 
     #[test]
     fn local_replies_keep_their_place() {
-        let mut core = Core::default();
+        let mut core = Ledger::default();
         forward(&mut core, b"GET a\r\n");
         core.push_local(Bytes::from_static(b"-ERR local\r\n"));
         assert!(taken(&mut core).is_empty());
@@ -1034,7 +1036,7 @@ mod tests {
 
     #[test]
     fn lost_backend_answers_every_pending_request() {
-        let mut core = Core::default();
+        let mut core = Ledger::default();
         forward(&mut core, b"GET a\r\n");
         forward(&mut core, b"GET b\r\n");
         let close = core.backend_lost(&Bytes::from_static(b"-ERR gone\r\n"));
@@ -1046,7 +1048,7 @@ mod tests {
 
     #[test]
     fn a_blocked_call_ended_by_a_switch_is_returned_with_its_time_left() {
-        let mut core = Core::default();
+        let mut core = Ledger::default();
         forward(&mut core, b"BLPOP q 10\r\n");
         assert!(core.blocked_call().is_some());
         let blocked = core.on_frame(b"*-1\r\n", false, true).expect("returned for reissue");
