@@ -4,7 +4,7 @@
 //! tests) keep separate figures. Every handle is registered once at start: the per-command path increments
 //! counters and records histograms through handles, with no name lookup.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
@@ -81,7 +81,7 @@ pub struct Telemetry {
     handle: PrometheusHandle,
     commands: Vec<Counter>,
     errors: Vec<Counter>,
-    latency: Vec<Histogram>,
+    latency: Latency,
     pub bytes_from_clients: Counter,
     pub bytes_to_clients: Counter,
     client_connections: Gauge,
@@ -100,18 +100,9 @@ pub struct Telemetry {
 
 impl Telemetry {
     pub fn new() -> Telemetry {
-        let latency_buckets = [
-            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-        ];
         let pause_buckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
         let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Full("redis_handover_command_duration_seconds".into()),
-                &latency_buckets,
-            )
-            .and_then(|b| {
-                b.set_buckets_for_metric(Matcher::Full("redis_handover_pause_seconds".into()), &pause_buckets)
-            })
+            .set_buckets_for_metric(Matcher::Full("redis_handover_pause_seconds".into()), &pause_buckets)
             .expect("bucket lists are not empty")
             .build_recorder();
         let families = |name: &'static str, help: &'static str| {
@@ -128,18 +119,6 @@ impl Telemetry {
             "redis_handover_command_errors_total",
             "Error replies sent to clients, by family.",
         );
-        let latency = FAMILIES
-            .iter()
-            .map(|f| {
-                let help = "Time from forwarding a command to its reply, by family.";
-                histogram(
-                    &recorder,
-                    "redis_handover_command_duration_seconds",
-                    help,
-                    &[("family", f.name())],
-                )
-            })
-            .collect();
         let sides = |name: &'static str, help: &'static str| {
             [
                 gauge(&recorder, name, help, &[("server", "old")]),
@@ -169,7 +148,7 @@ impl Telemetry {
             ),
             commands,
             errors,
-            latency,
+            latency: Latency::default(),
             bytes_from_clients: counter(
                 &recorder,
                 "redis_handover_client_bytes_received_total",
@@ -222,16 +201,18 @@ impl Telemetry {
         }
     }
 
-    /// Counts a command received from a client.
-    pub fn command(&self, family: Family) {
-        self.commands[family as usize].increment(1);
+    /// Counts `n` commands of a family received from clients.
+    pub fn commands(&self, family: Family, n: u64) {
+        self.commands[family as usize].increment(n);
     }
 
-    /// Records a reply: its latency since the command was forwarded, and whether it is an error.
-    pub fn reply(&self, family: Family, latency: Duration, error: bool) {
-        self.latency[family as usize].record(latency.as_secs_f64());
-        if error {
-            self.errors[family as usize].increment(1);
+    /// Records `n` replies of a family whose latencies fell in one bucket (see [`Tally`]), `errors` of them errors.
+    fn replies(&self, family: Family, bucket: usize, n: u64, sum: Duration, errors: u64) {
+        let f = family as usize;
+        self.latency.buckets[f][bucket].fetch_add(n, Ordering::Relaxed);
+        self.latency.sum_ns[f].fetch_add(sum.as_nanos() as u64, Ordering::Relaxed);
+        if errors > 0 {
+            self.errors[f].increment(errors);
         }
     }
 
@@ -268,12 +249,122 @@ impl Telemetry {
     pub fn render(&self, clients: usize, writes_held: usize) -> String {
         self.client_connections.set(clients as f64);
         self.writes_held.set(writes_held as f64);
-        self.handle.render()
+        let mut text = self.handle.render();
+        self.latency.render(&mut text);
+        text
     }
 
     /// Drains the histograms' buffers; called periodically.
     pub fn upkeep(&self) {
         self.handle.run_upkeep();
+    }
+}
+
+/// Upper bounds (seconds) of the command latency histogram's buckets, beyond which is `+Inf`.
+const LATENCY_BOUNDS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// The command latency histogram, by family, kept as bucket counts. Hand-written rather than the exporter's
+/// histogram, which takes one sample at a time: sessions add whole runs of replies at once (see [`Tally`]).
+#[derive(Default)]
+struct Latency {
+    buckets: [[AtomicU64; LATENCY_BOUNDS.len() + 1]; FAMILIES.len()],
+    sum_ns: [AtomicU64; FAMILIES.len()],
+}
+
+impl Latency {
+    /// Appends the histogram in the Prometheus text format.
+    fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let name = "redis_handover_command_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time from forwarding a command to its reply, by family.\n# TYPE {name} histogram"
+        );
+        for (f, family) in FAMILIES.iter().enumerate() {
+            let label = family.name();
+            let mut cumulative = 0;
+            for (i, count) in self.buckets[f].iter().enumerate() {
+                cumulative += count.load(Ordering::Relaxed);
+                let le = LATENCY_BOUNDS.get(i).map_or("+Inf".to_string(), |b| b.to_string());
+                let _ = writeln!(out, "{name}_bucket{{family=\"{label}\",le=\"{le}\"}} {cumulative}");
+            }
+            let sum = self.sum_ns[f].load(Ordering::Relaxed) as f64 / 1e9;
+            let _ = writeln!(out, "{name}_sum{{family=\"{label}\"}} {sum}");
+            let _ = writeln!(out, "{name}_count{{family=\"{label}\"}} {cumulative}");
+        }
+    }
+}
+
+/// A session's metrics of one turn, added to the shared ones in runs: consecutive commands of one family are one
+/// addition, and so are consecutive replies of one family whose latencies fall in one bucket (a pipeline's
+/// replies, mostly). Flushed at the end of each turn, before the client can see the replies.
+#[derive(Debug, Default)]
+pub struct Tally {
+    commands: Option<(Family, u64)>,
+    replies: Option<Run>,
+}
+
+/// Replies of one family with latencies in one bucket.
+#[derive(Debug)]
+struct Run {
+    family: Family,
+    bucket: usize,
+    count: u64,
+    sum: Duration,
+    errors: u64,
+}
+
+impl Tally {
+    /// A command of `family` received.
+    pub fn command(&mut self, telemetry: &Telemetry, family: Family) {
+        match &mut self.commands {
+            Some((f, n)) if *f == family => *n += 1,
+            run => {
+                if let Some((f, n)) = run.replace((family, 1)) {
+                    telemetry.commands(f, n);
+                }
+            }
+        }
+    }
+
+    /// A reply of `family`, `latency` after its command was forwarded.
+    pub fn reply(&mut self, telemetry: &Telemetry, family: Family, latency: Duration, error: bool) {
+        let secs = latency.as_secs_f64();
+        let bucket = LATENCY_BOUNDS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        match &mut self.replies {
+            Some(run) if run.family == family && run.bucket == bucket => {
+                run.count += 1;
+                run.sum += latency;
+                run.errors += u64::from(error);
+            }
+            slot => {
+                let next = Run {
+                    family,
+                    bucket,
+                    count: 1,
+                    sum: latency,
+                    errors: u64::from(error),
+                };
+                if let Some(run) = slot.replace(next) {
+                    telemetry.replies(run.family, run.bucket, run.count, run.sum, run.errors);
+                }
+            }
+        }
+    }
+
+    /// Adds what was counted to the shared metrics.
+    pub fn flush(&mut self, telemetry: &Telemetry) {
+        if let Some((family, n)) = self.commands.take() {
+            telemetry.commands(family, n);
+        }
+        if let Some(run) = self.replies.take() {
+            telemetry.replies(run.family, run.bucket, run.count, run.sum, run.errors);
+        }
     }
 }
 
@@ -332,4 +423,64 @@ fn histogram(
 ) -> Histogram {
     recorder.describe_histogram(name.into(), None, help.into());
     recorder.register_histogram(&key(name, labels), &metadata())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(text: &'a str, start: &str) -> &'a str {
+        text.lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no {start} in {text}"))
+    }
+
+    #[test]
+    fn a_turn_is_counted_once_it_is_flushed_with_latencies_in_their_buckets() {
+        let telemetry = Telemetry::new();
+        let mut tally = Tally::default();
+        for _ in 0..16 {
+            tally.command(&telemetry, Family::Read);
+            tally.reply(&telemetry, Family::Read, Duration::from_micros(200), false);
+        }
+        tally.command(&telemetry, Family::Write);
+        tally.reply(&telemetry, Family::Write, Duration::from_millis(30), true);
+        let before = telemetry.render(0, 0);
+        assert!(
+            before.contains("redis_handover_commands_total{family=\"read\"} 16"),
+            "{before}"
+        );
+        assert!(
+            !before.contains("redis_handover_commands_total{family=\"write\"} 1"),
+            "not flushed yet"
+        );
+        tally.flush(&telemetry);
+        let text = telemetry.render(0, 0);
+        assert!(
+            text.contains("redis_handover_commands_total{family=\"write\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("redis_handover_command_errors_total{family=\"write\"} 1"),
+            "{text}"
+        );
+        let read = "redis_handover_command_duration_seconds_bucket{family=\"read\"";
+        assert_eq!(
+            line(&text, &format!("{read},le=\"0.0001\"}}")),
+            format!("{read},le=\"0.0001\"}} 0")
+        );
+        assert_eq!(
+            line(&text, &format!("{read},le=\"0.00025\"}}")),
+            format!("{read},le=\"0.00025\"}} 16")
+        );
+        assert_eq!(
+            line(&text, &format!("{read},le=\"+Inf\"}}")),
+            format!("{read},le=\"+Inf\"}} 16")
+        );
+        let write = "redis_handover_command_duration_seconds_bucket{family=\"write\"";
+        assert!(text.contains(&format!("{write},le=\"0.025\"}} 0")), "{text}");
+        assert!(text.contains(&format!("{write},le=\"0.05\"}} 1")), "{text}");
+        assert!(text.contains("redis_handover_command_duration_seconds_count{family=\"read\"} 16"));
+        assert!(text.contains("redis_handover_command_duration_seconds_sum{family=\"read\"} 0.0032"));
+    }
 }

@@ -502,7 +502,7 @@ impl SessionCore {
     /// Answers a request that cannot reach the server with `reply` (an error naming why).
     pub fn refuse(&mut self, env: &Shared, request: Request<'_>, reply: Bytes) {
         let family = crate::telemetry::Family::of(Command::classify(request.args.get(0).unwrap_or_default()));
-        env.telemetry.command(family);
+        env.telemetry.commands(family, 1);
         env.telemetry.local_error(family);
         self.ledger.push_local(reply);
     }

@@ -194,6 +194,8 @@ impl Session {
                 Next::CloseNow => return Ok(()),
             }
             self.reconcile();
+            // The turn's metrics, before the client can see the replies they count.
+            self.core.ledger.tally.flush(&self.shared.telemetry);
             if self.core.finished(self.client_eof) {
                 return Ok(());
             }
@@ -627,6 +629,7 @@ fn make_room(buf: &mut BytesMut) {
 impl Drop for Session {
     // Gives back whatever the session holds in the shared accounting, however the session ends.
     fn drop(&mut self) {
+        self.core.ledger.tally.flush(&self.shared.telemetry);
         self.core.release(&self.shared);
         if self.handle.is_some() {
             self.shared.directory.leave(self.id);

@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use crate::command::Command;
 use crate::protocol::request::{Args, string_to_i64, write_command};
 use crate::protocol::value::{Value, is_error_frame};
-use crate::telemetry::{Family, Telemetry};
+use crate::telemetry::{Family, Tally, Telemetry};
 
 /// The kind of a Pub/Sub subscription: plain channels, patterns, or (7.0) shard channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -358,6 +358,8 @@ pub struct Ledger {
     /// are still answered by the server, and those replies are kept from the client.
     pub local_reply_mode: bool,
     pub telemetry: Arc<Telemetry>,
+    /// The metrics of this turn, added to the shared ones at its end.
+    pub tally: Tally,
 }
 
 impl Ledger {
@@ -375,6 +377,7 @@ impl Ledger {
             link_client_id_asked: false,
             virtual_id: None,
             local_reply_mode: false,
+            tally: Tally::default(),
         }
     }
 
@@ -382,7 +385,7 @@ impl Ledger {
     /// and, for a blocking call, how to issue it again.
     pub fn plan(&mut self, command: Command, args: Args<'_>, write: bool, blocked: Option<Blocked>) {
         let family = Family::of(command);
-        self.telemetry.command(family);
+        self.tally.command(&self.telemetry, family);
         if matches!(command, Command::Read | Command::Write) && self.reply_mode == ReplyMode::On {
             // The common case: a data command that changes nothing in the session.
             self.pending_writes += usize::from(write);
@@ -580,7 +583,8 @@ impl Ledger {
         let hidden = head.hidden;
         let error = is_error_frame(frame);
         if !hidden {
-            self.telemetry.reply(head.family, self.now - head.sent_at, error);
+            self.tally
+                .reply(&self.telemetry, head.family, self.now - head.sent_at, error);
         }
         if link_retired
             && is_null_frame(frame)
