@@ -3,8 +3,12 @@
 
 Started by scripts/bench.sh (which installs what is missing and builds the release binary). Starts Redis 7.0,
 twemproxy (nutcracker) and redis-handover twice (`--backend-links shared` and `dedicated`) on free 127.0.0.1
-ports, runs redis-benchmark (50 clients) for each workload against the four targets in turn, for several rounds, and prints the median of each with its ratio to
-direct Redis and p50/p99 latency. Every process it starts is stopped when it ends.
+ports, runs redis-benchmark (50 clients) for each workload against the four targets in turn, for several rounds,
+and prints the median of each with its ratio to direct Redis, p50/p99 latency, and the CPU time per request of the
+target's process (and of Redis behind it), read from /proc. Variants run SET and GET as clients that negotiated
+RESP3, selected db 3, or authenticated as an ACL user (twemproxy supports none of these, so it is left out of them).
+Then it measures the memory each target holds per idle client (RSS growth over 1000 connections that sent a PING).
+Every process it starts is stopped when it ends.
 """
 import argparse
 import csv
@@ -24,23 +28,61 @@ from procs import free_port, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKLOADS = [("SET", 1), ("GET", 1), ("SET", 16), ("GET", 16), ("INCR", 1), ("LPUSH", 1), ("LRANGE_100", 1), ("MSET", 1)]
+# redis-benchmark options of each variant, run for SET and GET at -P 1 and -P 16.
+VARIANTS = {"resp3": ["-3"], "db": ["--dbnum", "3"], "acl": ["--user", "bench", "-a", "benchpw"]}
+IDLE_CLIENTS = 5000
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def cpu_ticks(pid):
+    """User plus system CPU time of a process so far, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
 
 
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
-def bench(port, test, pipeline, requests):
+def idle_memory(port, pid):
+    """KiB of RSS the process gains per idle client: IDLE_CLIENTS connections, silent, then each having sent a PING."""
+    before = rss_kib(pid)
+    conns = []
+    try:
+        for _ in range(IDLE_CLIENTS):
+            conns.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        # Every connection accepted and its session set up: a PING on the last one is answered after them.
+        conns[-1].sendall(b"*1\r\n$4\r\nPING\r\n")
+        conns[-1].recv(64)
+        silent = rss_kib(pid)
+        for c in conns:
+            c.sendall(b"*1\r\n$4\r\nPING\r\n")
+        for c in conns:
+            if not c.recv(64).startswith(b"+PONG"):
+                sys.exit(f"no PONG from port {port}")
+        return {"silent": (silent - before) / IDLE_CLIENTS, "after_ping": (rss_kib(pid) - before) / IDLE_CLIENTS}
+    finally:
+        for c in conns:
+            c.close()
+
+
+def bench(port, test, pipeline, requests, options, pids):
+    """One redis-benchmark run; `pids` are the target's process and Redis, whose CPU per request is measured."""
+    before = [cpu_ticks(pid) for pid in pids]
     out = subprocess.run(
         ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", "50", "-n", str(requests), "-P", str(pipeline),
-         "-t", test.lower(), "--csv", "-e"],
+         "-t", test.lower(), "--csv", "-e", *options],
         capture_output=True, text=True, timeout=600,
     )
+    cpu_us = [(cpu_ticks(pid) - b) * 1e6 / CLK_TCK / requests for pid, b in zip(pids, before)]
     rows = [r for r in csv.reader(io.StringIO(out.stdout)) if r and r[0].upper().startswith(test.split("_")[0])]
     row = next((r for r in rows if r[0].upper().startswith(test)), None)
     if out.returncode != 0 or row is None or "ERR" in out.stdout:
         sys.exit(f"redis-benchmark {test} -P {pipeline} on port {port} failed:\n{out.stdout}\n{out.stderr}")
-    return {"rps": float(row[1]), "p50": float(row[4]), "p99": float(row[6])}
+    return {"rps": float(row[1]), "p50": float(row[4]), "p99": float(row[6]), "cpu_us": cpu_us[0],
+            "redis_cpu_us": cpu_us[-1]}
 
 
 def main():
@@ -50,11 +92,16 @@ def main():
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--binary", default=os.path.join(ROOT, "target/release/redis-handover"))
     parser.add_argument("--workloads", help="comma-separated subset, e.g. 'GET -P 1,GET -P 16'")
+    parser.add_argument("--variants", default="resp3,db,acl", help="comma-separated subset of resp3,db,acl, or ''")
     args = parser.parse_args()
-    workloads = WORKLOADS
+    workloads = [(test, pipeline, "") for test, pipeline in WORKLOADS]
     if args.workloads:
         wanted = {w.strip() for w in args.workloads.split(",")}
-        workloads = [w for w in WORKLOADS if f"{w[0]} -P {w[1]}" in wanted]
+        workloads = [w for w in workloads if f"{w[0]} -P {w[1]}" in wanted]
+    for variant in filter(None, args.variants.split(",")):
+        if variant not in VARIANTS:
+            sys.exit(f"unknown variant {variant}: one of {', '.join(VARIANTS)}")
+        workloads += [(test, pipeline, variant) for test, pipeline in [("SET", 1), ("GET", 1), ("SET", 16), ("GET", 16)]]
 
     work = tempfile.mkdtemp(prefix="rh-bench-")
     processes = []
@@ -77,6 +124,9 @@ def main():
             ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", work], stdout=subprocess.DEVNULL))
         wait_port(redis_port, "redis-server")
+        subprocess.run(["redis-cli", "-p", str(redis_port), "ACL", "SETUSER", "bench", "on", ">benchpw", "~*", "&*",
+                        "+@all"], check=True, capture_output=True, timeout=10)
+        redis_pid = processes[0].pid
         with open(os.path.join(work, "nutcracker.yml"), "w") as f:
             f.write(f"bench:\n  listen: 127.0.0.1:{twem_port}\n  hash: fnv1a_64\n  distribution: ketama\n"
                     f"  redis: true\n  auto_eject_hosts: false\n  servers:\n    - 127.0.0.1:{redis_port}:1\n")
@@ -84,7 +134,7 @@ def main():
             ["nutcracker", "-c", os.path.join(work, "nutcracker.yml"), "-s", str(free_port()), "-o",
              os.path.join(work, "nutcracker.log")], stdout=subprocess.DEVNULL))
         wait_port(twem_port, "nutcracker")
-        targets = [("direct", redis_port), ("twemproxy", twem_port)]
+        targets = [("direct", redis_port, redis_pid), ("twemproxy", twem_port, processes[1].pid)]
         for mode in ("shared", "dedicated"):
             proxy_port, admin_port = free_port(), free_port()
             processes.append(subprocess.Popen(
@@ -92,37 +142,55 @@ def main():
                  "--admin", f"127.0.0.1:{admin_port}", "--backend-links", mode],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"}))
             wait_port(proxy_port, "redis-handover")
-            targets.append((f"proxy {mode}", proxy_port))
+            targets.append((f"proxy {mode}", proxy_port, processes[-1].pid))
 
-        samples = {(w, t): [] for w in workloads for t, _ in targets}
+        def targets_of(workload):
+            # twemproxy has no RESP3, no SELECT and no ACL users.
+            return [t for t in targets if not (workload[2] and t[0] == "twemproxy")]
+
+        samples = {(w, t[0]): [] for w in workloads for t in targets_of(w)}
         for round_no in range(args.rounds):
             for workload in workloads:
-                test, pipeline = workload
+                test, pipeline, variant = workload
                 requests = args.requests * (8 if pipeline > 1 else 1)
-                order = targets if round_no % 2 == 0 else list(reversed(targets))
-                for name, port in order:
-                    samples[(workload, name)].append(bench(port, test, pipeline, requests))
+                order = targets_of(workload)
+                order = order if round_no % 2 == 0 else list(reversed(order))
+                for name, port, pid in order:
+                    pids = [pid] if pid == redis_pid else [pid, redis_pid]
+                    run = bench(port, test, pipeline, requests, VARIANTS.get(variant, []), pids)
+                    samples[(workload, name)].append(run)
             print(f"round {round_no + 1}/{args.rounds} done", file=sys.stderr)
 
         results = []
-        header = f"{'workload':<16}{'target':<16}{'req/s':>12}{'x direct':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        header = (f"{'workload':<22}{'target':<17}{'req/s':>10}{'x direct':>9}{'p50 ms':>8}{'p99 ms':>8}"
+                  f"{'cpu us/req':>11}{'redis us/req':>13}")
         print(header)
         print("-" * len(header))
         for workload in workloads:
-            test, pipeline = workload
+            test, pipeline, variant = workload
+            label = f"{test} -P {pipeline}" + (f" {variant}" if variant else "")
             direct = statistics.median(s["rps"] for s in samples[(workload, "direct")])
-            for name, _ in targets:
+            for name, _, _ in targets_of(workload):
                 runs = samples[(workload, name)]
-                rps = statistics.median(r["rps"] for r in runs)
-                row = {"workload": f"{test} -P {pipeline}", "target": name, "rps": rps, "ratio": rps / direct,
-                       "p50_ms": statistics.median(r["p50"] for r in runs),
-                       "p99_ms": statistics.median(r["p99"] for r in runs), "runs": runs}
+                median = lambda key: statistics.median(r[key] for r in runs)
+                rps = median("rps")
+                row = {"workload": label, "target": name, "rps": rps, "ratio": rps / direct,
+                       "p50_ms": median("p50"), "p99_ms": median("p99"), "cpu_us_per_request": median("cpu_us"),
+                       "redis_cpu_us_per_request": median("redis_cpu_us"), "runs": runs}
                 results.append(row)
-                print(f"{row['workload']:<16}{name:<16}{rps:>12.0f}{row['ratio']:>10.2f}{row['p50_ms']:>9.3f}{row['p99_ms']:>9.3f}")
+                print(f"{label:<22}{name:<17}{rps:>10.0f}{row['ratio']:>9.2f}{row['p50_ms']:>8.3f}{row['p99_ms']:>8.3f}"
+                      f"{row['cpu_us_per_request']:>11.1f}{row['redis_cpu_us_per_request']:>13.1f}")
+
+        print(f"\nmemory per idle client (RSS growth over {IDLE_CLIENTS} connections; silent, then having sent a PING):")
+        memory = {}
+        for name, port, pid in targets:
+            memory[name] = idle_memory(port, pid)
+            print(f"  {name:<17}{memory[name]['silent']:>7.1f} KiB{memory[name]['after_ping']:>9.1f} KiB")
+
         machine = {"cpus": os.cpu_count(), "kernel": os.uname().release, "rounds": args.rounds, "clients": 50}
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"machine": machine, "results": results}, f, indent=2)
+                json.dump({"machine": machine, "results": results, "idle_client_kib": memory}, f, indent=2)
     finally:
         stop_all()
 

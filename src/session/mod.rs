@@ -33,8 +33,10 @@ use core::{Links, OUTPUT_HIGH_WATER, Request, SessionCore, Start, Verdict};
 
 pub use core::{error_reply, pins, unknown_command_reply};
 
-/// Room made in a read buffer before each read.
+/// Room made in a read buffer before each read, once reads fill a small one.
 const READ_CHUNK: usize = 16 * 1024;
+/// Room for a connection's first read.
+const FIRST_READ: usize = 512;
 
 /// Why a session ended other than by its client closing the connection cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -619,9 +621,13 @@ impl Session {
     }
 }
 
-/// Makes sure a read has room for a useful amount of data.
+/// Makes sure a read has room for a useful amount of data: a connection's first reads get a small buffer (most
+/// clients send small commands, and a silent one costs little), which grows to [`READ_CHUNK`] once a read fills it.
 fn make_room(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+    let spare = buf.capacity() - buf.len();
+    if buf.capacity() == 0 {
+        buf.reserve(FIRST_READ);
+    } else if spare < buf.capacity().min(READ_CHUNK) / 4 {
         buf.reserve(READ_CHUNK);
     }
 }
