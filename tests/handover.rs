@@ -5,7 +5,7 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,14 +28,30 @@ struct WriterLog {
 struct Writers {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<WriterLog>>,
+    /// Pipelines answered so far, over all writers.
+    answered: Arc<AtomicU64>,
 }
 
 impl Writers {
     fn start(addr: std::net::SocketAddr, connections: usize, pipeline: u64) -> Writers {
+        Writers::start_with_transactions(addr, connections, pipeline, 0)
+    }
+
+    /// The same, with the first `transactions` writers sending each pipeline inside MULTI/EXEC: with shared links
+    /// these sessions pin for every transaction and return to the shared links after its EXEC.
+    fn start_with_transactions(
+        addr: std::net::SocketAddr,
+        connections: usize,
+        pipeline: u64,
+        transactions: usize,
+    ) -> Writers {
         let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicU64::new(0));
         let threads = (0..connections)
             .map(|id| {
                 let stop = stop.clone();
+                let answered = answered.clone();
+                let in_multi = id < transactions;
                 std::thread::spawn(move || {
                     let mut client = Client::connect(addr);
                     let mut log = WriterLog {
@@ -46,30 +62,58 @@ impl Writers {
                     };
                     while !stop.load(Ordering::Relaxed) {
                         let mut batch = Vec::new();
+                        if in_multi {
+                            batch.extend(support::encode(&["MULTI"]));
+                        }
                         for j in 0..pipeline {
                             let seq = (log.acked_sets + j).to_string();
                             batch.extend(support::encode(&["SET", &format!("w:{id}:{seq}"), &seq]));
                             batch.extend(support::encode(&["INCR", &format!("c:{id}")]));
                         }
+                        if in_multi {
+                            batch.extend(support::encode(&["EXEC"]));
+                        }
                         let sent = Instant::now();
                         client.write_raw(&batch);
-                        for _ in 0..pipeline {
-                            assert_eq!(client.read(), Reply::ok(), "writer {id}: SET {}", log.acked_sets);
+                        let replies = if in_multi {
+                            assert_eq!(client.read(), Reply::ok(), "writer {id}: MULTI");
+                            for _ in 0..pipeline * 2 {
+                                assert_eq!(client.read(), Reply::Status("QUEUED".into()), "writer {id}");
+                            }
+                            match client.read() {
+                                Reply::Array(replies) => replies,
+                                other => panic!("writer {id}: EXEC answered {other:?}"),
+                            }
+                        } else {
+                            (0..pipeline * 2).map(|_| client.read()).collect()
+                        };
+                        assert_eq!(replies.len() as u64, pipeline * 2, "writer {id}");
+                        for pair in replies.chunks(2) {
+                            assert_eq!(pair[0], Reply::ok(), "writer {id}: SET {}", log.acked_sets);
                             log.acked_sets += 1;
-                            assert_eq!(
-                                client.read(),
-                                Reply::Int(log.acked_incrs as i64 + 1),
-                                "writer {id}: INCR"
-                            );
+                            assert_eq!(pair[1], Reply::Int(log.acked_incrs as i64 + 1), "writer {id}: INCR");
                             log.acked_incrs += 1;
                         }
                         log.longest_wait = log.longest_wait.max(sent.elapsed());
+                        answered.fetch_add(1, Ordering::Relaxed);
                     }
                     log
                 })
             })
             .collect();
-        Writers { stop, threads }
+        Writers {
+            stop,
+            threads,
+            answered,
+        }
+    }
+
+    /// Waits until `more` pipelines have been answered from now on (the writers are running).
+    fn wait_for(&self, more: u64) {
+        let target = self.answered.load(Ordering::Relaxed) + more;
+        support::wait_until("the writers to be answered", Duration::from_secs(30), || {
+            self.answered.load(Ordering::Relaxed) >= target
+        });
     }
 
     fn stop(self) -> Vec<WriterLog> {
@@ -124,10 +168,11 @@ fn handover_under_load(old: Version) {
         assert_eq!(seed.read(), Reply::ok());
     }
     let clients_before = h.proxy.status()["clients"].as_u64().unwrap();
-    let writers = Writers::start(h.proxy.addr, 20, 8);
-    std::thread::sleep(Duration::from_millis(300));
+    // Five of them send transactions: with shared links they pin and unpin all along, beside the shared ones.
+    let writers = Writers::start_with_transactions(h.proxy.addr, 20, 8, 5);
+    writers.wait_for(100);
     let report = h.proxy.handover(json!({ "max_pause_ms": 3000 }));
-    std::thread::sleep(Duration::from_millis(300));
+    writers.wait_for(100);
     let status = h.proxy.status();
     let logs = writers.stop();
     assert_eq!(report["outcome"], "switched", "{report:#}");
