@@ -50,8 +50,8 @@ pub enum Command {
 }
 
 impl Command {
-    /// Classifies a command by its name, in any letter case: the name is upper-cased once into a stack buffer,
-    /// then found by binary search with plain byte comparisons.
+    /// Classifies a command by its name, in any letter case: the name is upper-cased once into a stack buffer, then
+    /// found in a hash index of the table (one hash and, mostly, one comparison: this runs for every request).
     pub fn classify(name: &[u8]) -> Command {
         let mut upper = [0u8; 32];
         let Some(upper) = upper.get_mut(..name.len()) else {
@@ -61,10 +61,20 @@ impl Command {
             *to = from.to_ascii_uppercase();
         }
         let upper: &[u8] = upper;
-        table::COMMANDS
-            .binary_search_by(|(known, _)| (*known).cmp(upper))
-            .map(|i| table::COMMANDS[i].1)
-            .unwrap_or(Command::Unknown)
+        let index = &*INDEX;
+        let mut slot = slot_of(upper);
+        loop {
+            match index[slot] {
+                EMPTY => return Command::Unknown,
+                i => {
+                    let (known, command) = table::COMMANDS[usize::from(i)];
+                    if known == upper {
+                        return command;
+                    }
+                }
+            }
+            slot = (slot + 1) % SLOTS;
+        }
     }
 
     /// Whether the command may change data or be replicated, given its first argument (the subcommand of a
@@ -87,13 +97,42 @@ impl Command {
     }
 }
 
+/// Slots of the command index: a power of two over four times the table's size, so that probes are short.
+const SLOTS: usize = 1024;
+/// A slot of the index with no command.
+const EMPTY: u16 = u16::MAX;
+
+/// The command table's positions by the hash of their names, with linear probing. Built on first use.
+static INDEX: std::sync::LazyLock<[u16; SLOTS]> = std::sync::LazyLock::new(|| {
+    let mut index = [EMPTY; SLOTS];
+    for (i, (name, _)) in table::COMMANDS.iter().enumerate() {
+        let mut slot = slot_of(name);
+        while index[slot] != EMPTY {
+            slot = (slot + 1) % SLOTS;
+        }
+        index[slot] = i as u16;
+    }
+    index
+});
+
+/// The first slot of a name (FNV-1a).
+fn slot_of(name: &[u8]) -> usize {
+    let hash = name.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash as usize) % SLOTS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn table_is_sorted_so_binary_search_works() {
-        assert!(table::COMMANDS.windows(2).all(|w| w[0].0 < w[1].0));
+    fn every_command_of_the_table_is_found_by_its_name() {
+        assert!(table::COMMANDS.windows(2).all(|w| w[0].0 < w[1].0), "no name twice");
+        for (name, command) in table::COMMANDS {
+            assert_eq!(Command::classify(name), *command, "{}", String::from_utf8_lossy(name));
+        }
     }
 
     #[test]

@@ -875,8 +875,9 @@ pub fn pins(command: Command, args: crate::protocol::request::Args<'_>) -> bool 
     match command {
         Command::Read | Command::Write | Command::Unknown => {
             // WAIT blocks its connection until replicas acknowledge its writes; SHUTDOWN must not wait behind
-            // other sessions' requests on a link.
-            args.is(0, "WAIT") || args.is(0, "WAITAOF") || args.is(0, "SHUTDOWN")
+            // other sessions' requests on a link. (The length first: this runs for every data command.)
+            matches!(args.get(0).map(<[u8]>::len), Some(4 | 7 | 8))
+                && (args.is(0, "WAIT") || args.is(0, "WAITAOF") || args.is(0, "SHUTDOWN"))
         }
         // SCRIPT KILL and FUNCTION KILL must reach Redis while a script runs: on a shared link they would wait
         // behind the very script they are meant to stop (its caller may share the link).
