@@ -125,21 +125,25 @@ fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, sessions: &m
         tracing::debug!(%error, "set_nodelay failed");
     }
     let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!("client", id, %peer);
     let shared = shared.clone();
-    sessions.spawn(
-        async move {
-            let _slot = slot;
-            let stream = match &shared.client_tls {
-                None => Stream::Plain(stream),
-                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => Stream::Tls(Box::new(tls.into())),
-                    Ok(Err(error)) => return tracing::info!(%error, "TLS handshake failed"),
-                    Err(_) => return tracing::info!("TLS handshake timed out"),
-                },
-            };
-            Session::new(stream, shared, id).run().await;
-        }
-        .instrument(span),
-    );
+    let task = async move {
+        let _slot = slot;
+        let stream = match &shared.client_tls {
+            None => Stream::Plain(stream),
+            Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => Stream::Tls(Box::new(tls.into())),
+                Ok(Err(error)) => return tracing::info!(id, %peer, %error, "TLS handshake failed"),
+                Err(_) => return tracing::info!(id, %peer, "TLS handshake timed out"),
+            },
+        };
+        Session::new(stream, shared, id).run(peer).await;
+    };
+    // A span is entered at every poll of the task it instruments, and with one request per poll (-P 1) that is per
+    // request: sessions get one (naming the client on every line they log) only when their debug lines are on. At
+    // info and above, the lines that end a session carry its id and peer.
+    if tracing::enabled!(target: "redis_handover::session", tracing::Level::DEBUG) {
+        sessions.spawn(task.instrument(tracing::info_span!("client", id, %peer)));
+    } else {
+        sessions.spawn(task);
+    }
 }

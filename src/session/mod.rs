@@ -174,12 +174,13 @@ impl Session {
         }
     }
 
-    /// Serves the client until it leaves, breaks the protocol, or the proxy shuts down.
-    pub async fn run(mut self) {
+    /// Serves the client (from `peer`) until it leaves, breaks the protocol, or the proxy shuts down.
+    pub async fn run(mut self, peer: std::net::SocketAddr) {
+        let id = self.id;
         match self.serve().await {
-            Ok(()) => tracing::debug!("session closed"),
-            Err(error @ SessionError::Dropped(_)) => tracing::info!(%error, "session ended"),
-            Err(error) => tracing::debug!(%error, "session ended"),
+            Ok(()) => tracing::debug!(id, %peer, "session closed"),
+            Err(error @ SessionError::Dropped(_)) => tracing::info!(id, %peer, %error, "session ended"),
+            Err(error) => tracing::debug!(id, %peer, %error, "session ended"),
         }
     }
 
