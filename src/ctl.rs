@@ -13,12 +13,14 @@ pub const EXIT_FAILED: i32 = 1;
 /// Exit code: the admin port could not be reached.
 pub const EXIT_UNREACHABLE: i32 = 3;
 
-/// `redis-handover ctl` options.
+/// `redis-handover ctl` options. The global ones may come anywhere on the command line (`ctl status --json --admin
+/// HOST:PORT` as well as `ctl --admin HOST:PORT status`).
 #[derive(Debug, clap::Args)]
 pub struct CtlArgs {
     /// The proxy's admin address (a bare PORT means 127.0.0.1:PORT).
     #[arg(
         long,
+        global = true,
         env = "REDIS_HANDOVER_ADMIN",
         default_value = "127.0.0.1:7380",
         value_name = "HOST:PORT",
@@ -29,7 +31,7 @@ pub struct CtlArgs {
     #[arg(long, global = true)]
     pub json: bool,
     /// A file holding the admin token (or set REDIS_HANDOVER_ADMIN_TOKEN).
-    #[arg(long, env = "REDIS_HANDOVER_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    #[arg(long, global = true, env = "REDIS_HANDOVER_ADMIN_TOKEN_FILE", value_name = "FILE")]
     pub admin_token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: CtlCommand,

@@ -118,6 +118,11 @@ fn ctl_reads_a_bare_admin_port_as_loopback() {
     assert!(out.status.success(), "{}", stderr(&out));
     let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ctl --json prints JSON");
     assert_eq!(parsed["phase"], "idle");
+    // The admin address (and --json) may also follow the subcommand.
+    let after = binary(&["ctl", "status", "--json", "--admin", &port], &[]);
+    assert!(after.status.success(), "{}", stderr(&after));
+    let parsed: serde_json::Value = serde_json::from_slice(&after.stdout).expect("ctl --json prints JSON");
+    assert_eq!(parsed["phase"], "idle");
     let bad = binary(&["ctl", "--admin", "nonsense", "status"], &[]);
     assert_eq!(bad.status.code(), Some(2), "a malformed address is a usage error");
     assert!(stderr(&bad).contains("HOST:PORT or PORT"), "{}", stderr(&bad));
