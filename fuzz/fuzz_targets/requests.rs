@@ -5,9 +5,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use redis_handover::command::Command;
-use redis_handover::protocol::request::{Parsed, RequestParser};
 use redis_handover::links::LinkKey;
 use redis_handover::primary::Side;
+use redis_handover::protocol::request::{Parsed, RequestParser};
 use redis_handover::session::core::{Links, Request, SessionCore, Verdict};
 use redis_handover::session::state::{Blocked, parse_hello};
 use redis_handover::shared::Shared;
