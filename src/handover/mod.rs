@@ -21,6 +21,28 @@ use crate::control::{ControlConn, Credentials};
 use crate::primary::{Server, Side};
 use crate::shared::Shared;
 
+/// The `min-replicas-to-write` of the proxy's fence: more good replicas than any server can have (the largest
+/// value Redis accepts), so the fence holds whatever replicas the fenced server has of its own. Seeing it on a
+/// server is how a proxy knows that server was fenced by a handover.
+pub const FENCE_REPLICAS: &str = "2147483647";
+
+/// The min-replicas settings a fence replaced, put back when the fenced server takes writes again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FenceWas {
+    to_write: String,
+    max_lag: String,
+}
+
+impl Default for FenceWas {
+    /// Redis's defaults, for a server fenced before this process started.
+    fn default() -> Self {
+        FenceWas {
+            to_write: "0".into(),
+            max_lag: "10".into(),
+        }
+    }
+}
+
 /// The options of one handover (the JSON body of `POST /handover`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -144,8 +166,8 @@ pub struct Handover {
     progress: Mutex<Progress>,
     running: AtomicBool,
     cancel: Mutex<Option<CancellationToken>>,
-    /// The side the proxy fenced after a switch (min-replicas-to-write), undone if it becomes the target.
-    fenced: Mutex<Option<Side>>,
+    /// The side the proxy fenced after a switch, and what the fence replaced: undone if it becomes the target.
+    fenced: Mutex<Option<(Side, FenceWas)>>,
 }
 
 impl Handover {

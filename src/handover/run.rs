@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Handover, Phase, PhaseSpan, Request, side_index};
+use super::{FENCE_REPLICAS, FenceWas, Handover, Phase, PhaseSpan, Request, side_index};
 use crate::config::is_loopback_host;
 use crate::control::{ControlConn, ControlError, parse_info, parse_version};
 use crate::primary::Server;
@@ -40,8 +40,8 @@ impl From<ControlError> for Abort {
 struct PauseState {
     gate_closed: bool,
     source_paused: bool,
-    /// The `min-replicas-to-write` OLD had before the proxy fenced it.
-    fence_was: Option<String>,
+    /// The settings OLD had before the proxy fenced it.
+    fence_was: Option<FenceWas>,
     /// When OLD's CLIENT PAUSE ends by itself (Redis 5.0 cannot be unpaused).
     pause_expires: Option<Instant>,
     /// Whether `REPLICAOF NO ONE` was sent to NEW (its outcome may be unknown if the link failed).
@@ -237,6 +237,8 @@ impl Run {
             )));
         }
 
+        self.refuse_sentinel().await?;
+
         let target_replication = self.target().info("replication", CALL_TIMEOUT).await?;
         let already_replica = self.replicates_from_source(&target_replication);
         // The former primary of this pair holds the pair's own history: the source was promoted from it, so the
@@ -293,6 +295,35 @@ impl Run {
             }
         }
         Ok(())
+    }
+
+    /// Refuses to go on while a Sentinel watches OLD: it would see its master fenced and then replicating (or
+    /// NEW promoted under it) and reconfigure the servers, undoing the switch. Sentinel names its connections
+    /// `sentinel-<runid>-cmd` and `sentinel-<runid>-pubsub` (`sentinelSetClientName` in sentinel.c).
+    async fn refuse_sentinel(&mut self) -> Result<(), Abort> {
+        let list = match self.source().call(&["CLIENT", "LIST"], CALL_TIMEOUT).await? {
+            Value::Error(message) => {
+                self.warn(format!(
+                    "could not check {} for Sentinel connections (CLIENT LIST: {message}); if a Sentinel watches \
+                     it, it may undo the switch",
+                    self.source_name()
+                ));
+                return Ok(());
+            }
+            list => list,
+        };
+        let text = String::from_utf8_lossy(list.as_bytes().unwrap_or_default()).into_owned();
+        let sentinels = sentinel_clients(&text);
+        if sentinels.is_empty() {
+            return Ok(());
+        }
+        Err(Abort(format!(
+            "{} is watched by Sentinel ({}): Sentinel would undo the switch by reconfiguring the servers; stop \
+             it from monitoring this master first (SENTINEL REMOVE <master-name> on every Sentinel), then start the \
+             handover again and point Sentinel at the new primary afterwards",
+            self.source_name(),
+            sentinels.join(", ")
+        )))
     }
 
     /// Reports differences in the settings that replication does not carry; copies them on request.
@@ -386,11 +417,22 @@ impl Run {
         self.target().ok(&["REPLICAOF", &host, &port], CALL_TIMEOUT).await?;
         // A target the proxy fenced after an earlier switch must take writes again once promoted; as a replica
         // it refuses writes anyway, so the fence can go now.
-        let fenced = *self.handover.fenced.lock().unwrap_or_else(|e| e.into_inner());
-        if fenced == Some(self.target.side) {
-            self.target()
-                .ok(&["CONFIG", "SET", "min-replicas-to-write", "0"], CALL_TIMEOUT)
-                .await?;
+        let fenced = self.handover.fenced.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some((side, was)) = fenced
+            && side == self.target.side
+        {
+            let commands: [&[&str]; 2] = [
+                &["CONFIG", "SET", "min-replicas-to-write", &was.to_write],
+                &["CONFIG", "SET", "min-replicas-max-lag", &was.max_lag],
+            ];
+            for reply in self.target().pipeline(&commands, CALL_TIMEOUT).await? {
+                if let Value::Error(message) = reply {
+                    return Err(Abort(format!(
+                        "could not lift the fence on {}: {message}",
+                        self.target_name()
+                    )));
+                }
+            }
         }
         let deadline = self.started + Duration::from_secs(self.request.catchup_timeout_s);
         loop {
@@ -475,11 +517,18 @@ impl Run {
     /// last offset, promote NEW, switch, move the sessions that cannot wait, release the writes.
     async fn pause_and_switch(&mut self) -> Result<(), Abort> {
         let budget = Duration::from_millis(self.request.max_pause_ms);
-        let fence_was = self
-            .source()
-            .config_get("min-replicas-to-write", CALL_TIMEOUT)
-            .await?
-            .unwrap_or_else(|| "0".into());
+        let fence_was = FenceWas {
+            to_write: self
+                .source()
+                .config_get("min-replicas-to-write", CALL_TIMEOUT)
+                .await?
+                .unwrap_or_else(|| "0".into()),
+            max_lag: self
+                .source()
+                .config_get("min-replicas-max-lag", CALL_TIMEOUT)
+                .await?
+                .unwrap_or_else(|| "10".into()),
+        };
         let old_generation = self.handover.shared.primary.generation();
         // Every blocked call must be found on OLD to be ended there after the switch; find the ones whose
         // sessions could not learn their connection's id before writes are held, and give up if one cannot be.
@@ -511,8 +560,9 @@ impl Run {
         }
 
         let modern = self.source_version >= (6, 2, 0);
-        let mut source_offset = self.pause_source(deadline, modern).await?;
+        let max_lag = fence_max_lag(&fence_was.max_lag);
         self.pause.fence_was = Some(fence_was);
+        let mut source_offset = self.pause_source(deadline, modern, &max_lag).await?;
 
         // Wait until NEW has applied everything OLD has. OLD's offset can still move (a replication PING every
         // repl-ping-replica-period), so it is read again each time where OLD answers during the pause. On 5.0
@@ -527,7 +577,7 @@ impl Run {
                 )));
             }
             if !modern && self.pause.pause_expires.is_none_or(|end| remaining(end) < SLICE_MARGIN) {
-                source_offset = self.pause_source(deadline, modern).await?;
+                source_offset = self.pause_source(deadline, modern, &max_lag).await?;
             }
             let target = self
                 .target()
@@ -571,7 +621,8 @@ impl Run {
         let primary = shared.primary.switch_to(self.target.clone());
         shared.gate.notify();
         tracing::info!(primary = %primary.server.addr, generation = primary.generation, "primary switched");
-        *self.handover.fenced.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.source.side);
+        let was = self.pause.fence_was.take().unwrap_or_default();
+        *self.handover.fenced.lock().unwrap_or_else(|e| e.into_inner()) = Some((self.source.side, was));
 
         // Blocked calls on OLD end as if timed out; their sessions issue them again on NEW.
         if let Err(error) = self.identify_blocked(old_generation, &mut known_ids).await {
@@ -594,6 +645,10 @@ impl Run {
                 ));
             }
         }
+        // Redis 5.0 lets EXEC and scripts past the min-replicas fence (it checks only commands flagged as writes):
+        // a replica refuses them, so a 5.0 OLD becomes NEW's replica, by partial resync since NEW was promoted
+        // from it at the same offset. Blocked calls were ended first: a demotion would fail them with UNBLOCKED.
+        let demoted = !modern && self.demote_source().await;
         // NEW's script cache starts empty (REDIS-FACTS.md, "Scripts"): load what clients used.
         for body in shared.scripts.all() {
             let body = String::from_utf8_lossy(&body).into_owned();
@@ -631,12 +686,56 @@ impl Run {
         if modern && let Err(error) = self.source().call(&["CLIENT", "UNPAUSE"], CALL_TIMEOUT).await {
             self.warn(format!("could not unpause {}: {error}", self.source_name()));
         }
-        self.handover.lock().fence = Some(format!(
-            "min-replicas-to-write 1 on the former primary {}: it has no replica, so writes sent to it directly \
-             get NOREPLICAS; its data is left as it was",
+        let mut fence = format!(
+            "min-replicas-to-write {FENCE_REPLICAS} on the former primary {}: writes sent to it directly get \
+             NOREPLICAS whatever replicas it has",
             self.source.addr
-        ));
+        );
+        if demoted {
+            fence.push_str(&format!(
+                ", and it replicates from {} (Redis 5.0 lets EXEC and EVAL past the min-replicas fence, a replica \
+                 refuses them)",
+                self.target.addr
+            ));
+        } else {
+            fence.push_str("; its data is left as it was");
+        }
+        self.handover.lock().fence = Some(fence);
         Ok(())
+    }
+
+    /// Makes OLD a read-only replica of NEW; false (with a warning in the report) when OLD refused or failed.
+    async fn demote_source(&mut self) -> bool {
+        let addr = self.handover.replication_addr(&self.target);
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            self.warn(format!(
+                "bad replication address {addr}: {} was not demoted",
+                self.source_name()
+            ));
+            return false;
+        };
+        let commands: [&[&str]; 2] = [
+            &["CONFIG", "SET", "replica-read-only", "yes"],
+            &["REPLICAOF", host, port],
+        ];
+        // OLD answers when its pause slice ends.
+        let wait = self.pause.pause_expires.map_or(Duration::ZERO, remaining) + CALL_TIMEOUT;
+        let failure = match self.source().pipeline(&commands, wait).await {
+            Ok(replies) => replies.into_iter().find(Value::is_error).map(|e| format!("{e:?}")),
+            Err(error) => Some(error.to_string()),
+        };
+        match failure {
+            None => true,
+            Some(failure) => {
+                self.warn(format!(
+                    "could not make {} a replica of {} (Redis 5.0 lets EXEC and EVAL sent to it directly past the \
+                     min-replicas fence until it is): {failure}",
+                    self.source_name(),
+                    self.target_name()
+                ));
+                false
+            }
+        }
     }
 
     /// Finds, in OLD's `CLIENT LIST`, the client ids of the blocked connections of `generation` whose sessions do
@@ -671,7 +770,12 @@ impl Run {
     /// Pauses OLD for writers that bypass the proxy and fences it, in one transaction that also reads OLD's
     /// replication offset: on Redis 5.0 CLIENT PAUSE stops every command of every client (there is no WRITE
     /// mode, and no UNPAUSE), so nothing can follow it, and it is given a short slice instead of the budget.
-    async fn pause_source(&mut self, deadline: Instant, modern: bool) -> Result<i64, Abort> {
+    ///
+    /// The fence asks for more good replicas than any server can have, with a lag bound that is not 0 (0 turns
+    /// the check off), so it holds whatever replicas OLD has of its own: from here on Redis refuses every write
+    /// that reaches OLD before it has any effect (`processCommand` checks min-replicas before the pause; on 6.2+
+    /// EXEC and scripts too), whoever sends it.
+    async fn pause_source(&mut self, deadline: Instant, modern: bool, max_lag: &str) -> Result<i64, Abort> {
         let left = remaining(deadline);
         let length = if modern { left } else { left.min(PAUSE_SLICE_5_0) };
         let length_ms = length.as_millis().max(1).to_string();
@@ -680,15 +784,18 @@ impl Run {
         } else {
             vec!["CLIENT", "PAUSE", &length_ms]
         };
-        let commands: [&[&str]; 5] = [
+        let commands: [&[&str]; 6] = [
             &["MULTI"],
-            &["CONFIG", "SET", "min-replicas-to-write", "1"],
+            &["CONFIG", "SET", "min-replicas-max-lag", max_lag],
+            &["CONFIG", "SET", "min-replicas-to-write", FENCE_REPLICAS],
             &pause,
             &["INFO", "replication"],
             &["EXEC"],
         ];
         // On 5.0 a renewal waits for the slice before it to end.
         let wait = left.max(Duration::from_millis(50)) + self.pause.pause_expires.map_or(Duration::ZERO, remaining);
+        // Whatever the outcome, OLD may be paused and fenced from here on: an abort undoes both.
+        self.pause.source_paused = true;
         let replies = self.source().pipeline(&commands, wait).await?;
         let Some(Value::Array(results)) = replies.last() else {
             return Err(Abort(format!(
@@ -700,10 +807,9 @@ impl Run {
         if let Some(error) = results.iter().find(|r| r.is_error()) {
             return Err(Abort(format!("{} refused to pause: {error:?}", self.source_name())));
         }
-        self.pause.source_paused = true;
         self.pause.pause_expires = Some(Instant::now() + length);
         offset(
-            &parse_info(results[2].as_bytes().unwrap_or_default()),
+            &parse_info(results[3].as_bytes().unwrap_or_default()),
             "master_repl_offset",
         )
     }
@@ -722,6 +828,19 @@ impl Run {
             Which::Target => self.target_conn = Some(conn),
         }
         Ok(())
+    }
+
+    /// Gives OLD back the min-replicas settings it had before the fence.
+    async fn restore_fence(&mut self, was: &FenceWas, wait: Duration) -> Result<(), ControlError> {
+        let commands: [&[&str]; 2] = [
+            &["CONFIG", "SET", "min-replicas-to-write", &was.to_write],
+            &["CONFIG", "SET", "min-replicas-max-lag", &was.max_lag],
+        ];
+        let replies = self.source().pipeline(&commands, wait).await?;
+        match replies.into_iter().find(Value::is_error) {
+            Some(Value::Error(message)) => Err(self.source().refused(&["CONFIG"], message)),
+            _ => Ok(()),
+        }
     }
 
     /// Undoes the pause after an abort: OLD unpaused and unfenced, then the held writes go to OLD.
@@ -743,14 +862,12 @@ impl Run {
         if let Some(was) = self.pause.fence_was.take() {
             // On 5.0 this waits for OLD's pause to end by itself.
             let wait = self.pause.pause_expires.map_or(Duration::ZERO, remaining) + CALL_TIMEOUT;
-            if let Err(error) = self
-                .source()
-                .call(&["CONFIG", "SET", "min-replicas-to-write", &was], wait)
-                .await
-            {
+            if let Err(error) = self.restore_fence(&was, wait).await {
                 self.warn(format!(
-                    "could not restore min-replicas-to-write on {}: {error}",
-                    self.source_name()
+                    "could not lift the fence on {} (min-replicas-to-write {}, min-replicas-max-lag {}): {error}",
+                    self.source_name(),
+                    was.to_write,
+                    was.max_lag
                 ));
             }
         }
@@ -772,6 +889,12 @@ enum Which {
     Target,
 }
 
+/// The lag bound of the fence: OLD's own when it has one, else 10 (Redis's default); never 0, which would turn
+/// the min-replicas check off.
+fn fence_max_lag(was: &str) -> String {
+    was.parse::<u64>().ok().filter(|&lag| lag > 0).unwrap_or(10).to_string()
+}
+
 fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
@@ -789,6 +912,21 @@ fn keys_in(line: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
+/// The Sentinel connections in a `CLIENT LIST` reply, as `name from addr`.
+fn sentinel_clients(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| {
+            let field = |name: &str| {
+                line.split(' ')
+                    .find_map(|f| f.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))
+            };
+            let name = field("name")?;
+            name.starts_with("sentinel-")
+                .then(|| format!("{name} from {}", field("addr").unwrap_or("?")))
+        })
+        .collect()
+}
+
 /// The `addr` and `id` of each line of a `CLIENT LIST` reply.
 fn parse_client_list(text: &str) -> impl Iterator<Item = (std::net::SocketAddr, i64)> + '_ {
     text.lines().filter_map(|line| {
@@ -803,6 +941,21 @@ fn parse_client_list(text: &str) -> impl Iterator<Item = (std::net::SocketAddr, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sentinel_connections_are_found_by_name() {
+        let text = "id=3 addr=127.0.0.1:5001 fd=8 name=sentinel-4d2f1a2b-cmd cmd=ping\n\
+                    id=4 addr=127.0.0.1:5002 fd=9 name=app cmd=get\n\
+                    id=5 addr=127.0.0.1:5003 fd=10 name=sentinel-4d2f1a2b-pubsub cmd=subscribe\n";
+        assert_eq!(
+            sentinel_clients(text),
+            vec![
+                "sentinel-4d2f1a2b-cmd from 127.0.0.1:5001",
+                "sentinel-4d2f1a2b-pubsub from 127.0.0.1:5003"
+            ]
+        );
+        assert!(sentinel_clients("id=4 addr=127.0.0.1:5002 name= cmd=get\n").is_empty());
+    }
 
     #[test]
     fn client_list_lines_give_address_and_id() {

@@ -92,6 +92,51 @@ impl RedisServer {
         Self::start_inner(version, None, tls, true)
     }
 
+    /// Starts a Redis 7.0 Sentinel on a free port that monitors `master` (as `watched`, quorum 1): it connects
+    /// to the master at once, under the client names Sentinel uses.
+    pub fn start_sentinel(master: SocketAddr) -> RedisServer {
+        let version = Version::V7_0;
+        let binary = version.binary();
+        for _attempt in 0..5 {
+            let port = free_port();
+            let dir = std::env::temp_dir().join(format!("rh-sentinel-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            // Sentinel needs a configuration file it can rewrite.
+            let conf = dir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\nlogfile sentinel.log\n\
+                     sentinel monitor watched {} {} 1\n",
+                    dir.display(),
+                    master.ip(),
+                    master.port()
+                ),
+            )
+            .unwrap();
+            let args = vec![conf.display().to_string(), "--sentinel".to_string()];
+            let child = Command::new(&binary)
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+            let mut server = RedisServer {
+                version,
+                port,
+                child,
+                dir,
+                args,
+            };
+            if server.wait_ready(false) {
+                return server;
+            }
+            drop(server);
+        }
+        panic!("Sentinel did not start");
+    }
+
     fn start_with(version: Version, fixed_port: Option<u16>, extra: &[&str]) -> RedisServer {
         Self::start_inner(version, fixed_port, extra, false)
     }

@@ -1,0 +1,193 @@
+//! The fence on OLD, on real servers: after a switch every write that reaches OLD directly is refused before it
+//! has any effect, whatever replicas OLD has of its own; a Redis 5.0 OLD, which lets EXEC and EVAL past the
+//! min-replicas fence, is also made NEW's replica; and no handover starts while a Sentinel watches OLD.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::json;
+use support::{Client, Harness, Proxy, RedisServer, Reply, Version};
+
+/// What a client writing to OLD directly, bypassing the proxy, was told.
+#[derive(Debug, Default)]
+struct DirectLog {
+    /// The highest counter value an INCR was acknowledged with.
+    highest_acked: i64,
+    /// Writes refused as not executed (NOREPLICAS, READONLY).
+    refused: u64,
+    /// Any other error: a test failure.
+    other_errors: Vec<String>,
+}
+
+/// A client that INCRs `direct-counter` on OLD without pause until stopped.
+struct DirectWriter {
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+    refused: Arc<AtomicU64>,
+    thread: JoinHandle<DirectLog>,
+}
+
+impl DirectWriter {
+    fn start(server: &RedisServer) -> DirectWriter {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicU64::new(0));
+        let refused = Arc::new(AtomicU64::new(0));
+        let mut client = server.direct();
+        let thread = {
+            let (stop, acked, refused) = (stop.clone(), acked.clone(), refused.clone());
+            std::thread::spawn(move || {
+                let mut log = DirectLog::default();
+                while !stop.load(Ordering::Relaxed) {
+                    match client.run("INCR direct-counter") {
+                        Reply::Int(n) => {
+                            log.highest_acked = log.highest_acked.max(n);
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Reply::Error(e) if e.starts_with("NOREPLICAS") || e.starts_with("READONLY") => {
+                            log.refused += 1;
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => log.other_errors.push(format!("{other:?}")),
+                    }
+                }
+                log
+            })
+        };
+        DirectWriter {
+            stop,
+            acked,
+            refused,
+            thread,
+        }
+    }
+
+    fn stop(self) -> DirectLog {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("direct writer")
+    }
+}
+
+fn info_field(client: &mut Client, section: &str, field: &str) -> Option<String> {
+    let text = client.run(&format!("INFO {section}")).text();
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")).map(|v| v.trim().to_string()))
+}
+
+fn fence_holds_against_direct_writers(old_version: Version) {
+    let old = RedisServer::start(old_version, &[]);
+    let old_port = old.port.to_string();
+    // OLD's own HA replica: `min-replicas-to-write 1` would count it as good, and let direct writes in.
+    let _ha_replica = RedisServer::start(old_version, &["--replicaof", "127.0.0.1", &old_port]);
+    let new = RedisServer::start(Version::V7_0, &[]);
+    let mut old_admin = old.direct();
+    support::wait_until("OLD's own replica to be online", Duration::from_secs(15), || {
+        info_field(&mut old_admin, "replication", "slave0").is_some_and(|s| s.contains("state=online"))
+    });
+    let proxy = Proxy::start(old.addr(), Some(new.addr()), |_| {});
+
+    // A transaction a direct client queued on OLD before the switch, and a writer that never stops.
+    let mut queued = old.direct();
+    assert_eq!(queued.run("MULTI"), Reply::ok());
+    assert_eq!(queued.run("SET queued-before 1"), Reply::Status("QUEUED".into()));
+    let writer = DirectWriter::start(&old);
+    support::wait_until("the direct writer to write", Duration::from_secs(10), || {
+        writer.acked.load(Ordering::Relaxed) >= 50
+    });
+
+    let report = proxy.handover(json!({}));
+    assert_eq!(report["outcome"], "switched", "{report:#}");
+    support::wait_until("a direct write to OLD to be refused", Duration::from_secs(10), || {
+        writer.refused.load(Ordering::Relaxed) > 0
+    });
+    let log = writer.stop();
+    assert!(log.other_errors.is_empty(), "{log:?}");
+
+    // Every write OLD acknowledged is on NEW, and nothing ran on OLD after the fence.
+    let counter = |server: &RedisServer| server.direct().run("GET direct-counter");
+    assert_eq!(counter(&new), Reply::bulk(log.highest_acked.to_string()), "{log:?}");
+    assert_eq!(counter(&old), Reply::bulk(log.highest_acked.to_string()), "{log:?}");
+
+    // EXEC of commands queued before the fence, and a script, are refused too (5.0 runs both past the
+    // min-replicas fence alone).
+    let exec = queued.run("EXEC");
+    assert!(exec.is_error(), "EXEC on the fenced OLD: {exec:?}");
+    let mut direct = old.direct();
+    let script = direct.cmd(&["EVAL", "return redis.call('set', KEYS[1], 'x')", "1", "by-script"]);
+    assert!(script.is_error(), "EVAL on the fenced OLD: {script:?}");
+    for server in [&old, &new] {
+        let mut client = server.direct();
+        assert_eq!(client.run("EXISTS queued-before by-script"), Reply::Int(0));
+    }
+    let fence = proxy.status()["fence"].as_str().unwrap_or_default().to_string();
+    if old_version >= Version::V6_2 {
+        assert_eq!(
+            info_field(&mut direct, "replication", "role").as_deref(),
+            Some("master")
+        );
+        assert_eq!(
+            info_field(&mut direct, "replication", "connected_slaves").as_deref(),
+            Some("1"),
+            "OLD keeps its own replica, and the fence holds anyway"
+        );
+        assert!(fence.contains("2147483647"), "{fence}");
+    } else {
+        // The 5.0 OLD is NEW's replica now, by partial resync (its data was kept: the counter above).
+        assert_eq!(info_field(&mut direct, "replication", "role").as_deref(), Some("slave"));
+        assert_eq!(
+            info_field(&mut direct, "replication", "master_port"),
+            Some(new.port.to_string())
+        );
+        assert!(fence.contains("replicates from"), "{fence}");
+    }
+    assert_eq!(proxy.client().run("SET after-switch 1"), Reply::ok());
+    println!(
+        "OLD {} with its own replica: {} direct writes acknowledged, all on NEW; {} refused after the fence",
+        old_version.name(),
+        log.highest_acked,
+        log.refused
+    );
+}
+
+#[test]
+fn the_fence_holds_against_direct_writers_on_a_6_2_old_with_its_own_replica() {
+    fence_holds_against_direct_writers(Version::V6_2);
+}
+
+#[test]
+fn the_fence_holds_against_direct_writers_on_a_5_0_old_with_its_own_replica() {
+    fence_holds_against_direct_writers(Version::V5_0);
+}
+
+#[test]
+fn a_handover_is_refused_while_sentinel_watches_old() {
+    let h = Harness::start(Version::V6_2, Version::V7_0);
+    let sentinel = RedisServer::start_sentinel(h.old.addr());
+    let mut old = h.old.direct();
+    support::wait_until("Sentinel to connect to OLD", Duration::from_secs(15), || {
+        old.run("CLIENT LIST").text().contains("name=sentinel-")
+    });
+    let report = h.proxy.handover(json!({}));
+    assert_eq!(report["outcome"], "aborted", "{report:#}");
+    let reason = report["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("watched by Sentinel") && reason.contains("SENTINEL REMOVE"),
+        "{reason}"
+    );
+    // Refused in the pre-flight: nothing was changed on either server.
+    assert_eq!(h.new.direct().run("ROLE").items()[0], Reply::bulk("master"));
+    assert_eq!(old.run("CONFIG GET min-replicas-to-write").items()[1], Reply::bulk("0"));
+    assert_eq!(h.proxy.client().run("SET still-old 1"), Reply::ok());
+
+    // Once the Sentinel is gone, the same handover goes through.
+    drop(sentinel);
+    support::wait_until("Sentinel's connections to close", Duration::from_secs(10), || {
+        !old.run("CLIENT LIST").text().contains("name=sentinel-")
+    });
+    let report = h.proxy.handover(json!({}));
+    assert_eq!(report["outcome"], "switched", "{report:#}");
+    assert_eq!(h.new.direct().run("GET still-old"), Reply::bulk("1"));
+}
