@@ -70,9 +70,23 @@ async fn start_handover(State(handover): State<Arc<Handover>>, body: Bytes) -> R
     }
 }
 
-/// `POST /handover/abort`: stops a running handover before the promotion.
-async fn abort_handover(State(handover): State<Arc<Handover>>) -> Response {
-    match handover.abort() {
+/// `POST /handover/abort`: stops a running handover before the promotion. `{"force": true}` also stops one whose
+/// outcome is in doubt.
+async fn abort_handover(State(handover): State<Arc<Handover>>, body: Bytes) -> Response {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default, deny_unknown_fields)]
+    struct Options {
+        force: bool,
+    }
+    let options: Options = if body.iter().all(u8::is_ascii_whitespace) {
+        Options::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(options) => options,
+            Err(error) => return refuse(StatusCode::BAD_REQUEST, format!("invalid abort options: {error}")),
+        }
+    };
+    match handover.abort(options.force) {
         Ok(()) => (StatusCode::ACCEPTED, Json(json!({ "aborting": true }))).into_response(),
         Err(reason) => refuse(StatusCode::CONFLICT, reason),
     }

@@ -63,7 +63,13 @@ pub struct ControlConn {
     scanner: ReplyScanner,
     /// Set when a call timed out or failed: the request/reply pairing can no longer be trusted.
     broken: bool,
+    /// The server's id for this connection, once [`ControlConn::identify`] learned it.
+    id: Option<i64>,
 }
+
+/// The client name of the handover's control connections on the servers, by which the proxy finds and closes
+/// them (`CLIENT KILL`): a closed connection's commands not yet read never run.
+pub const CONTROL_NAME: &str = "redis-handover-control";
 
 impl ControlConn {
     /// Connects and authenticates, each step within `timeout`.
@@ -82,6 +88,7 @@ impl ControlConn {
             input: BytesMut::new(),
             scanner: ReplyScanner::new(),
             broken: false,
+            id: None,
         };
         if let Some(password) = &credentials.password {
             match &credentials.user {
@@ -117,6 +124,7 @@ impl ControlConn {
             input: BytesMut::new(),
             scanner: ReplyScanner::new(),
             broken: false,
+            id: None,
         })
     }
 
@@ -154,6 +162,28 @@ impl ControlConn {
         // A reply that comes after a timeout, or after a broken read, would be taken for the next command's.
         self.broken = result.is_err();
         result
+    }
+
+    /// Names the connection [`CONTROL_NAME`] and learns its id on the server. A server that refuses either (an
+    /// ACL user without the CLIENT command) leaves the id unknown.
+    pub async fn identify(&mut self, timeout: Duration) -> Result<(), ControlError> {
+        let commands: [&[&str]; 2] = [&["CLIENT", "SETNAME", CONTROL_NAME], &["CLIENT", "ID"]];
+        let replies = self.pipeline(&commands, timeout).await?;
+        self.id = match replies.get(1) {
+            Some(Value::Int(id)) => Some(*id),
+            _ => None,
+        };
+        Ok(())
+    }
+
+    /// The server's id for this connection, when known.
+    pub fn id(&self) -> Option<i64> {
+        self.id
+    }
+
+    /// Gives the connection up: every later call fails at once (the server closed it, or will).
+    pub fn abandon(&mut self) {
+        self.broken = true;
     }
 
     /// Whether the connection can no longer be used (a call timed out or failed): open a new one.

@@ -64,7 +64,11 @@ pub enum CtlCommand {
         wait: bool,
     },
     /// Stop a running handover before the promotion.
-    Abort,
+    Abort {
+        /// Also stop one whose outcome is in doubt (NEW may have been promoted), making OLD the primary again.
+        #[arg(long)]
+        force: bool,
+    },
     /// Change a setting at run time.
     Config {
         #[command(subcommand)]
@@ -140,10 +144,14 @@ pub fn run(args: CtlArgs) -> i32 {
                     }
                 })
         }
-        CtlCommand::Abort => client.send("POST", "/handover/abort", json!({})).map(|answer| {
-            print_or_json(&answer, args.json, |_| "abort requested\n".into());
-            0
-        }),
+        CtlCommand::Abort { force } => {
+            client
+                .send("POST", "/handover/abort", json!({ "force": force }))
+                .map(|answer| {
+                    print_or_json(&answer, args.json, |_| "abort requested\n".into());
+                    0
+                })
+        }
         CtlCommand::Config {
             setting: ConfigSetting::Resp3 { mode },
         } => client.send("PUT", "/config/resp3", json!(mode)).map(|answer| {
@@ -266,6 +274,9 @@ fn render_status(s: &Value) -> String {
     out.push_str(&format!("clients      {}\n", s["clients"]));
     out.push_str(&format!("writes held  {}\n", s["writes_held"]));
     out.push_str(&format!("resp3        {}\n", text(&s["resp3"])));
+    if !s["in_doubt"].is_null() {
+        out.push_str(&format!("in doubt     {}\n", text(&s["in_doubt"])));
+    }
     if !s["fence"].is_null() {
         out.push_str(&format!("fence        {}\n", text(&s["fence"])));
     }

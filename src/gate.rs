@@ -8,14 +8,20 @@
 //! any write unanswered (or a MULTI open), so the shared counter changes only when that goes from none to
 //! some and back, not on every command.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
+use bytes::Bytes;
 use tokio::sync::watch;
 
 /// Shared by every session and the handover.
 #[derive(Debug)]
 pub struct WriteGate {
     closed: AtomicBool,
+    /// While set (the gate is closed and the handover's outcome is in doubt past the pause budget), the error
+    /// reply every held and new write gets instead of waiting.
+    refusal: Mutex<Option<Bytes>>,
+    refusing: AtomicBool,
     /// Sessions with at least one write (or an open MULTI) sent and not yet answered.
     tickets: AtomicUsize,
     /// Sessions holding a write at the gate right now.
@@ -30,6 +36,8 @@ impl Default for WriteGate {
     fn default() -> Self {
         WriteGate {
             closed: AtomicBool::new(false),
+            refusal: Mutex::new(None),
+            refusing: AtomicBool::new(false),
             tickets: AtomicUsize::new(0),
             held_now: AtomicUsize::new(0),
             held_total: AtomicU64::new(0),
@@ -52,8 +60,30 @@ impl WriteGate {
 
     /// Lets held writes go, to whatever the primary is now.
     pub fn open(&self) {
+        self.stop_refusing();
         self.closed.store(false, Ordering::SeqCst);
         self.notify();
+    }
+
+    /// Answers every held write, and every new one, with `error` (a whole RESP error frame) until the gate opens
+    /// or [`WriteGate::stop_refusing`]: for when writes cannot be let through within their bound.
+    pub fn refuse(&self, error: Bytes) {
+        *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+        self.refusing.store(true, Ordering::SeqCst);
+        self.notify();
+    }
+
+    /// Holds writes again instead of refusing them.
+    pub fn stop_refusing(&self) {
+        self.refusing.store(false, Ordering::SeqCst);
+    }
+
+    /// The error a write gets now instead of waiting, if any.
+    pub fn refusal(&self) -> Option<Bytes> {
+        if !self.refusing.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.refusal.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Wakes every session waiting on [`WriteGate::subscribe`].

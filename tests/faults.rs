@@ -177,21 +177,89 @@ fn new_failing_during_the_pause_aborts_and_held_writes_go_to_old() {
     }
 }
 
+const REPLICAOF_NO_ONE: &[u8] = b"REPLICAOF\r\n$2\r\nNO\r\n$3\r\nONE";
+
 #[test]
-fn the_link_to_new_cut_right_after_replicaof_no_one_leaves_old_primary_with_a_recovery_note() {
+fn new_promoted_but_unconfirmed_holds_writes_in_doubt_then_switches_when_new_answers() {
     let s = Scenario::start(&[]);
     let load = Load::start(&s.proxy, 4);
-    s.to_new.cut_after(b"REPLICAOF\r\n$2\r\nNO\r\n$3\r\nONE");
-    let report = s.proxy.handover(json!({}));
-    let reason = report["reason"].as_str().unwrap_or_default().to_string();
+    // REPLICAOF NO ONE reaches NEW, and then the proxy cannot reach NEW any more.
+    s.to_new.cut_after(REPLICAOF_NO_ONE);
+    let (code, answer) = s.proxy.post("/handover", json!({ "max_pause_ms": 1000 }));
+    assert_eq!(code, 202, "{answer}");
+    s.proxy.wait_for_phase("in_doubt", Duration::from_secs(30));
+    let status = s.proxy.status();
+    let in_doubt = status["in_doubt"].as_str().unwrap_or_default();
     assert!(
-        reason.contains("manual recovery") && reason.contains("allow_nonempty"),
-        "{reason}"
+        in_doubt.contains("cannot be reached") && in_doubt.contains("--force"),
+        "{status:#}"
     );
-    s.assert_old_stays_primary(&report, load, "the link to NEW cut after REPLICAOF NO ONE");
-    // What the note describes: NEW did become a master, detached from OLD.
-    let role = s.new.direct().run("ROLE");
-    assert_eq!(role.items()[0], Reply::bulk("master"));
+    assert_eq!(status["primary"]["side"], "old");
+    // OLD stays fenced (NEW may be a master), and no plain abort lets it take writes again.
+    assert!(s.old.direct().run("SET direct 1").text().starts_with("NOREPLICAS"));
+    let (code, answer) = s.proxy.post("/handover/abort", json!({}));
+    assert_eq!(code, 409, "{answer}");
+    // Writes are held within the pause budget, then refused with a clear error.
+    let started = Instant::now();
+    let refused = s.proxy.client().run("SET during-doubt 1");
+    assert!(
+        refused.text().starts_with("TRYAGAIN") && refused.text().contains("in doubt"),
+        "{refused:?}"
+    );
+    println!("a write in doubt was refused after {:?}", started.elapsed());
+    assert_eq!(s.proxy.client().run("GET during-doubt"), Reply::Nil, "reads go on");
+
+    s.to_new.heal();
+    let report = s.proxy.wait_for_handover_end(Duration::from_secs(30));
+    assert_eq!(report["outcome"], "switched", "{report:#}");
+    let warnings = report["warnings"].to_string();
+    assert!(warnings.contains("as a master promoted from"), "{warnings}");
+    assert_eq!(s.proxy.status()["primary"]["side"], "new");
+    assert_eq!(s.proxy.client().run("SET after-doubt 1"), Reply::ok());
+    assert_eq!(s.new.direct().run("GET after-doubt"), Reply::bulk("1"));
+    assert!(s.old.direct().run("SET direct 2").text().starts_with("NOREPLICAS"));
+    let checked = load.stop_and_verify();
+    assert_eq!(checked.lost, 0, "{checked:#?}");
+    assert!(checked.acknowledged_writes > 0);
+    println!(
+        "in doubt, then switched: {} acknowledged writes checked, 0 lost, {} batches refused",
+        checked.acknowledged_writes, checked.failed_batches
+    );
+}
+
+#[test]
+fn a_promotion_that_never_reached_new_ends_in_doubt_as_an_abort_once_new_answers() {
+    let s = Scenario::start(&[]);
+    let load = Load::start(&s.proxy, 4);
+    s.to_new.cut_before(REPLICAOF_NO_ONE);
+    let (code, answer) = s.proxy.post("/handover", json!({ "max_pause_ms": 5000 }));
+    assert_eq!(code, 202, "{answer}");
+    s.proxy.wait_for_phase("in_doubt", Duration::from_secs(30));
+    s.to_new.heal();
+    let report = s.proxy.wait_for_handover_end(Duration::from_secs(30));
+    let reason = report["reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains("still a replica"), "{reason}");
+    // Healed within the budget: the held writes went to OLD, and no client saw an error.
+    s.assert_old_stays_primary(&report, load, "REPLICAOF NO ONE lost on the way to NEW");
+    assert_eq!(s.new.direct().run("ROLE").items()[0], Reply::bulk("slave"));
+}
+
+#[test]
+fn a_forced_abort_ends_a_handover_in_doubt_with_old_primary_again() {
+    let s = Scenario::start(&[]);
+    let load = Load::start(&s.proxy, 4);
+    s.to_new.cut_after(REPLICAOF_NO_ONE);
+    let (code, answer) = s.proxy.post("/handover", json!({ "max_pause_ms": 5000 }));
+    assert_eq!(code, 202, "{answer}");
+    s.proxy.wait_for_phase("in_doubt", Duration::from_secs(30));
+    let (code, answer) = s.proxy.post("/handover/abort", json!({ "force": true }));
+    assert_eq!(code, 202, "{answer}");
+    let report = s.proxy.wait_for_handover_end(Duration::from_secs(30));
+    let reason = report["reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains("aborted by the operator while in doubt"), "{reason}");
+    s.assert_old_stays_primary(&report, load, "a forced abort in doubt");
+    // What the reason warns of: NEW did become a master, detached from OLD.
+    assert_eq!(s.new.direct().run("ROLE").items()[0], Reply::bulk("master"));
 }
 
 #[test]

@@ -191,3 +191,99 @@ fn a_handover_is_refused_while_sentinel_watches_old() {
     assert_eq!(report["outcome"], "switched", "{report:#}");
     assert_eq!(h.new.direct().run("GET still-old"), Reply::bulk("1"));
 }
+
+fn a_proxy_started_after_a_switch_serves_from_new(old_version: Version) {
+    let mut h = Harness::start(old_version, Version::V7_0);
+    assert_eq!(h.proxy.client().run("SET before 1"), Reply::ok());
+    let report = h.proxy.handover(json!({}));
+    assert_eq!(report["outcome"], "switched", "{report:#}");
+    assert_eq!(h.proxy.client().run("SET after 1"), Reply::ok());
+    h.proxy.stop();
+
+    // The same configuration, which still names OLD: the servers say NEW is the primary.
+    let proxy = Proxy::start(h.old.addr(), Some(h.new.addr()), |_| {});
+    let status = proxy.status();
+    assert_eq!(status["primary"]["side"], "new", "{status:#}");
+    assert!(
+        status["fence"].as_str().unwrap_or_default().contains("found at start"),
+        "{status:#}"
+    );
+    let mut client = proxy.client();
+    assert_eq!(
+        client.run("MGET before after"),
+        Reply::Array(vec![Reply::bulk("1"), Reply::bulk("1")])
+    );
+    assert_eq!(client.run("SET restarted 1"), Reply::ok());
+    assert_eq!(h.new.direct().run("GET restarted"), Reply::bulk("1"));
+    let stray = h.old.direct().run("SET stray 1");
+    assert!(stray.is_error(), "OLD is still fenced: {stray:?}");
+}
+
+#[test]
+fn a_proxy_started_after_a_switch_from_6_2_serves_from_new() {
+    a_proxy_started_after_a_switch_serves_from_new(Version::V6_2);
+}
+
+#[test]
+fn a_proxy_started_after_a_switch_from_5_0_serves_from_new() {
+    a_proxy_started_after_a_switch_serves_from_new(Version::V5_0);
+}
+
+/// Leaves the servers as a proxy killed in the middle of a handover's pause does: NEW replicating from OLD, caught
+/// up, and OLD fenced.
+fn stopped_between_fence_and_promotion(old: &RedisServer, new: &RedisServer) {
+    let mut new_admin = new.direct();
+    let replicaof = new_admin.run(&format!("REPLICAOF 127.0.0.1 {}", old.port));
+    assert!(replicaof.text().starts_with("OK"), "{replicaof:?}");
+    support::wait_until("NEW to replicate from OLD", Duration::from_secs(15), || {
+        info_field(&mut new_admin, "replication", "master_link_status").as_deref() == Some("up")
+    });
+    assert_eq!(
+        old.direct().run("CONFIG SET min-replicas-to-write 2147483647"),
+        Reply::ok()
+    );
+}
+
+#[test]
+fn a_proxy_started_after_a_handover_stopped_between_fence_and_promotion_undoes_it() {
+    let old = RedisServer::start(Version::V6_2, &[]);
+    let new = RedisServer::start(Version::V7_0, &[]);
+    assert_eq!(old.direct().run("SET k 1"), Reply::ok());
+
+    // No other proxy's handover is connected: the proxy undoes the stopped one at once.
+    stopped_between_fence_and_promotion(&old, &new);
+    let proxy = Proxy::start(old.addr(), Some(new.addr()), |_| {});
+    assert_eq!(proxy.client().run("INCR k"), Reply::Int(2));
+    assert_eq!(
+        old.direct().run("CONFIG GET min-replicas-to-write").items()[1],
+        Reply::bulk("0")
+    );
+    drop(proxy);
+
+    // A stalled proxy's handover connection is still on OLD: it is given its lease, then closed, so that proxy
+    // can change nothing when it wakes up.
+    stopped_between_fence_and_promotion(&old, &new);
+    let mut stalled = old.direct();
+    assert_eq!(stalled.run("CLIENT SETNAME redis-handover-control"), Reply::ok());
+    let proxy = Proxy::start(old.addr(), Some(new.addr()), |_| {});
+    let status = proxy.status();
+    assert_eq!(status["phase"], "in_doubt", "{status:#}");
+    let refused = proxy.client().run("INCR k");
+    assert!(
+        refused.text().starts_with("TRYAGAIN"),
+        "writes are refused while in doubt: {refused:?}"
+    );
+    assert_eq!(proxy.client().run("GET k"), Reply::bulk("2"), "reads go to OLD");
+    let (_, closed) = stalled.read_until_closed(Duration::from_secs(15));
+    assert!(closed, "the stalled proxy's connection was closed");
+    support::wait_until("the proxy to decide", Duration::from_secs(10), || {
+        proxy.status()["phase"] == "idle"
+    });
+    assert_eq!(proxy.client().run("INCR k"), Reply::Int(3));
+    assert_eq!(proxy.status()["primary"]["side"], "old");
+    assert_eq!(
+        new.direct().run("ROLE").items()[0],
+        Reply::bulk("slave"),
+        "NEW was not promoted"
+    );
+}

@@ -7,6 +7,7 @@
 //! `aborted` with OLD still primary and nothing lost. Every transition is one call of `Run::enter`, which logs it and records it in the timeline.
 //! The Redis facts this rests on are in REDIS-FACTS.md ("Replication across versions", "Primitives").
 
+mod resolve;
 mod run;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,13 +76,15 @@ impl Default for Request {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
-    Idle,
-    Preflight,
-    Syncing,
-    CatchingUp,
-    Paused,
-    Switched,
-    Aborted,
+    Idle = 0,
+    Preflight = 1,
+    Syncing = 2,
+    CatchingUp = 3,
+    Paused = 4,
+    /// `REPLICAOF NO ONE` was sent but not confirmed: OLD stays fenced and writes held until the servers tell.
+    InDoubt = 7,
+    Switched = 5,
+    Aborted = 6,
 }
 
 impl Phase {
@@ -92,6 +95,7 @@ impl Phase {
             Phase::Syncing => "syncing",
             Phase::CatchingUp => "catching_up",
             Phase::Paused => "paused",
+            Phase::InDoubt => "in_doubt",
             Phase::Switched => "switched",
             Phase::Aborted => "aborted",
         }
@@ -148,6 +152,8 @@ struct Progress {
     fence: Option<String>,
     /// Whether the current handover promoted NEW (then it can no longer be aborted).
     promoted: bool,
+    /// While the outcome is in doubt: why, and what the operator can do.
+    in_doubt: Option<String>,
     views: [ServerView; 2],
 }
 
@@ -211,6 +217,7 @@ impl Handover {
             let mut progress = self.lock();
             progress.current = Some(report);
             progress.promoted = false;
+            progress.in_doubt = None;
             progress.sync_bytes_read = None;
             progress.sync_bytes_total = None;
             progress.lag_bytes = None;
@@ -225,14 +232,23 @@ impl Handover {
         Ok(())
     }
 
-    /// Asks a running handover to stop; refused once NEW was promoted.
-    pub fn abort(&self) -> Result<(), String> {
+    /// Asks a running handover to stop; refused once NEW was promoted, and, unless `force`d, while its outcome
+    /// is in doubt (NEW may be a master already: OLD taking writes again would split them).
+    pub fn abort(&self, force: bool) -> Result<(), String> {
         let progress = self.lock();
         if !self.running.load(Ordering::SeqCst) {
             return Err("no handover is running".into());
         }
         if progress.promoted {
             return Err("NEW was already promoted: the switch cannot be aborted any more".into());
+        }
+        if progress.in_doubt.is_some() && !force {
+            return Err(
+                "the handover is in doubt: NEW may have been promoted already; abort with force to make \
+                        OLD the primary again anyway (writes NEW may have taken from others would be lost; none \
+                        went to it through this proxy)"
+                    .into(),
+            );
         }
         if let Some(cancel) = &*self.cancel.lock().unwrap_or_else(|e| e.into_inner()) {
             cancel.cancel();
@@ -246,7 +262,7 @@ impl Handover {
         if !self.is_running() {
             return;
         }
-        let _ = self.abort();
+        let _ = self.abort(false);
         let deadline = tokio::time::Instant::now() + grace;
         while self.is_running() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -299,6 +315,7 @@ impl Handover {
             "tasks": tokio::runtime::Handle::current().metrics().num_alive_tasks(),
             "writes_held": gate.held_now(),
             "fence": progress.fence,
+            "in_doubt": progress.in_doubt,
             "scripts_known": self.shared.scripts.len(),
             "resp3": self.shared.resp3_mode().name(),
             "handover": progress.current,

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::resolve::{self, Outcome};
 use super::{FENCE_REPLICAS, FenceWas, Handover, Phase, PhaseSpan, Request, side_index};
 use crate::config::is_loopback_host;
 use crate::control::{ControlConn, ControlError, parse_info, parse_version};
@@ -20,6 +21,9 @@ const SYNC_POLL: Duration = Duration::from_millis(100);
 const CATCH_UP_POLL: Duration = Duration::from_millis(20);
 /// How often the pause looks again at in-flight writes and NEW's offset.
 const PAUSE_POLL: Duration = Duration::from_millis(1);
+/// How often, and how patiently, the servers are asked again while the outcome is in doubt.
+const RESOLVE_POLL: Duration = Duration::from_millis(250);
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long each CLIENT PAUSE on a Redis 5.0 OLD lasts; it is renewed while the handover waits.
 const PAUSE_SLICE_5_0: Duration = Duration::from_millis(50);
 /// The least a 5.0 pause slice must have left for the promotion to start within it.
@@ -46,6 +50,14 @@ struct PauseState {
     pause_expires: Option<Instant>,
     /// Whether `REPLICAOF NO ONE` was sent to NEW (its outcome may be unknown if the link failed).
     promotion_sent: bool,
+    /// When the gate closed, and when the pause budget runs out.
+    paused_at: Option<Instant>,
+    deadline: Option<Instant>,
+    /// The generation of the primary before the switch, and the server ids of its blocked connections.
+    old_generation: u64,
+    known_ids: HashMap<std::net::SocketAddr, i64>,
+    /// OLD's replication ID, read when it was fenced: the promoted NEW keeps it as its second ID.
+    source_replid: Option<String>,
 }
 
 pub(super) struct Run {
@@ -112,6 +124,14 @@ impl Run {
             })
         }
         .await;
+        // Once REPLICAOF NO ONE was sent, NEW may be a master whatever the failure: OLD is unfenced only when NEW
+        // answers that it is still a replica.
+        let outcome = match outcome {
+            Err(Abort(reason)) if self.pause.promotion_sent && !self.handover.lock().promoted => {
+                self.in_doubt(reason).await
+            }
+            outcome => outcome,
+        };
         match outcome {
             Ok(()) => {
                 self.enter(Phase::Switched);
@@ -119,16 +139,7 @@ impl Run {
                 let pause = pause.map(|ms| Duration::from_secs_f64(ms / 1000.0));
                 self.handover.shared.telemetry.handover_finished(true, pause);
             }
-            Err(Abort(mut reason)) => {
-                if self.pause.promotion_sent {
-                    reason.push_str(&format!(
-                        "; manual recovery: {} may have been promoted before the failure and no longer replicates \
-                         from {}, which stays primary with every acknowledged write; check it with ROLE, then run \
-                         the handover again with \"allow_nonempty\": true to resynchronize it",
-                        self.target_name(),
-                        self.source_name()
-                    ));
-                }
+            Err(Abort(reason)) => {
                 tracing::warn!(%reason, "handover aborted; OLD stays primary");
                 self.undo().await;
                 self.finish_with_reason(reason);
@@ -138,6 +149,103 @@ impl Run {
         }
         let mut progress = self.handover.lock();
         progress.last = progress.current.take();
+    }
+
+    /// After a failure between `REPLICAOF NO ONE` and its confirmation: NEW may or may not be a master. OLD stays
+    /// fenced and writes stay held (refused once the pause budget is spent) while the servers are asked again,
+    /// until they tell: NEW promoted (the switch goes on), or still a replica (an abort, OLD unfenced). An
+    /// operator's forced abort ends it too.
+    async fn in_doubt(&mut self, cause: String) -> Result<(), Abort> {
+        let since = Instant::now();
+        self.enter(Phase::InDoubt);
+        let why = format!("{} did not confirm its promotion ({cause})", self.target_name());
+        tracing::warn!(%why, "the handover's outcome is in doubt");
+        let mut detail = String::new();
+        loop {
+            if self.cancel.is_cancelled() {
+                return Err(Abort(format!(
+                    "{why}; aborted by the operator while in doubt: {} is the primary again; {} may have been \
+                     promoted and is left as it is (check it with ROLE; no write reached it through this proxy)",
+                    self.source_name(),
+                    self.target_name()
+                )));
+            }
+            let gate = &self.handover.shared.gate;
+            if gate.refusal().is_none() && self.pause.deadline.is_some_and(|d| Instant::now() >= d) {
+                gate.refuse(bytes::Bytes::from(format!(
+                    "-TRYAGAIN the proxy's handover is in doubt: {} cannot tell yet whether it was promoted; writes \
+                     are refused until it does\r\n",
+                    self.target.addr
+                )));
+            }
+            match self.look_again().await {
+                Outcome::Promoted => {
+                    self.warn(format!(
+                        "{why}; it answered {} ms later as a master promoted from {}: the switch went on",
+                        since.elapsed().as_millis(),
+                        self.source_name()
+                    ));
+                    self.handover.lock().in_doubt = None;
+                    return self.commit().await;
+                }
+                Outcome::Stopped => {
+                    return Err(Abort(format!(
+                        "{why}; it answered {} ms later that it is still a replica, so it was not promoted",
+                        since.elapsed().as_millis()
+                    )));
+                }
+                Outcome::Former => {
+                    return Err(Abort(format!(
+                        "{why}; {} was found unfenced (someone lifted the fence), so it stays primary",
+                        self.source_name()
+                    )));
+                }
+                Outcome::InDoubt(now) if now != detail => {
+                    self.handover.lock().in_doubt = Some(format!(
+                        "{why}; {now}. {} stays fenced, writes are held (refused once max_pause_ms has passed) \
+                         until the servers tell; if NEW is lost for good, `ctl abort --force` makes OLD the \
+                         primary again",
+                        self.source_name()
+                    ));
+                    detail = now;
+                }
+                Outcome::InDoubt(_) => {}
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(RESOLVE_POLL) => {}
+                _ = self.cancel.cancelled() => {}
+            }
+        }
+    }
+
+    /// Asks both servers again, each on a new connection. The handover's own connection to NEW is closed by NEW
+    /// first (`CLIENT KILL ID`): a `REPLICAOF NO ONE` still on its way there can then never run after the answer.
+    async fn look_again(&mut self) -> Outcome {
+        let tls = self.handover.shared.backend_tls.clone();
+        let look = |server: Server, kill: Option<i64>| {
+            let credentials = self.handover.credentials(server.side);
+            let tls = tls.clone();
+            async move {
+                let mut conn = ControlConn::connect(&server, &credentials, RESOLVE_TIMEOUT, tls.as_ref()).await?;
+                if let Some(id) = kill {
+                    conn.call(&["CLIENT", "KILL", "ID", &id.to_string()], RESOLVE_TIMEOUT)
+                        .await?;
+                }
+                resolve::look(&mut conn, RESOLVE_TIMEOUT).await
+            }
+        };
+        let kill = self.target_conn.as_ref().and_then(ControlConn::id);
+        let (former, candidate) = tokio::join!(look(self.source.clone(), None), look(self.target.clone(), kill));
+        if candidate.is_ok()
+            && let Some(conn) = self.target_conn.as_mut()
+        {
+            conn.abandon();
+        }
+        resolve::decide(
+            former.ok().as_ref(),
+            candidate.ok().as_ref(),
+            self.pause.source_replid.as_deref(),
+        )
     }
 
     /// Moves to `phase`: closes the previous span of the timeline, opens the next, and logs it.
@@ -204,8 +312,10 @@ impl Run {
         let source_credentials = self.handover.credentials(self.source.side);
         let target_credentials = self.handover.credentials(self.target.side);
         let tls = self.handover.shared.backend_tls.clone();
-        let source = ControlConn::connect(&self.source, &source_credentials, CALL_TIMEOUT, tls.as_ref()).await?;
-        let target = ControlConn::connect(&self.target, &target_credentials, CALL_TIMEOUT, tls.as_ref()).await?;
+        let mut source = ControlConn::connect(&self.source, &source_credentials, CALL_TIMEOUT, tls.as_ref()).await?;
+        let mut target = ControlConn::connect(&self.target, &target_credentials, CALL_TIMEOUT, tls.as_ref()).await?;
+        source.identify(CALL_TIMEOUT).await?;
+        target.identify(CALL_TIMEOUT).await?;
         self.source_conn = Some(source);
         self.target_conn = Some(target);
 
@@ -530,10 +640,12 @@ impl Run {
                 .unwrap_or_else(|| "10".into()),
         };
         let old_generation = self.handover.shared.primary.generation();
+        self.pause.old_generation = old_generation;
         // Every blocked call must be found on OLD to be ended there after the switch; find the ones whose
         // sessions could not learn their connection's id before writes are held, and give up if one cannot be.
         let mut known_ids = HashMap::new();
         let unknown = self.identify_blocked(old_generation, &mut known_ids).await?;
+        self.pause.known_ids = known_ids;
         if unknown > 0 {
             return Err(Abort(format!(
                 "{unknown} sessions in a blocking call could not be found in {}'s CLIENT LIST by their connection's \
@@ -544,6 +656,7 @@ impl Run {
         let gate = &self.handover.shared.gate;
         let paused_at = Instant::now();
         let deadline = paused_at + budget;
+        (self.pause.paused_at, self.pause.deadline) = (Some(paused_at), Some(deadline));
         gate.close();
         self.pause.gate_closed = true;
 
@@ -615,6 +728,24 @@ impl Run {
             )));
         }
 
+        self.commit().await
+    }
+
+    /// The switch, once NEW is a master: the point of no return, from which failures are warnings. The primary
+    /// swaps, blocked calls on OLD end and are issued again on NEW, a 5.0 OLD is demoted, scripts are loaded,
+    /// subscribers settle on NEW, then the held writes go to NEW and OLD is unpaused (its fence stays).
+    async fn commit(&mut self) -> Result<(), Abort> {
+        let modern = self.source_version >= (6, 2, 0);
+        let paused_at = self.pause.paused_at.unwrap_or_else(Instant::now);
+        let deadline = self.pause.deadline.unwrap_or_else(Instant::now);
+        let old_generation = self.pause.old_generation;
+        let mut known_ids = std::mem::take(&mut self.pause.known_ids);
+        // After a promotion confirmed late, either connection may have been closed or given up on.
+        for which in [Which::Source, Which::Target] {
+            if let Err(error) = self.ensure_connected(which).await {
+                self.warn(format!("could not reconnect for the switch: {error}"));
+            }
+        }
         // The point of no return: from here on, failures are warnings.
         self.handover.lock().promoted = true;
         let shared = self.handover.shared.clone();
@@ -808,10 +939,9 @@ impl Run {
             return Err(Abort(format!("{} refused to pause: {error:?}", self.source_name())));
         }
         self.pause.pause_expires = Some(Instant::now() + length);
-        offset(
-            &parse_info(results[3].as_bytes().unwrap_or_default()),
-            "master_repl_offset",
-        )
+        let info = parse_info(results[3].as_bytes().unwrap_or_default());
+        self.pause.source_replid = info.get("master_replid").cloned();
+        offset(&info, "master_repl_offset")
     }
 
     /// Replaces a control connection, after one that failed or timed out (its replies can no longer be paired).
@@ -822,12 +952,26 @@ impl Run {
         };
         let credentials = self.handover.credentials(server.side);
         let tls = self.handover.shared.backend_tls.clone();
-        let conn = ControlConn::connect(&server, &credentials, CALL_TIMEOUT, tls.as_ref()).await?;
+        let mut conn = ControlConn::connect(&server, &credentials, CALL_TIMEOUT, tls.as_ref()).await?;
+        conn.identify(CALL_TIMEOUT).await?;
         match which {
             Which::Source => self.source_conn = Some(conn),
             Which::Target => self.target_conn = Some(conn),
         }
         Ok(())
+    }
+
+    /// Reconnects a control connection that can no longer be used; a failed reconnect leaves it unusable, so
+    /// calls on it fail rather than wait.
+    async fn ensure_connected(&mut self, which: Which) -> Result<(), ControlError> {
+        let conn = match which {
+            Which::Source => &self.source_conn,
+            Which::Target => &self.target_conn,
+        };
+        if conn.as_ref().is_some_and(|c| !c.is_broken()) {
+            return Ok(());
+        }
+        self.reconnect(which).await
     }
 
     /// Gives OLD back the min-replicas settings it had before the fence.

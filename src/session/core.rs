@@ -261,8 +261,16 @@ impl SessionCore {
         }
         let in_transaction = self.ledger.multi_open;
         let gated = !in_transaction && (command.is_write(args.get(1)) || command == Command::Multi);
-        if gated && !self.gate.pass(&env.gate, command.is_blocking()) {
-            return Verdict::Wait;
+        if gated {
+            match self.gate.pass(&env.gate, command.is_blocking()) {
+                Passage::Through => {}
+                Passage::Held => return Verdict::Wait,
+                Passage::Refused(error) => {
+                    // Its ticket goes back with the session's next reconcile, when nothing written is unanswered.
+                    self.ledger.push_local(error);
+                    return Verdict::Taken;
+                }
+            }
         }
         // Where it goes: the shared link it is on, another shared link, or its own connection.
         let (taken, moved_to) = if self.on_shared {
@@ -754,26 +762,41 @@ struct GateSlot {
     held: bool,
 }
 
+/// What the write gate does with a write.
+#[derive(Debug)]
+enum Passage {
+    Through,
+    Held,
+    /// Answered with this error instead (see [`WriteGate::refuse`]).
+    Refused(Bytes),
+}
+
 impl GateSlot {
-    /// Lets a write through the gate, or holds it. The ticket is taken before the gate is looked at; a
-    /// blocking call takes none, since the handover cannot wait for it to be answered.
-    fn pass(&mut self, gate: &WriteGate, blocking: bool) -> bool {
+    /// Lets a write through the gate, holds it, or refuses it. The ticket is taken before the gate is looked at;
+    /// a blocking call takes none, since the handover cannot wait for it to be answered.
+    fn pass(&mut self, gate: &WriteGate, blocking: bool) -> Passage {
         if !blocking && !self.has_ticket {
             gate.take_ticket();
             self.has_ticket = true;
         }
         if gate.is_closed() {
+            if let Some(error) = gate.refusal() {
+                if std::mem::take(&mut self.held) {
+                    gate.release();
+                }
+                return Passage::Refused(error);
+            }
             if !self.held {
                 self.held = true;
                 gate.hold();
             }
-            return false;
+            return Passage::Held;
         }
         if self.held {
             self.held = false;
             gate.release();
         }
-        true
+        Passage::Through
     }
 }
 

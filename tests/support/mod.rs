@@ -778,8 +778,10 @@ struct LinkState {
     stop: std::sync::atomic::AtomicBool,
     /// Refuse new connections and close the open ones.
     cut: std::sync::atomic::AtomicBool,
-    /// Cut everything right after a chunk toward the server containing these bytes has been forwarded.
+    /// Cut everything right after a chunk toward the server containing these bytes has been forwarded (or, with
+    /// `drop_trigger`, instead of forwarding it).
     cut_after: std::sync::Mutex<Option<Vec<u8>>>,
+    drop_trigger: std::sync::atomic::AtomicBool,
     streams: std::sync::Mutex<Vec<TcpStream>>,
 }
 
@@ -802,6 +804,7 @@ impl FaultyLink {
             stop: std::sync::atomic::AtomicBool::new(false),
             cut: std::sync::atomic::AtomicBool::new(false),
             cut_after: std::sync::Mutex::new(None),
+            drop_trigger: std::sync::atomic::AtomicBool::new(false),
             streams: std::sync::Mutex::new(Vec::new()),
         });
         let shared = state.clone();
@@ -841,6 +844,18 @@ impl FaultyLink {
     pub fn cut_after(&self, pattern: &[u8]) {
         *self.state.cut_after.lock().unwrap() = Some(pattern.to_vec());
     }
+
+    /// Cuts everything when a chunk toward the server contains `pattern`, without letting that chunk through.
+    pub fn cut_before(&self, pattern: &[u8]) {
+        self.state.drop_trigger.store(true, std::sync::atomic::Ordering::SeqCst);
+        *self.state.cut_after.lock().unwrap() = Some(pattern.to_vec());
+    }
+
+    /// Ends a cut: new connections go through again.
+    pub fn heal(&self) {
+        *self.state.cut_after.lock().unwrap() = None;
+        self.state.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Drop for FaultyLink {
@@ -876,11 +891,19 @@ fn pump(mut from: TcpStream, mut to: TcpStream, state: std::sync::Arc<LinkState>
             if let Some(wait) = (read_at + delay).checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
+            let trigger = state.cut_after.lock().unwrap().clone();
+            let triggered = toward_server && trigger.is_some_and(|p| chunk.windows(p.len()).any(|w| w == p.as_slice()));
+            if triggered {
+                *state.cut_after.lock().unwrap() = None;
+            }
+            if triggered && state.drop_trigger.load(std::sync::atomic::Ordering::SeqCst) {
+                state.cut_all();
+                break;
+            }
             if to.write_all(&chunk).is_err() {
                 break;
             }
-            let trigger = state.cut_after.lock().unwrap().clone();
-            if toward_server && trigger.is_some_and(|p| chunk.windows(p.len()).any(|w| w == p.as_slice())) {
+            if triggered {
                 std::thread::sleep(Duration::from_millis(20));
                 state.cut_all();
                 break;
