@@ -9,6 +9,7 @@
 
 mod resolve;
 mod run;
+mod switch;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

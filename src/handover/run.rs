@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::resolve::{self, Outcome};
+use super::switch;
 use super::{FENCE_REPLICAS, FenceWas, Handover, Phase, PhaseSpan, Request, side_index};
 use crate::config::is_loopback_host;
 use crate::control::{ControlConn, ControlError, parse_info, parse_version};
@@ -644,7 +645,8 @@ impl Run {
         // Every blocked call must be found on OLD to be ended there after the switch; find the ones whose
         // sessions could not learn their connection's id before writes are held, and give up if one cannot be.
         let mut known_ids = HashMap::new();
-        let unknown = self.identify_blocked(old_generation, &mut known_ids).await?;
+        let conn = self.source_conn.as_mut().expect("connected in pre-flight");
+        let unknown = switch::identify_blocked(&self.handover.shared, conn, old_generation, &mut known_ids).await?;
         self.pause.known_ids = known_ids;
         if unknown > 0 {
             return Err(Abort(format!(
@@ -756,47 +758,22 @@ impl Run {
         *self.handover.fenced.lock().unwrap_or_else(|e| e.into_inner()) = Some((self.source.side, was));
 
         // Blocked calls on OLD end as if timed out; their sessions issue them again on NEW.
-        if let Err(error) = self.identify_blocked(old_generation, &mut known_ids).await {
-            self.warn(format!("could not list {}'s clients: {}", self.source_name(), error.0));
-        }
-        let blocked = shared.moves.blocked_on(old_generation);
-        let ids = blocked
-            .iter()
-            .filter_map(|b| b.id.or_else(|| b.addr.and_then(|addr| known_ids.get(&addr).copied())));
-        for id in ids.collect::<Vec<_>>() {
-            let wait = remaining(deadline).max(Duration::from_millis(200));
-            if let Err(error) = self
-                .source()
-                .call(&["CLIENT", "UNBLOCK", &id.to_string(), "TIMEOUT"], wait)
-                .await
-            {
-                self.warn(format!(
-                    "could not end blocked call of backend client {id} on {}: {error}",
-                    self.source_name()
-                ));
-            }
+        let wait = remaining(deadline).max(Duration::from_millis(200));
+        let conn = self.source_conn.as_mut().expect("connected in pre-flight");
+        for warning in switch::end_blocked_calls(&shared, conn, old_generation, &mut known_ids, wait).await {
+            self.warn(warning);
         }
         // Redis 5.0 lets EXEC and scripts past the min-replicas fence (it checks only commands flagged as writes):
         // a replica refuses them, so a 5.0 OLD becomes NEW's replica, by partial resync since NEW was promoted
         // from it at the same offset. Blocked calls were ended first: a demotion would fail them with UNBLOCKED.
         let demoted = !modern && self.demote_source().await;
-        // NEW's script cache starts empty (REDIS-FACTS.md, "Scripts"): load what clients used.
-        for body in shared.scripts.all() {
-            let body = String::from_utf8_lossy(&body).into_owned();
-            if let Err(error) = self.target().ok(&["SCRIPT", "LOAD", &body], CALL_TIMEOUT).await {
-                self.warn(format!("could not load a script on NEW: {error}"));
-            }
+        let conn = self.target_conn.as_mut().expect("connected in pre-flight");
+        for warning in switch::load_scripts(&shared, conn).await {
+            self.warn(warning);
         }
-        // Subscribers, tracking users and blocked calls settle on NEW before any write reaches it.
         let settle_by = deadline.max(Instant::now() + Duration::from_millis(200));
-        while shared.moves.unsettled(primary.generation) > 0 && Instant::now() < settle_by {
-            tokio::time::sleep(PAUSE_POLL).await;
-        }
-        let unsettled = shared.moves.unsettled(primary.generation);
-        if unsettled > 0 {
-            self.warn(format!(
-                "{unsettled} sessions with subscriptions or blocked calls had not moved when writes resumed"
-            ));
+        if let Some(warning) = switch::settle(&shared, primary.generation, settle_by).await {
+            self.warn(warning);
         }
 
         shared.gate.open();
@@ -867,35 +844,6 @@ impl Run {
                 false
             }
         }
-    }
-
-    /// Finds, in OLD's `CLIENT LIST`, the client ids of the blocked connections of `generation` whose sessions do
-    /// not know them (their user may not run `CLIENT ID`), by the address of the proxy's end of each connection,
-    /// and adds them to `known`. Returns how many blocked connections are still not identified.
-    async fn identify_blocked(
-        &mut self,
-        generation: u64,
-        known: &mut HashMap<std::net::SocketAddr, i64>,
-    ) -> Result<usize, Abort> {
-        let shared = self.handover.shared.clone();
-        let unknown = |known: &HashMap<_, _>| {
-            shared
-                .moves
-                .blocked_on(generation)
-                .iter()
-                .filter(|b| b.id.is_none() && b.addr.is_none_or(|addr| !known.contains_key(&addr)))
-                .count()
-        };
-        if unknown(known) == 0 {
-            return Ok(0);
-        }
-        let list = self
-            .source()
-            .call(&["CLIENT", "LIST", "TYPE", "normal"], CALL_TIMEOUT)
-            .await?;
-        let text = String::from_utf8_lossy(list.as_bytes().unwrap_or_default()).into_owned();
-        known.extend(parse_client_list(&text));
-        Ok(unknown(known))
     }
 
     /// Pauses OLD for writers that bypass the proxy and fences it, in one transaction that also reads OLD's
@@ -1071,17 +1019,6 @@ fn sentinel_clients(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// The `addr` and `id` of each line of a `CLIENT LIST` reply.
-fn parse_client_list(text: &str) -> impl Iterator<Item = (std::net::SocketAddr, i64)> + '_ {
-    text.lines().filter_map(|line| {
-        let field = |name: &str| {
-            line.split(' ')
-                .find_map(|f| f.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))
-        };
-        Some((field("addr")?.parse().ok()?, field("id")?.parse().ok()?))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1099,19 +1036,5 @@ mod tests {
             ]
         );
         assert!(sentinel_clients("id=4 addr=127.0.0.1:5002 name= cmd=get\n").is_empty());
-    }
-
-    #[test]
-    fn client_list_lines_give_address_and_id() {
-        let text = "id=7 addr=127.0.0.1:51234 laddr=127.0.0.1:6379 fd=8 name= cmd=blpop\n\
-                    id=9 addr=[::1]:40000 fd=9 cmd=client|list\nnot a client line\n";
-        let found: Vec<_> = parse_client_list(text).collect();
-        assert_eq!(
-            found,
-            vec![
-                ("127.0.0.1:51234".parse().unwrap(), 7),
-                ("[::1]:40000".parse().unwrap(), 9)
-            ]
-        );
     }
 }
