@@ -12,6 +12,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::config::Resp3Mode;
+use crate::handover::fleet::Message;
 use crate::handover::{Handover, Request, StartError};
 
 /// Serves the admin API on `listener` until the proxy shuts down.
@@ -29,6 +30,7 @@ pub async fn serve(listener: TcpListener, handover: Arc<Handover>, shutdown: tok
         .route("/handover", post(start_handover))
         .route("/handover/abort", post(abort_handover))
         .route("/config/resp3", put(set_resp3).get(get_resp3))
+        .route("/fleet/{step}", post(fleet_step))
         .route_layer(axum::middleware::from_fn_with_state(handover.clone(), require_token))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(axum::middleware::from_fn_with_state(Arc::new(own), refuse_other_sites))
@@ -49,7 +51,8 @@ async fn status(State(handover): State<Arc<Handover>>) -> Json<serde_json::Value
 async fn metrics(State(handover): State<Arc<Handover>>) -> Response {
     let shared = handover.shared();
     let clients = shared.clients.load(std::sync::atomic::Ordering::Relaxed);
-    let text = shared.telemetry.render(clients, shared.gate.held_now());
+    let mut text = shared.telemetry.render(clients, shared.gate.held_now());
+    text.push_str(&handover.fleet_metrics());
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -65,7 +68,9 @@ async fn start_handover(State(handover): State<Arc<Handover>>, body: Bytes) -> R
     };
     match handover.start(request) {
         Ok(()) => (StatusCode::ACCEPTED, Json(handover.status())).into_response(),
-        Err(error @ StartError::Running(_)) => refuse(StatusCode::CONFLICT, error.to_string()),
+        Err(error @ (StartError::Running(_) | StartError::Following(_))) => {
+            refuse(StatusCode::CONFLICT, error.to_string())
+        }
         Err(error @ StartError::NoTarget) => refuse(StatusCode::BAD_REQUEST, error.to_string()),
     }
 }
@@ -88,6 +93,31 @@ async fn abort_handover(State(handover): State<Arc<Handover>>, body: Bytes) -> R
     };
     match handover.abort(options.force) {
         Ok(()) => (StatusCode::ACCEPTED, Json(json!({ "aborting": true }))).into_response(),
+        Err(reason) => refuse(StatusCode::CONFLICT, reason),
+    }
+}
+
+/// `POST /fleet/claim|hold|switch|release|abort`: a step of a handover another proxy of the fleet drives (see
+/// [`crate::handover::fleet`]). A refused step answers 409 with the reason.
+async fn fleet_step(
+    State(handover): State<Arc<Handover>>,
+    axum::extract::Path(step): axum::extract::Path<String>,
+    body: Bytes,
+) -> Response {
+    let message: Message = match serde_json::from_slice(&body) {
+        Ok(message) => message,
+        Err(error) => return refuse(StatusCode::BAD_REQUEST, format!("invalid fleet message: {error}")),
+    };
+    let answer = match step.as_str() {
+        "claim" => handover.fleet_claim(message),
+        "hold" => handover.fleet_hold(message).await,
+        "switch" => handover.fleet_switch(message).await,
+        "release" => handover.fleet_release(message),
+        "abort" => handover.fleet_abort(message),
+        other => return refuse(StatusCode::NOT_FOUND, format!("no fleet step {other:?}")),
+    };
+    match answer {
+        Ok(answer) => Json(answer).into_response(),
         Err(reason) => refuse(StatusCode::CONFLICT, reason),
     }
 }

@@ -72,6 +72,12 @@ pub struct Config {
     pub backend_tls_ca_file: Option<PathBuf>,
     /// The name the servers' certificates are checked against; by default the host of each address.
     pub backend_tls_server_name: Option<String>,
+    /// The admin addresses (`host:port`) of the other proxies in front of the same servers, or one name that
+    /// resolves to all of them; a handover started on any of them is carried out by all. A proxy skips its own
+    /// address. They share the admin token, where one is set.
+    pub fleet_peers: Vec<String>,
+    /// This proxy's name in the fleet; by default its admin address.
+    pub proxy_id: Option<String>,
 }
 
 /// What the proxy does with `HELLO 3`.
@@ -147,6 +153,8 @@ impl Default for Config {
             backend_tls: false,
             backend_tls_ca_file: None,
             backend_tls_server_name: None,
+            fleet_peers: Vec::new(),
+            proxy_id: None,
         }
     }
 }
@@ -263,6 +271,17 @@ pub struct Overrides {
     /// The name the servers' certificates must carry [default: the host of each address].
     #[arg(long, env = "REDIS_HANDOVER_BACKEND_TLS_SERVER_NAME", value_name = "NAME")]
     pub backend_tls_server_name: Option<String>,
+    /// The admin address of another proxy of the fleet (repeat it), or one name resolving to all of them.
+    #[arg(
+        long = "peer",
+        env = "REDIS_HANDOVER_FLEET_PEERS",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    pub fleet_peers: Option<Vec<String>>,
+    /// This proxy's name in the fleet [default: its admin address].
+    #[arg(long, env = "REDIS_HANDOVER_PROXY_ID", value_name = "NAME")]
+    pub proxy_id: Option<String>,
 }
 
 impl Overrides {
@@ -324,7 +343,8 @@ impl Config {
             threads,
             backend_links,
             resp3,
-            admin_allowed_hosts
+            admin_allowed_hosts,
+            fleet_peers
         );
         set_option!(
             new,
@@ -335,7 +355,7 @@ impl Config {
             new_password,
             new_password_file
         );
-        set_option!(old_replication_addr, new_replication_addr);
+        set_option!(old_replication_addr, new_replication_addr, proxy_id);
         set_option!(admin_token_file, admin_token, requirepass_file, requirepass);
         set_option!(
             tls_cert_file,
@@ -388,6 +408,9 @@ impl Config {
             if let Some(value) = value {
                 check_address(key, value)?;
             }
+        }
+        for peer in &self.fleet_peers {
+            check_address("fleet_peers", peer)?;
         }
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
             let reason = "tls_cert_file and tls_key_file go together".to_string();

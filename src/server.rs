@@ -61,6 +61,9 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
         shared.links.spares.start_watching();
     }
     let handover = Handover::new(shared.clone());
+    if let Some(addr) = listeners.admin.as_ref().and_then(|l| l.local_addr().ok()) {
+        handover.set_admin_addr(addr);
+    }
     // Which server is the primary comes from the servers, before anything is served (the admin port included,
     // so that its first answer is already true).
     handover.resolve_at_start().await;

@@ -175,7 +175,7 @@ impl Telemetry {
             handover_phase: gauge(
                 &recorder,
                 "redis_handover_phase",
-                "Handover phase: 0 idle, 1 preflight, 2 syncing, 3 catching_up, 4 paused, 5 switched, 6 aborted.",
+                "Handover phase: 0 idle, 1 preflight, 2 syncing, 3 catching_up, 4 paused, 5 switched, 6 aborted, 7 in_doubt.",
                 &[],
             ),
             lag_bytes: gauge(

@@ -6,43 +6,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use redis_handover::consistency::{self, Report, Writers};
 use serde_json::json;
-use support::{FaultyLink, Proxy, RedisServer, Reply, Version};
-
-/// Checker writers running through the proxy on a runtime of their own.
-struct Load {
-    runtime: tokio::runtime::Runtime,
-    writers: Option<Writers>,
-    addr: String,
-}
-
-impl Load {
-    fn start(proxy: &Proxy, clients: usize) -> Load {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let addr = proxy.addr.to_string();
-        let writers = runtime.block_on(async { Writers::start(&addr, clients, "fault") });
-        Load {
-            runtime,
-            writers: Some(writers),
-            addr,
-        }
-    }
-
-    fn stop_and_verify(mut self) -> Report {
-        let writers = self.writers.take().unwrap();
-        self.runtime.block_on(async {
-            let logs = writers.stop().await;
-            consistency::verify(&self.addr, "fault", &logs)
-                .await
-                .expect("verification reads")
-        })
-    }
-}
+use support::{FaultyLink, Load, Proxy, RedisServer, Reply, Version};
 
 #[derive(Debug, Clone, Copy)]
 enum Fault {

@@ -7,6 +7,7 @@
 //! `aborted` with OLD still primary and nothing lost. Every transition is one call of `Run::enter`, which logs it and records it in the timeline.
 //! The Redis facts this rests on are in REDIS-FACTS.md ("Replication across versions", "Primitives").
 
+pub mod fleet;
 mod resolve;
 mod run;
 mod switch;
@@ -138,6 +139,8 @@ pub struct Report {
     pub writes_held: u64,
     pub config_differences: Vec<String>,
     pub warnings: Vec<String>,
+    /// What the other proxies of the fleet did, step by step.
+    pub fleet: Vec<String>,
 }
 
 /// Live progress, read by `GET /status`.
@@ -165,6 +168,8 @@ pub enum StartError {
     Running(&'static str),
     #[error("no NEW server is configured (--new)")]
     NoTarget,
+    #[error("this proxy follows a handover that another proxy of the fleet drives ({0})")]
+    Following(String),
 }
 
 /// The handover controller: at most one handover at a time.
@@ -175,6 +180,12 @@ pub struct Handover {
     cancel: Mutex<Option<CancellationToken>>,
     /// The side the proxy fenced after a switch, and what the fence replaced: undone if it becomes the target.
     fenced: Mutex<Option<(Side, FenceWas)>>,
+    /// Where the admin port listens (the fleet's peers reach this proxy there).
+    admin_addr: Mutex<Option<std::net::SocketAddr>>,
+    /// This proxy's part in a handover another proxy of the fleet drives.
+    part: Mutex<fleet::Part>,
+    /// What the peers said last.
+    peer_views: Mutex<Vec<fleet::PeerView>>,
 }
 
 impl Handover {
@@ -185,6 +196,9 @@ impl Handover {
             running: AtomicBool::new(false),
             cancel: Mutex::new(None),
             fenced: Mutex::new(None),
+            admin_addr: Mutex::new(None),
+            part: Mutex::new(fleet::Part::Idle),
+            peer_views: Mutex::new(Vec::new()),
         });
         tokio::spawn(probe(Arc::downgrade(&handover)));
         handover
@@ -193,6 +207,9 @@ impl Handover {
     /// Starts a handover to the server that is not the primary now; returns at once.
     pub fn start(self: &Arc<Self>, request: Request) -> Result<(), StartError> {
         let (source, target) = self.servers().ok_or(StartError::NoTarget)?;
+        if let Some(driver) = self.following() {
+            return Err(StartError::Following(driver));
+        }
         if self.running.swap(true, Ordering::SeqCst) {
             let phase = self.lock().phase.unwrap_or(Phase::Idle);
             return Err(StartError::Running(phase.name()));
@@ -213,6 +230,7 @@ impl Handover {
             writes_held: 0,
             config_differences: Vec::new(),
             warnings: Vec::new(),
+            fleet: Vec::new(),
         };
         {
             let mut progress = self.lock();
@@ -317,6 +335,7 @@ impl Handover {
             "writes_held": gate.held_now(),
             "fence": progress.fence,
             "in_doubt": progress.in_doubt,
+            "fleet": self.fleet_status(),
             "scripts_known": self.shared.scripts.len(),
             "resp3": self.shared.resp3_mode().name(),
             "handover": progress.current,
@@ -422,6 +441,9 @@ async fn probe(handover: std::sync::Weak<Handover>) {
             }
         }
         this.shared.telemetry.upkeep();
+        if !this.shared.config.fleet_peers.is_empty() {
+            this.look_at_peers().await;
+        }
         drop(this);
         tokio::time::sleep(Duration::from_secs(2)).await;
     }

@@ -152,7 +152,7 @@ impl Handover {
     }
 
     /// What both servers say, each asked on a new connection.
-    async fn look_at(&self, old: &Server, new: &Server) -> Outcome {
+    pub(super) async fn look_at(&self, old: &Server, new: &Server) -> Outcome {
         let (former, candidate) = tokio::join!(self.look_at_one(old), self.look_at_one(new));
         decide(former.ok().as_ref(), candidate.ok().as_ref(), None)
     }
@@ -162,7 +162,7 @@ impl Handover {
         look(&mut conn, LOOK_TIMEOUT).await
     }
 
-    async fn connect(&self, server: &Server) -> Result<ControlConn, ControlError> {
+    pub(super) async fn connect(&self, server: &Server) -> Result<ControlConn, ControlError> {
         let credentials = self.credentials(server.side);
         ControlConn::connect(server, &credentials, LOOK_TIMEOUT, self.shared.backend_tls.as_ref()).await
     }
@@ -187,7 +187,7 @@ impl Handover {
     /// or once those have had [`DRIVER_LEASE`] and been closed: a closed connection's unread commands never run,
     /// so a stalled proxy that wakes up can change nothing any more.
     async fn recover(&self, old: Server, new: Server, cancel: CancellationToken) {
-        let since = tokio::time::Instant::now();
+        let since = std::time::Instant::now();
         loop {
             if cancel.is_cancelled() {
                 match self.unfence(&old).await {
@@ -198,36 +198,14 @@ impl Handover {
                     Err(error) => tracing::warn!(%error, "could not lift OLD's fence"),
                 }
             }
-            let outcome = match self.look_at(&old, &new).await {
-                Outcome::Stopped => {
-                    let mut drivers = self.control_connections(&old).await;
-                    drivers.extend(self.control_connections(&new).await);
-                    if drivers.is_empty() || since.elapsed() >= DRIVER_LEASE {
-                        self.close_connections(&old, &new, &drivers).await;
-                        match self.look_at(&old, &new).await {
-                            Outcome::Stopped => match self.unfence(&old).await {
-                                Ok(()) => Outcome::Former,
-                                Err(error) => Outcome::InDoubt(format!("OLD's fence could not be lifted: {error}")),
-                            },
-                            outcome => outcome,
-                        }
-                    } else {
-                        Outcome::InDoubt(format!(
-                            "OLD is fenced and NEW is still its replica, and another proxy's handover is connected to \
-                             them: it is given {} s to finish",
-                            DRIVER_LEASE.as_secs()
-                        ))
-                    }
-                }
-                outcome => outcome,
-            };
+            let outcome = self.look_and_settle(&old, &new, since).await;
             let why = match outcome {
                 Outcome::Former => {
                     tracing::info!("OLD is the primary");
                     return;
                 }
                 Outcome::Promoted => return self.adopt(&old, &new),
-                Outcome::Stopped => "OLD is fenced and NEW is still its replica".to_string(),
+                Outcome::Stopped => unreachable!("settled by look_and_settle"),
                 Outcome::InDoubt(why) => why,
             };
             let text = format!(
@@ -251,6 +229,35 @@ impl Handover {
                     _ = cancel.cancelled() => {}
                 }
             }
+        }
+    }
+
+    /// Looks at both servers, and undoes a handover found stopped between the fence and the promotion once no
+    /// other proxy's control connection is left on the servers, or once those have had [`DRIVER_LEASE`] (from
+    /// `since`) and been closed: a closed connection's unread commands never run, so a stalled proxy that wakes
+    /// up can change nothing any more. Never answers [`Outcome::Stopped`].
+    pub(super) async fn look_and_settle(&self, old: &Server, new: &Server, since: std::time::Instant) -> Outcome {
+        match self.look_at(old, new).await {
+            Outcome::Stopped => {
+                let mut drivers = self.control_connections(old).await;
+                drivers.extend(self.control_connections(new).await);
+                if !drivers.is_empty() && since.elapsed() < DRIVER_LEASE {
+                    return Outcome::InDoubt(format!(
+                        "OLD is fenced and NEW is still its replica, and another proxy's handover is connected to \
+                         them: it is given {} s to finish",
+                        DRIVER_LEASE.as_secs()
+                    ));
+                }
+                self.close_connections(old, new, &drivers).await;
+                match self.look_at(old, new).await {
+                    Outcome::Stopped => match self.unfence(old).await {
+                        Ok(()) => Outcome::Former,
+                        Err(error) => Outcome::InDoubt(format!("OLD's fence could not be lifted: {error}")),
+                    },
+                    outcome => outcome,
+                }
+            }
+            outcome => outcome,
         }
     }
 

@@ -2,11 +2,13 @@
 //! with nothing lost; after it, failures become warnings in the report.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::fleet::{CLAIM_LEASE, CLAIM_RENEWAL, LEASE_MARGIN, Message, PEER_TIMEOUT};
 use super::resolve::{self, Outcome};
 use super::switch;
 use super::{FENCE_REPLICAS, FenceWas, Handover, Phase, PhaseSpan, Request, side_index};
@@ -73,6 +75,21 @@ pub(super) struct Run {
     source_version: (u32, u32, u32),
     target_version: (u32, u32, u32),
     pause: PauseState,
+    fleet: FleetRun,
+}
+
+/// The driver's side of a fleet handover: the other proxies, told each step.
+#[derive(Default)]
+struct FleetRun {
+    peers: Vec<SocketAddr>,
+    /// This handover's name among the proxies: the driver's id and its start time.
+    epoch: String,
+    /// Renews the claim on the peers until the handover ends.
+    renewal: Option<tokio::task::JoinHandle<()>>,
+    /// The peers that hold their writes, and since when.
+    held: Vec<SocketAddr>,
+    held_at: Option<Instant>,
+    lease: Duration,
 }
 
 impl Run {
@@ -95,6 +112,7 @@ impl Run {
             source_version: (0, 0, 0),
             target_version: (0, 0, 0),
             pause: PauseState::default(),
+            fleet: FleetRun::default(),
         }
     }
 
@@ -103,6 +121,7 @@ impl Run {
         tracing::info!(from = %self.source.addr, to = %self.target.addr, request = ?self.request, "handover started");
         let outcome = async {
             self.enter(Phase::Preflight);
+            self.claim_fleet().await?;
             self.preflight().await?;
             self.enter(Phase::Syncing);
             self.sync().await?;
@@ -148,8 +167,157 @@ impl Run {
                 self.handover.shared.telemetry.handover_finished(false, None);
             }
         }
+        if let Some(renewal) = self.fleet.renewal.take() {
+            renewal.abort();
+        }
         let mut progress = self.handover.lock();
         progress.last = progress.current.take();
+    }
+
+    /// A step of the fleet protocol, for this handover.
+    fn fleet_message(&self, lease: Duration) -> Message {
+        Message {
+            epoch: self.fleet.epoch.clone(),
+            driver: self.handover.proxy_id(),
+            from: self.source.addr.to_string(),
+            to: self.target.addr.to_string(),
+            lease_ms: lease.as_millis() as u64,
+        }
+    }
+
+    fn fleet_note(&self, line: String) {
+        tracing::info!(%line, "fleet");
+        if let Some(report) = self.handover.lock().current.as_mut() {
+            report.fleet.push(line);
+        }
+    }
+
+    /// Before any server is touched: every other proxy of the fleet agrees to follow this handover and to start
+    /// or follow no other. One that refuses or does not answer stops it here. The claim is renewed until the end.
+    async fn claim_fleet(&mut self) -> Result<(), Abort> {
+        self.fleet.peers = self.handover.peers().await;
+        if self.fleet.peers.is_empty() {
+            return Ok(());
+        }
+        self.fleet.epoch = format!(
+            "{}@{}",
+            self.handover.proxy_id(),
+            self.handover
+                .lock()
+                .current
+                .as_ref()
+                .map_or(0, |r| r.started_at_unix_ms)
+        );
+        let message = self.fleet_message(CLAIM_LEASE);
+        let (claimed, refusals) = self
+            .handover
+            .tell_peers(&self.fleet.peers, "/fleet/claim", &message, PEER_TIMEOUT)
+            .await;
+        if !refusals.is_empty() {
+            return Err(Abort(format!(
+                "the fleet did not agree to the handover: {}",
+                refusals.iter().map(|r| r.0.as_str()).collect::<Vec<_>>().join("; ")
+            )));
+        }
+        self.fleet_note(format!(
+            "{} peers follow this handover ({})",
+            claimed.len(),
+            self.fleet.epoch
+        ));
+        let (handover, peers) = (self.handover.clone(), self.fleet.peers.clone());
+        self.fleet.renewal = Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(CLAIM_RENEWAL).await;
+                let (_, refusals) = handover
+                    .tell_peers(&peers, "/fleet/claim", &message, PEER_TIMEOUT)
+                    .await;
+                for refusal in refusals {
+                    tracing::warn!(refusal = %refusal.0, "fleet: a peer did not renew its claim");
+                }
+            }
+        }));
+        Ok(())
+    }
+
+    /// With the gate closed: every peer holds its writes and drains the ones in flight, before OLD is fenced.
+    async fn hold_fleet(&mut self, budget: Duration) -> Result<(), Abort> {
+        if self.fleet.peers.is_empty() {
+            return Ok(());
+        }
+        self.fleet.lease = budget + LEASE_MARGIN;
+        let message = self.fleet_message(self.fleet.lease);
+        let asked = Instant::now();
+        self.fleet.held_at = Some(asked);
+        let (held, refusals) = self
+            .handover
+            .tell_peers(&self.fleet.peers, "/fleet/hold", &message, budget)
+            .await;
+        self.fleet.held = held;
+        if !refusals.is_empty() {
+            return Err(Abort(format!(
+                "not every proxy of the fleet held its writes: {}",
+                refusals.iter().map(|r| r.0.as_str()).collect::<Vec<_>>().join("; ")
+            )));
+        }
+        self.fleet_note(format!(
+            "{} peers held their writes and drained them in {:.1} ms",
+            self.fleet.held.len(),
+            asked.elapsed().as_secs_f64() * 1000.0
+        ));
+        Ok(())
+    }
+
+    /// After this proxy switched: every peer that holds switches too; the ones that do not confirm are waited for
+    /// until their lease ends (by then they find the outcome on the servers themselves); then every peer releases
+    /// its writes. So no proxy writes to NEW while another still reads from OLD.
+    async fn switch_fleet(&mut self) {
+        if self.fleet.held.is_empty() {
+            return;
+        }
+        let message = self.fleet_message(self.fleet.lease);
+        let lease_ends = self.fleet.held_at.unwrap_or_else(Instant::now) + self.fleet.lease;
+        let wait = remaining(lease_ends).max(Duration::from_millis(200));
+        let asked = Instant::now();
+        let held = self.fleet.held.clone();
+        let (switched, refusals) = self.handover.tell_peers(&held, "/fleet/switch", &message, wait).await;
+        self.fleet_note(format!(
+            "{} peers moved their sessions to {} in {:.1} ms",
+            switched.len(),
+            self.target_name(),
+            asked.elapsed().as_secs_f64() * 1000.0
+        ));
+        if !refusals.is_empty() {
+            for refusal in &refusals {
+                self.warn(format!(
+                    "a peer did not confirm the switch ({}); writes were held until its lease ended, when it finds \
+                     the outcome on the servers",
+                    refusal.0
+                ));
+            }
+            tokio::time::sleep(remaining(lease_ends)).await;
+        }
+        let (_, refusals) = self
+            .handover
+            .tell_peers(&self.fleet.peers, "/fleet/release", &message, PEER_TIMEOUT)
+            .await;
+        for refusal in refusals {
+            self.warn(format!("a peer did not confirm the release: {}", refusal.0));
+        }
+    }
+
+    /// After an abort: every peer lets its held writes go to OLD (unfenced by then) and leaves the claim.
+    async fn abort_fleet(&mut self) {
+        if self.fleet.peers.is_empty() || self.fleet.epoch.is_empty() {
+            return;
+        }
+        let message = self.fleet_message(Duration::ZERO);
+        let (_, refusals) = self
+            .handover
+            .tell_peers(&self.fleet.peers, "/fleet/abort", &message, PEER_TIMEOUT)
+            .await;
+        for refusal in refusals {
+            self.warn(format!("a peer did not confirm the abort: {}", refusal.0));
+        }
     }
 
     /// After a failure between `REPLICAOF NO ONE` and its confirmation: NEW may or may not be a master. OLD stays
@@ -661,6 +829,8 @@ impl Run {
         (self.pause.paused_at, self.pause.deadline) = (Some(paused_at), Some(deadline));
         gate.close();
         self.pause.gate_closed = true;
+        self.hold_fleet(budget).await?;
+        let gate = &self.handover.shared.gate;
 
         while gate.writes_in_flight() > 0 {
             self.cancelled()?;
@@ -776,6 +946,7 @@ impl Run {
             self.warn(warning);
         }
 
+        self.switch_fleet().await;
         shared.gate.open();
         self.pause.gate_closed = false;
         let pause = paused_at.elapsed();
@@ -963,6 +1134,7 @@ impl Run {
                 ));
             }
         }
+        self.abort_fleet().await;
         if self.pause.gate_closed {
             let gate = &self.handover.shared.gate;
             if let Some(report) = self.handover.lock().current.as_mut() {

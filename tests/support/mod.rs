@@ -315,8 +315,50 @@ pub fn dedicated_links() -> bool {
 }
 
 impl Proxy {
+    /// Starts `n` proxies in front of `old` and `new` as one fleet: each lists every admin address in
+    /// `fleet_peers` (and skips its own), plus `extra_peers` (relays in front of some of them).
+    pub fn start_fleet(
+        n: usize,
+        old: SocketAddr,
+        new: SocketAddr,
+        configure: impl Fn(usize, &mut Config),
+    ) -> Vec<Proxy> {
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        ports
+            .iter()
+            .enumerate()
+            .map(|(i, &port)| {
+                Proxy::start_inner(old, Some(new), Some(port), |c| {
+                    c.fleet_peers = peers.clone();
+                    c.proxy_id = Some(format!("proxy-{}", i + 1));
+                    configure(i, c);
+                })
+            })
+            .collect()
+    }
+
+    /// Starts the proxy with its admin port on `admin_port` (for a fleet whose peers must know it in advance).
+    pub fn start_with_admin(
+        old: SocketAddr,
+        new: SocketAddr,
+        admin_port: u16,
+        configure: impl FnOnce(&mut Config),
+    ) -> Proxy {
+        Proxy::start_inner(old, Some(new), Some(admin_port), configure)
+    }
+
     /// Starts the proxy in front of `old` (and `new`), with `configure` changing the settings first.
     pub fn start(old: SocketAddr, new: Option<SocketAddr>, configure: impl FnOnce(&mut Config)) -> Proxy {
+        Proxy::start_inner(old, new, None, configure)
+    }
+
+    fn start_inner(
+        old: SocketAddr,
+        new: Option<SocketAddr>,
+        admin_port: Option<u16>,
+        configure: impl FnOnce(&mut Config),
+    ) -> Proxy {
         let mut config = Config {
             old: old.to_string(),
             new: new.map(|a| a.to_string()),
@@ -342,7 +384,9 @@ impl Proxy {
                 .unwrap();
             runtime.block_on(async move {
                 let proxy = server::bind("127.0.0.1:0").await.unwrap();
-                let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let admin = tokio::net::TcpListener::bind(("127.0.0.1", admin_port.unwrap_or(0)))
+                    .await
+                    .unwrap();
                 ready_tx
                     .send((proxy.local_addr().unwrap(), admin.local_addr().unwrap()))
                     .unwrap();
@@ -796,7 +840,13 @@ impl LinkState {
 
 impl FaultyLink {
     pub fn start(upstream: SocketAddr) -> FaultyLink {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        FaultyLink::start_on("127.0.0.1:0".parse().unwrap(), upstream)
+    }
+
+    /// A relay listening on `listen`: another loopback address with the upstream's own port makes a relay whose
+    /// address an admin port takes for its own (its `Host` check compares the port).
+    pub fn start_on(listen: SocketAddr, upstream: SocketAddr) -> FaultyLink {
+        let listener = TcpListener::bind(listen).unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let state = std::sync::Arc::new(LinkState {
@@ -911,4 +961,54 @@ fn pump(mut from: TcpStream, mut to: TcpStream, state: std::sync::Arc<LinkState>
         }
         let _ = to.shutdown(std::net::Shutdown::Both);
     });
+}
+
+/// The consistency checker's writers running through a proxy, on a runtime of their own: every acknowledged
+/// write is looked for once they stop.
+pub struct Load {
+    runtime: tokio::runtime::Runtime,
+    writers: Option<redis_handover::consistency::Writers>,
+    addr: String,
+    prefix: String,
+}
+
+impl Load {
+    /// `clients` writers through `proxy`, their keys under `fault`.
+    pub fn start(proxy: &Proxy, clients: usize) -> Load {
+        Load::start_named(proxy, clients, "fault")
+    }
+
+    /// The same with the keys under `prefix` (one per proxy of a fleet).
+    pub fn start_named(proxy: &Proxy, clients: usize, prefix: &str) -> Load {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let addr = proxy.addr.to_string();
+        let writers = runtime.block_on(async { redis_handover::consistency::Writers::start(&addr, clients, prefix) });
+        Load {
+            runtime,
+            writers: Some(writers),
+            addr,
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// Stops the writers and looks for every write they were told succeeded, through the same proxy.
+    pub fn stop_and_verify(self) -> redis_handover::consistency::Report {
+        let addr = self.addr.clone();
+        self.stop_and_verify_through(&addr)
+    }
+
+    /// The same, reading through `addr`.
+    pub fn stop_and_verify_through(mut self, addr: &str) -> redis_handover::consistency::Report {
+        let writers = self.writers.take().unwrap();
+        self.runtime.block_on(async {
+            let logs = writers.stop().await;
+            redis_handover::consistency::verify(addr, &self.prefix, &logs)
+                .await
+                .expect("verification reads")
+        })
+    }
 }
