@@ -280,6 +280,32 @@ fn render_status(s: &Value) -> String {
     if !s["fence"].is_null() {
         out.push_str(&format!("fence        {}\n", text(&s["fence"])));
     }
+    let fleet = &s["fleet"];
+    if let Some(peers) = fleet["peers"].as_array().filter(|p| !p.is_empty()) {
+        out.push_str(&format!(
+            "fleet        this proxy {}, {}{}\n",
+            text(&fleet["proxy_id"]),
+            text(&fleet["part"]),
+            fleet["driver"]
+                .as_str()
+                .map(|d| format!(" (driven by {d})"))
+                .unwrap_or_default()
+        ));
+        for peer in peers {
+            let state = if peer["reachable"] == true {
+                format!(
+                    "{} phase {}, {}, primary {}",
+                    text(&peer["proxy_id"]),
+                    text(&peer["phase"]),
+                    text(&peer["part"]),
+                    text(&peer["primary"])
+                )
+            } else {
+                "unreachable".to_string()
+            };
+            out.push_str(&format!("  peer       {:<22} {state}\n", text(&peer["addr"])));
+        }
+    }
     let last = &s["last_handover"];
     if !last.is_null() {
         out.push_str(&format!(
