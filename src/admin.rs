@@ -108,17 +108,23 @@ async fn fleet_step(
         Ok(message) => message,
         Err(error) => return refuse(StatusCode::BAD_REQUEST, format!("invalid fleet message: {error}")),
     };
-    let answer = match step.as_str() {
-        "claim" => handover.fleet_claim(message),
-        "hold" => handover.fleet_hold(message).await,
-        "switch" => handover.fleet_switch(message).await,
-        "release" => handover.fleet_release(message),
-        "abort" => handover.fleet_abort(message),
-        other => return refuse(StatusCode::NOT_FOUND, format!("no fleet step {other:?}")),
-    };
-    match answer {
-        Ok(answer) => Json(answer).into_response(),
-        Err(reason) => refuse(StatusCode::CONFLICT, reason),
+    // A step runs to its end in a task of its own: the driver may go away mid-step (its connection closing
+    // drops this handler), and a step half done would leave this proxy's gate or sessions stuck.
+    let step = tokio::spawn(async move {
+        match step.as_str() {
+            "claim" => Some(handover.fleet_claim(message)),
+            "hold" => Some(handover.fleet_hold(message).await),
+            "switch" => Some(handover.fleet_switch(message).await),
+            "release" => Some(handover.fleet_release(message)),
+            "abort" => Some(handover.fleet_abort(message)),
+            _ => None,
+        }
+    });
+    match step.await {
+        Ok(Some(Ok(answer))) => Json(answer).into_response(),
+        Ok(Some(Err(reason))) => refuse(StatusCode::CONFLICT, reason),
+        Ok(None) => refuse(StatusCode::NOT_FOUND, "no such fleet step".into()),
+        Err(error) => refuse(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
     }
 }
 

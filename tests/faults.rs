@@ -153,12 +153,12 @@ fn new_promoted_but_unconfirmed_holds_writes_in_doubt_then_switches_when_new_ans
     let (code, answer) = s.proxy.post("/handover", json!({ "max_pause_ms": 1000 }));
     assert_eq!(code, 202, "{answer}");
     s.proxy.wait_for_phase("in_doubt", Duration::from_secs(30));
+    support::wait_until("the status to say why", Duration::from_secs(10), || {
+        let status = s.proxy.status();
+        let in_doubt = status["in_doubt"].as_str().unwrap_or_default().to_string();
+        in_doubt.contains("cannot be reached") && in_doubt.contains("--force")
+    });
     let status = s.proxy.status();
-    let in_doubt = status["in_doubt"].as_str().unwrap_or_default();
-    assert!(
-        in_doubt.contains("cannot be reached") && in_doubt.contains("--force"),
-        "{status:#}"
-    );
     assert_eq!(status["primary"]["side"], "old");
     // OLD stays fenced (NEW may be a master), and no plain abort lets it take writes again.
     assert!(s.old.direct().run("SET direct 1").text().starts_with("NOREPLICAS"));

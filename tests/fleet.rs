@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{FaultyLink, Load, Proxy, RedisServer, Reply, Version};
+use support::{FaultyLink, Load, Proxy, ProxyProcess, RedisServer, Reply, Version};
 
 /// Three proxies in front of OLD and NEW, with the checker's writers on each.
 struct Fleet {
@@ -210,4 +210,234 @@ fn two_handovers_started_at_once_end_with_one_primary() {
     let side = if switched == 1 { "new" } else { "old" };
     println!("two handovers at once: {outcomes:?}");
     fleet.assert_all_on(side, "two handovers at once");
+}
+
+/// A fleet whose driver (proxy 1) is a process of its own, to be killed or stalled, with two followers in this
+/// process and the checker writing through them; NEW replicates from OLD through a relay that can slow it.
+struct DriverFleet {
+    old: RedisServer,
+    new: RedisServer,
+    replication: FaultyLink,
+    driver: ProxyProcess,
+    followers: Vec<Proxy>,
+    loads: Vec<Load>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stop {
+    Kill,
+    Stall,
+}
+
+impl DriverFleet {
+    fn start() -> DriverFleet {
+        let old = RedisServer::start(Version::V6_2, &[]);
+        let new = RedisServer::start(Version::V7_0, &[]);
+        let replication = FaultyLink::start(old.addr());
+        let ports: Vec<u16> = (0..3).map(|_| support::free_port()).collect();
+        let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let followers: Vec<Proxy> = (1..3)
+            .map(|i| {
+                Proxy::start_with_admin(old.addr(), new.addr(), ports[i], |c| {
+                    c.fleet_peers = peers.clone();
+                    c.proxy_id = Some(format!("proxy-{}", i + 1));
+                    c.old_replication_addr = Some(replication.addr.to_string());
+                })
+            })
+            .collect();
+        let mut args = vec![
+            "--proxy-id".to_string(),
+            "proxy-1".into(),
+            "--old-replication-addr".into(),
+            replication.addr.to_string(),
+        ];
+        for peer in &peers {
+            args.extend(["--peer".to_string(), peer.clone()]);
+        }
+        let driver = ProxyProcess::start(old.addr(), new.addr(), ports[0], &args);
+        let loads = followers
+            .iter()
+            .enumerate()
+            .map(|(i, f)| Load::start_named(f, 2, &format!("driver{i}")))
+            .collect();
+        DriverFleet {
+            old,
+            new,
+            replication,
+            driver,
+            followers,
+            loads,
+        }
+    }
+
+    fn start_handover(&self, max_pause_ms: u64) {
+        let (code, answer) = self.driver.post("/handover", json!({ "max_pause_ms": max_pause_ms }));
+        assert_eq!(code, 202, "{answer}");
+    }
+
+    fn stop_driver(&mut self, stop: Stop) {
+        match stop {
+            Stop::Kill => self.driver.kill(),
+            Stop::Stall => self.driver.stall(),
+        }
+    }
+
+    /// Waits until both followers are done with the handover and serve from `side`.
+    fn wait_for_followers_on(&self, side: &str, what: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let statuses: Vec<serde_json::Value> = self.followers.iter().map(|f| f.status()).collect();
+            if statuses
+                .iter()
+                .all(|s| s["primary"]["side"] == side && s["fleet"]["part"] == "idle")
+            {
+                return;
+            }
+            let brief: Vec<String> = statuses
+                .iter()
+                .map(|s| format!("{} {} {}", s["primary"]["side"], s["fleet"], s["in_doubt"]))
+                .collect();
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: the followers did not end on {side}: {brief:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every acknowledged write through the followers found, no client error; the longest waits.
+    fn verify(self, what: &str) {
+        let reader = self.followers[0].addr.to_string();
+        for (i, load) in self.loads.into_iter().enumerate() {
+            let report = load.stop_and_verify_through(&reader);
+            assert_eq!(report.lost, 0, "{what}: proxy {}: {report:#?}", i + 2);
+            assert_eq!(report.failed_batches, 0, "{what}: proxy {}: {report:#?}", i + 2);
+            println!(
+                "{what}: proxy {}: {} acknowledged writes checked, 0 lost, longest wait {:.1} ms",
+                i + 2,
+                report.acknowledged_writes,
+                report.longest_wait_ms
+            );
+        }
+    }
+
+    fn fence(&self) -> Reply {
+        self.old.direct().run("CONFIG GET min-replicas-to-write").items()[1].clone()
+    }
+}
+
+fn driver_stopped_while_peers_hold(stop: Stop) {
+    let mut fleet = DriverFleet::start();
+    // A transaction open on the third proxy keeps its hold draining, so the driver waits for it before the fence.
+    let mut transaction = fleet.followers[1].client();
+    assert_eq!(transaction.run("MULTI"), Reply::ok());
+    assert_eq!(transaction.run("SET in-tx 1"), Reply::Status("QUEUED".into()));
+    fleet.start_handover(2000);
+    support::wait_until("the third proxy to hold", Duration::from_secs(30), || {
+        fleet.followers[1].status()["fleet"]["part"] == "held"
+    });
+    fleet.stop_driver(stop);
+    assert_eq!(transaction.run("EXEC"), Reply::Array(vec![Reply::ok()]));
+    let what = format!("driver {stop:?} while the peers hold");
+    fleet.wait_for_followers_on("old", &what);
+    assert_eq!(fleet.fence(), Reply::bulk("0"), "OLD was never fenced");
+    if stop == Stop::Stall {
+        // Back from its stall after its budget, the driver fences nothing: it aborts.
+        fleet.driver.resume();
+        let report = fleet.driver.wait_for_handover_end(Duration::from_secs(30));
+        assert_eq!(report["outcome"], "aborted", "{report:#}");
+        assert_eq!(fleet.fence(), Reply::bulk("0"));
+    }
+    assert_eq!(fleet.new.direct().run("ROLE").items()[0], Reply::bulk("slave"));
+    assert_eq!(fleet.followers[0].client().run("SET after 1"), Reply::ok());
+    fleet.verify(&what);
+}
+
+#[test]
+fn the_driver_killed_while_the_peers_hold_leaves_old_primary() {
+    driver_stopped_while_peers_hold(Stop::Kill);
+}
+
+#[test]
+fn the_driver_stalled_while_the_peers_hold_leaves_old_primary_and_aborts_when_it_wakes() {
+    driver_stopped_while_peers_hold(Stop::Stall);
+}
+
+fn driver_stopped_after_the_fence(stop: Stop) {
+    let mut fleet = DriverFleet::start();
+    // NEW replicates already (through the relay), then its replication is slowed, so the driver waits for NEW's
+    // offset with OLD fenced.
+    let mut new = fleet.new.direct();
+    let relay = fleet.replication.addr;
+    let replicaof = new.run(&format!("REPLICAOF {} {}", relay.ip(), relay.port()));
+    assert!(replicaof.text().starts_with("OK"), "{replicaof:?}");
+    support::wait_until("NEW to replicate", Duration::from_secs(30), || {
+        new.run("INFO replication").text().contains("master_link_status:up")
+    });
+    fleet.replication.delay(Duration::from_millis(1500));
+    fleet.start_handover(5000);
+    support::wait_until("OLD to be fenced", Duration::from_secs(60), || {
+        fleet.fence() == Reply::bulk("2147483647")
+    });
+    fleet.stop_driver(stop);
+    let what = format!("driver {stop:?} after the fence");
+    // The peers' leases run out; the servers say OLD fenced and NEW its replica. A stalled driver's control
+    // connections are closed after their own lease, then the fence is lifted.
+    fleet.wait_for_followers_on("old", &what);
+    assert_eq!(fleet.fence(), Reply::bulk("0"));
+    if stop == Stop::Stall {
+        fleet.driver.resume();
+        let report = fleet.driver.wait_for_handover_end(Duration::from_secs(30));
+        assert_eq!(report["outcome"], "aborted", "{report:#}");
+        assert_eq!(fleet.fence(), Reply::bulk("0"), "the driver, back, changed nothing");
+    }
+    fleet.replication.delay(Duration::ZERO);
+    assert_eq!(fleet.new.direct().run("ROLE").items()[0], Reply::bulk("slave"));
+    assert_eq!(fleet.followers[1].client().run("SET after 1"), Reply::ok());
+    fleet.verify(&what);
+}
+
+#[test]
+fn the_driver_killed_after_the_fence_leaves_old_primary_unfenced() {
+    driver_stopped_after_the_fence(Stop::Kill);
+}
+
+#[test]
+fn the_driver_stalled_after_the_fence_is_cut_off_and_changes_nothing_when_it_wakes() {
+    driver_stopped_after_the_fence(Stop::Stall);
+}
+
+fn driver_stopped_after_the_promotion(stop: Stop) {
+    let mut fleet = DriverFleet::start();
+    fleet.start_handover(2000);
+    let mut new = fleet.new.direct();
+    support::wait_until("NEW to replicate", Duration::from_secs(60), || {
+        new.run("ROLE").items()[0] == Reply::bulk("slave")
+    });
+    support::wait_until("NEW to be promoted", Duration::from_secs(60), || {
+        new.run("ROLE").items()[0] == Reply::bulk("master")
+    });
+    fleet.stop_driver(stop);
+    let what = format!("driver {stop:?} after the promotion");
+    fleet.wait_for_followers_on("new", &what);
+    if stop == Stop::Stall {
+        fleet.driver.resume();
+        let report = fleet.driver.wait_for_handover_end(Duration::from_secs(30));
+        assert_eq!(report["outcome"], "switched", "{report:#}");
+        assert_eq!(fleet.driver.status()["primary"]["side"], "new");
+    }
+    assert!(fleet.old.direct().run("SET stray 1").is_error(), "OLD stays fenced");
+    assert_eq!(fleet.followers[0].client().run("SET after 1"), Reply::ok());
+    assert_eq!(fleet.new.direct().run("GET after"), Reply::bulk("1"));
+    fleet.verify(&what);
+}
+
+#[test]
+fn the_driver_killed_after_the_promotion_leaves_every_peer_on_new() {
+    driver_stopped_after_the_promotion(Stop::Kill);
+}
+
+#[test]
+fn the_driver_stalled_after_the_promotion_leaves_every_proxy_on_new() {
+    driver_stopped_after_the_promotion(Stop::Stall);
 }

@@ -390,6 +390,10 @@ impl Handover {
         }
         let gate = &self.shared.gate;
         gate.close();
+        // The lease runs from here, whatever becomes of the driver.
+        let this = self.clone();
+        let epoch = message.epoch.clone();
+        tokio::spawn(async move { this.watch_lease(epoch).await });
         let drained_by = Instant::now() + lease.saturating_sub(LEASE_MARGIN);
         while gate.writes_in_flight() > 0 && Instant::now() < drained_by {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -400,9 +404,6 @@ impl Handover {
             return Err(format!("{left} sessions still waited for write replies"));
         }
         tracing::info!(epoch = %message.epoch, driver = %message.driver, "fleet: writes held for the driver's pause");
-        let this = self.clone();
-        let epoch = message.epoch.clone();
-        tokio::spawn(async move { this.watch_lease(epoch).await });
         Ok(json!({ "held": message.epoch, "proxy_id": self.proxy_id() }))
     }
 
@@ -549,8 +550,8 @@ impl Handover {
             }
             match self.look_and_settle(&old, &new, since).await {
                 outcome @ (Outcome::Promoted | Outcome::Former) => break outcome,
-                // Looked at with the rule for a handover stopped between the fence and the promotion.
-                Outcome::Stopped => unreachable!("settled by look_and_settle"),
+                // A stopped handover's driver gets its lease, which bounds the wait: writes stay held.
+                Outcome::Stopped => {}
                 Outcome::InDoubt(why) => {
                     if since.elapsed() >= HOLD_AFTER_LEASE && self.shared.gate.refusal().is_none() {
                         self.shared.gate.refuse(bytes::Bytes::from(format!(

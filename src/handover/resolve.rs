@@ -199,15 +199,22 @@ impl Handover {
                 }
             }
             let outcome = self.look_and_settle(&old, &new, since).await;
-            let why = match outcome {
+            let why = match &outcome {
                 Outcome::Former => {
                     tracing::info!("OLD is the primary");
                     return;
                 }
                 Outcome::Promoted => return self.adopt(&old, &new),
-                Outcome::Stopped => unreachable!("settled by look_and_settle"),
-                Outcome::InDoubt(why) => why,
+                Outcome::Stopped => format!(
+                    "OLD is fenced and NEW is still its replica, and another proxy's handover is connected to them: \
+                     it is given {} s to finish",
+                    DRIVER_LEASE.as_secs()
+                ),
+                Outcome::InDoubt(why) => why.clone(),
             };
+            // Writes wait for a stopped handover's driver, whose lease bounds the wait; they are refused only when
+            // the servers cannot tell at all.
+            let doubt = !matches!(outcome, Outcome::Stopped);
             let text = format!(
                 "at start: {why}; writes are held, then refused, and reads go to OLD until the servers tell; \
                  `ctl abort --force` makes OLD the primary"
@@ -216,7 +223,7 @@ impl Handover {
                 tracing::warn!(%text, "the primary cannot be told");
                 self.lock().in_doubt = Some(text);
             }
-            if since.elapsed() >= HOLD_AT_START && self.shared.gate.refusal().is_none() {
+            if doubt && since.elapsed() >= HOLD_AT_START && self.shared.gate.refusal().is_none() {
                 self.shared.gate.refuse(bytes::Bytes::from_static(
                     b"-TRYAGAIN the proxy cannot tell yet which server is the primary; writes are refused until it can\r\n",
                 ));
@@ -235,18 +242,14 @@ impl Handover {
     /// Looks at both servers, and undoes a handover found stopped between the fence and the promotion once no
     /// other proxy's control connection is left on the servers, or once those have had [`DRIVER_LEASE`] (from
     /// `since`) and been closed: a closed connection's unread commands never run, so a stalled proxy that wakes
-    /// up can change nothing any more. Never answers [`Outcome::Stopped`].
+    /// up can change nothing any more. Answers [`Outcome::Stopped`] while that driver's lease runs.
     pub(super) async fn look_and_settle(&self, old: &Server, new: &Server, since: std::time::Instant) -> Outcome {
         match self.look_at(old, new).await {
             Outcome::Stopped => {
                 let mut drivers = self.control_connections(old).await;
                 drivers.extend(self.control_connections(new).await);
                 if !drivers.is_empty() && since.elapsed() < DRIVER_LEASE {
-                    return Outcome::InDoubt(format!(
-                        "OLD is fenced and NEW is still its replica, and another proxy's handover is connected to \
-                         them: it is given {} s to finish",
-                        DRIVER_LEASE.as_secs()
-                    ));
+                    return Outcome::Stopped;
                 }
                 self.close_connections(old, new, &drivers).await;
                 match self.look_at(old, new).await {

@@ -329,6 +329,15 @@ impl Run {
         self.enter(Phase::InDoubt);
         let why = format!("{} did not confirm its promotion ({cause})", self.target_name());
         tracing::warn!(%why, "the handover's outcome is in doubt");
+        let source_name = self.source_name();
+        let advice = |detail: &str| {
+            format!(
+                "{why}{detail}. {source_name} stays fenced, writes are held (refused once max_pause_ms has passed) \
+                 until the servers tell; if NEW is lost for good, `ctl abort --force` makes OLD the primary again"
+            )
+        };
+        // Set before anything else: from here on a plain abort is refused.
+        self.handover.lock().in_doubt = Some(advice(""));
         let mut detail = String::new();
         loop {
             if self.cancel.is_cancelled() {
@@ -370,12 +379,7 @@ impl Run {
                     )));
                 }
                 Outcome::InDoubt(now) if now != detail => {
-                    self.handover.lock().in_doubt = Some(format!(
-                        "{why}; {now}. {} stays fenced, writes are held (refused once max_pause_ms has passed) \
-                         until the servers tell; if NEW is lost for good, `ctl abort --force` makes OLD the \
-                         primary again",
-                        self.source_name()
-                    ));
+                    self.handover.lock().in_doubt = Some(advice(&format!("; {now}")));
                     detail = now;
                 }
                 Outcome::InDoubt(_) => {}
@@ -844,6 +848,15 @@ impl Run {
             tokio::time::sleep(PAUSE_POLL).await;
         }
 
+        // The peers hold for the budget and a margin from when they were asked: a driver that comes back from a
+        // stall (or a slow drain) after its budget must not fence OLD while they may have let writes go to it.
+        self.cancelled()?;
+        if remaining(deadline).is_zero() {
+            return Err(Abort(format!(
+                "the write pause reached max_pause_ms = {} before OLD was fenced",
+                self.request.max_pause_ms
+            )));
+        }
         let modern = self.source_version >= (6, 2, 0);
         let max_lag = fence_max_lag(&fence_was.max_lag);
         self.pause.fence_was = Some(fence_was);

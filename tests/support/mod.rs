@@ -304,6 +304,7 @@ impl Drop for RedisServer {
 pub struct Proxy {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    port: AdminPort,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -411,6 +412,7 @@ impl Proxy {
         Proxy {
             addr,
             admin,
+            port: AdminPort(admin),
             stop: Some(stop_tx),
             thread: Some(thread),
         }
@@ -698,9 +700,20 @@ pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> 
     }
 }
 
-impl Proxy {
+/// A proxy's admin port, for tests: status, metrics, handovers.
+pub struct AdminPort(pub SocketAddr);
+
+impl std::ops::Deref for Proxy {
+    type Target = AdminPort;
+
+    fn deref(&self) -> &AdminPort {
+        &self.port
+    }
+}
+
+impl AdminPort {
     fn admin_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.admin)
+        format!("http://{}{path}", self.0)
     }
 
     /// `GET /status` on the admin port.
@@ -1010,5 +1023,113 @@ impl Load {
                 .await
                 .expect("verification reads")
         })
+    }
+}
+
+/// The proxy as a process of its own (the built binary), for what only a process can show: SIGKILL and SIGSTOP.
+/// Killed on drop.
+pub struct ProxyProcess {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    port: AdminPort,
+    child: Child,
+    log: PathBuf,
+}
+
+impl std::ops::Deref for ProxyProcess {
+    type Target = AdminPort;
+
+    fn deref(&self) -> &AdminPort {
+        &self.port
+    }
+}
+
+impl ProxyProcess {
+    /// Starts the binary in front of `old` and `new`, its admin port on `admin_port`, with `extra` arguments
+    /// (`--peer`, `--proxy-id`, ...), and waits until its admin port answers.
+    pub fn start(old: SocketAddr, new: SocketAddr, admin_port: u16, extra: &[String]) -> ProxyProcess {
+        let binary = env!("CARGO_BIN_EXE_redis-handover");
+        let listen = free_port();
+        let log = std::env::temp_dir().join(format!("rh-proxy-{}-{admin_port}.log", std::process::id()));
+        let mut args: Vec<String> = [
+            "--listen",
+            &format!("127.0.0.1:{listen}"),
+            "--admin",
+            &format!("127.0.0.1:{admin_port}"),
+            "--old",
+            &old.to_string(),
+            "--new",
+            &new.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().cloned());
+        let child = Command::new(binary)
+            .args(&args)
+            .env_remove("REDIS_HANDOVER_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
+        let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+        let mut process = ProxyProcess {
+            addr: SocketAddr::from(([127, 0, 0, 1], listen)),
+            admin,
+            port: AdminPort(admin),
+            child,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if ureq::get(&format!("http://{admin}/healthz")).call().is_ok() {
+                return process;
+            }
+            if let Ok(Some(status)) = process.child.try_wait() {
+                panic!("the proxy exited ({status}): {}", process.log());
+            }
+            assert!(Instant::now() < deadline, "the proxy did not start: {}", process.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// What the proxy logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        self.resume();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Freezes the process (SIGSTOP): its connections stay open and it answers nothing.
+    pub fn stall(&self) {
+        let _ = Command::new("kill")
+            .args(["-STOP", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// Lets a stalled process go on (SIGCONT).
+    pub fn resume(&self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(&self.log);
     }
 }
