@@ -3,7 +3,10 @@
 # loads data, measures throughput, performs a live handover while 20 clients write through the proxy, and
 # prints a report (timeline, pause, longest client wait, errors, keys on each side). Stops everything it
 # started when it ends, also on Ctrl-C. Exits non-zero if the handover did not switch or a client saw an error.
-# Usage: scripts/demo.sh [--quick]      (--quick: smaller load, for CI)
+# Usage: scripts/demo.sh [--quick] [--fleet N]
+#   --quick:    smaller load, for CI
+#   --fleet N:  N proxies in front of the same servers, the load spread over them, the handover started on the
+#               first one and carried out by all; the report is per proxy
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -11,10 +14,15 @@ root=$(pwd)
 requests=200000
 during=1500000
 keys=100000
-if [ "${1:-}" = "--quick" ]; then
-  requests=20000
-  keys=10000
-fi
+fleet=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) requests=20000; keys=10000 ;;
+    --fleet) fleet="$2"; shift ;;
+    *) echo "usage: scripts/demo.sh [--quick] [--fleet N]" >&2; exit 2 ;;
+  esac
+  shift
+done
 
 echo "== installing what is missing (Redis 5.0/6.2/7.0, redis-benchmark) and building"
 scripts/install-redis.sh | sed 's/^/   /'
@@ -29,15 +37,25 @@ start_redis() { # binary port
   wait_port "$2"
 }
 
-old_port=$(free_port); new_port=$(free_port); proxy_port=$(free_port); admin_port=$(free_port)
+old_port=$(free_port); new_port=$(free_port)
+proxy_ports=(); admin_ports=(); peers=()
+for i in $(seq 1 "$fleet"); do
+  proxy_ports+=("$(free_port)"); admin_ports+=("$(free_port)")
+  peers+=(--peer "127.0.0.1:${admin_ports[-1]}")
+done
+proxy_port=${proxy_ports[0]}; admin_port=${admin_ports[0]}
 echo "== starting OLD Redis 6.2 on :$old_port, NEW Redis 7.0 on :$new_port"
 start_redis "$root/.cache/redis/6.2/redis-server" "$old_port"
 start_redis "$(command -v redis-server)" "$new_port"
-echo "== starting redis-handover on :$proxy_port (admin :$admin_port)"
-"$proxy_bin" --listen "127.0.0.1:$proxy_port" --old "127.0.0.1:$old_port" --new "127.0.0.1:$new_port" \
-  --admin "127.0.0.1:$admin_port" 2>"$work/proxy.log" &
-pids+=($!)
-wait_port "$proxy_port"
+for i in $(seq 0 $((fleet - 1))); do
+  echo "== starting redis-handover $((i + 1)) of $fleet on :${proxy_ports[$i]} (admin :${admin_ports[$i]})"
+  fleet_args=()
+  if [ "$fleet" -gt 1 ]; then fleet_args=("${peers[@]}" --proxy-id "proxy-$((i + 1))"); fi
+  "$proxy_bin" --listen "127.0.0.1:${proxy_ports[$i]}" --old "127.0.0.1:$old_port" --new "127.0.0.1:$new_port" \
+    --admin "127.0.0.1:${admin_ports[$i]}" "${fleet_args[@]}" 2>"$work/proxy-$((i + 1)).log" &
+  pids+=($!)
+  wait_port "${proxy_ports[$i]}"
+done
 
 echo "== loading $keys keys through the proxy"
 redis-benchmark -p "$proxy_port" -t set -n "$keys" -r "$keys" -P 16 -q >/dev/null
@@ -53,13 +71,21 @@ for pipeline in 1 16; do
   bench "$proxy_port" "proxy" "$pipeline"
 done
 
-echo "== live handover: 20 clients write through the proxy (SET and INCR, pipelined) while it runs"
-redis-benchmark -p "$proxy_port" -t set,incr -n "$during" -c 20 -P 4 -r "$keys" --csv -e >"$work/during.csv" 2>&1 &
-load=$!
+clients=$(( 20 / fleet > 0 ? 20 / fleet : 1 ))
+echo "== live handover: $((clients * fleet)) clients write through $fleet proxies (SET and INCR, pipelined) while it runs"
+loads=()
+for i in $(seq 0 $((fleet - 1))); do
+  redis-benchmark -p "${proxy_ports[$i]}" -t set,incr -n $((during / fleet)) -c "$clients" -P 4 -r "$keys" --csv -e \
+    >"$work/during-$((i + 1)).csv" 2>&1 &
+  loads+=($!)
+done
 sleep 1
 # The operator's side: ctl starts the handover and follows it until it ends.
 "$proxy_bin" ctl --admin "127.0.0.1:$admin_port" handover --max-pause-ms 1000 --wait --json >"$work/status.json" || true
-wait "$load" || true
+for i in $(seq 0 $((fleet - 1))); do
+  wait "${loads[$i]}" || true
+  "$proxy_bin" ctl --admin "127.0.0.1:${admin_ports[$i]}" status --json >"$work/status-$((i + 1)).json"
+done
 
 echo "== throughput after the handover, through the proxy (now in front of NEW)"
 bench "$proxy_port" "proxy" 1
@@ -67,13 +93,12 @@ bench "$proxy_port" "proxy" 16
 
 redis-cli -p "$old_port" DBSIZE >"$work/old_keys"
 redis-cli -p "$new_port" DBSIZE >"$work/new_keys"
-python3 - "$work" <<'REPORT'
+python3 - "$work" "$fleet" <<'REPORT'
 import csv, json, sys
-work = sys.argv[1]
+work, fleet = sys.argv[1], int(sys.argv[2])
 status = json.load(open(f"{work}/status.json"))
 last = status["last_handover"] or {}
-rows = [r for r in csv.reader(open(f"{work}/during.csv")) if r and r[0] in ("SET", "INCR")]
-errors = sum(1 for line in open(f"{work}/during.csv") if "ERR" in line or "Error" in line)
+errors = 0
 print()
 print("== report")
 print(f"   handover:           {last.get('outcome')} ({last.get('from')} -> {last.get('to')})")
@@ -85,12 +110,27 @@ for span in last.get("timeline", []):
 pause = last.get("pause_ms")
 print(f"   write pause:        {pause:.1f} ms" if pause is not None else "   write pause:        none")
 print(f"   writes held:        {last.get('writes_held')}")
-for row in rows:
-    print(f"   during, {row[0]:<5}       {float(row[1]):10.0f} req/s, longest client wait {row[7]} ms")
+for line in last.get("fleet", []):
+    print(f"   fleet:              {line}")
+for warning in last.get("warnings", []):
+    print(f"   warning:            {warning}")
+all_on_new = True
+for i in range(1, fleet + 1):
+    during = open(f"{work}/during-{i}.csv").read().splitlines()
+    rows = [r for r in csv.reader(during) if r and r[0] in ("SET", "INCR")]
+    proxy_errors = sum(1 for line in during if "ERR" in line or "Error" in line)
+    errors += proxy_errors
+    proxy_status = json.load(open(f"{work}/status-{i}.json"))
+    side = proxy_status["primary"]["side"]
+    all_on_new &= side == "new"
+    label = f"proxy {i}" if fleet > 1 else "proxy"
+    for row in rows:
+        print(f"   {label}, {row[0]:<5}     {float(row[1]):10.0f} req/s during, longest client wait {row[7]} ms")
+    print(f"   {label}:            primary {side.upper()}, {proxy_errors} error replies")
 print(f"   error replies:      {errors}")
 print(f"   primary now:        {status['primary']['side'].upper()} {status['primary']['addr']} (Redis {status['primary']['version']})")
 print(f"   keys on OLD:        {open(f'{work}/old_keys').read().strip()}")
 print(f"   keys on NEW:        {open(f'{work}/new_keys').read().strip()}")
 print(f"   OLD fenced:         {status['fence']}")
-sys.exit(0 if last.get("outcome") == "switched" and errors == 0 else 1)
+sys.exit(0 if last.get("outcome") == "switched" and errors == 0 and all_on_new else 1)
 REPORT
