@@ -112,7 +112,7 @@ async fn fleet_step(
     // drops this handler), and a step half done would leave this proxy's gate or sessions stuck.
     let step = tokio::spawn(async move {
         match step.as_str() {
-            "claim" => Some(handover.fleet_claim(message)),
+            "claim" => Some(handover.fleet_claim(message).await),
             "hold" => Some(handover.fleet_hold(message).await),
             "switch" => Some(handover.fleet_switch(message).await),
             "release" => Some(handover.fleet_release(message)),

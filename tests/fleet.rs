@@ -441,3 +441,59 @@ fn the_driver_killed_after_the_promotion_leaves_every_peer_on_new() {
 fn the_driver_stalled_after_the_promotion_leaves_every_proxy_on_new() {
     driver_stopped_after_the_promotion(Stop::Stall);
 }
+
+#[test]
+fn a_peer_with_a_slow_link_to_old_and_its_own_address_for_it_hands_over_with_the_others() {
+    let old = RedisServer::start(Version::V6_2, &[]);
+    let new = RedisServer::start(Version::V7_0, &[]);
+    // The third proxy reaches OLD through a relay that delays every chunk, under another address: the fleet
+    // knows the servers by their run_id.
+    let slow = FaultyLink::start(old.addr());
+    slow.delay(Duration::from_millis(20));
+    let ports: Vec<u16> = (0..3).map(|_| support::free_port()).collect();
+    let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let proxies: Vec<Proxy> = (0..3)
+        .map(|i| {
+            let old_addr = if i == 2 { slow.addr } else { old.addr() };
+            Proxy::start_with_admin(old_addr, new.addr(), ports[i], |c| {
+                c.fleet_peers = peers.clone();
+                c.proxy_id = Some(format!("proxy-{}", i + 1));
+            })
+        })
+        .collect();
+    let loads: Vec<Load> = proxies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Load::start_named(p, 2, &format!("slow{i}")))
+        .collect();
+    let report = proxies[0].handover(json!({ "max_pause_ms": 3000 }));
+    assert_eq!(report["outcome"], "switched", "{report:#}");
+    let lines = report["fleet"].to_string();
+    assert!(
+        lines.contains("2 peers held") && lines.contains("2 peers moved"),
+        "{lines}"
+    );
+    for proxy in &proxies {
+        assert_eq!(proxy.status()["primary"]["side"], "new");
+    }
+    let reader = proxies[0].addr.to_string();
+    for (i, load) in loads.into_iter().enumerate() {
+        let checked = load.stop_and_verify_through(&reader);
+        assert_eq!(
+            (checked.lost, checked.failed_batches),
+            (0, 0),
+            "proxy {}: {checked:#?}",
+            i + 1
+        );
+        println!(
+            "a slow link to OLD: proxy {}: {} writes checked, 0 lost, longest wait {:.1} ms",
+            i + 1,
+            checked.acknowledged_writes,
+            checked.longest_wait_ms
+        );
+    }
+    println!(
+        "a slow link to OLD: pause {:.1} ms",
+        report["pause_ms"].as_f64().unwrap()
+    );
+}

@@ -22,6 +22,7 @@ use serde_json::json;
 use super::Handover;
 use super::resolve::Outcome;
 use super::switch;
+use crate::primary::Server;
 
 /// How long a peer keeps a claim that its driver does not renew.
 pub const CLAIM_LEASE: Duration = Duration::from_secs(10);
@@ -47,6 +48,11 @@ pub struct Message {
     /// servers refuses.
     pub from: String,
     pub to: String,
+    /// The same servers by their `run_id`: proxies may reach them by different addresses.
+    #[serde(default)]
+    pub from_id: Option<String>,
+    #[serde(default)]
+    pub to_id: Option<String>,
     /// CLAIM and HOLD: how long the peer keeps the step without a word from the driver.
     #[serde(default)]
     pub lease_ms: u64,
@@ -299,26 +305,45 @@ impl Handover {
         (answered, refusals)
     }
 
-    /// Checks that a step names the servers this proxy fronts, the primary now first.
-    fn same_servers(&self, message: &Message) -> Result<(), String> {
-        let primary = self.shared.primary.current();
-        let other = self.servers().map(|(_, target)| target.addr.to_string());
-        if *primary.server.addr == *message.from && other.as_deref() == Some(message.to.as_str()) {
+    /// The `run_id`s of two servers, each `None` when it cannot be read.
+    pub(super) async fn run_ids(&self, first: &Server, second: &Server) -> (Option<String>, Option<String>) {
+        let run_id = |server: &Server| {
+            let server = server.clone();
+            async move {
+                let mut conn = self.connect(&server).await.ok()?;
+                let info = conn.info("server", Duration::from_secs(1)).await.ok()?;
+                info.get("run_id").cloned()
+            }
+        };
+        tokio::join!(run_id(first), run_id(second))
+    }
+
+    /// Checks that a step names the servers this proxy fronts, the primary now first: by their `run_id` when the
+    /// driver gave them (proxies may reach the servers by different addresses), else by address.
+    async fn same_servers(&self, message: &Message) -> Result<(), String> {
+        let Some((source, target)) = self.servers() else {
+            return Err("this proxy has no NEW server configured".into());
+        };
+        let same = match (&message.from_id, &message.to_id) {
+            (Some(from), Some(to)) => {
+                let (source_id, target_id) = self.run_ids(&source, &target).await;
+                source_id.as_ref() == Some(from) && target_id.as_ref() == Some(to)
+            }
+            _ => *source.addr == *message.from && *target.addr == *message.to,
+        };
+        if same {
             Ok(())
         } else {
             Err(format!(
-                "this proxy hands over from {} to {}, not from {} to {}",
-                primary.server.addr,
-                other.unwrap_or_else(|| "-".into()),
-                message.from,
-                message.to
+                "this proxy hands over from {} to {}, which are not the servers {} and {} that the driver names",
+                source.addr, target.addr, message.from, message.to
             ))
         }
     }
 
     /// `POST /fleet/claim`: another proxy starts a handover; this one starts or joins no other until the claim
     /// ends or lapses. Renewals come with the same epoch.
-    pub fn fleet_claim(&self, message: Message) -> Result<serde_json::Value, String> {
+    pub async fn fleet_claim(&self, message: Message) -> Result<serde_json::Value, String> {
         if self.is_running() {
             let phase = self.lock().phase.unwrap_or(super::Phase::Idle);
             return Err(format!(
@@ -327,7 +352,10 @@ impl Handover {
                 phase.name()
             ));
         }
-        self.same_servers(&message)?;
+        let renewal = self.part.lock().unwrap_or_else(|e| e.into_inner()).epoch() == Some(message.epoch.as_str());
+        if !renewal {
+            self.same_servers(&message).await?;
+        }
         let mut part = self.part.lock().unwrap_or_else(|e| e.into_inner());
         let until = Instant::now() + Duration::from_millis(message.lease_ms);
         match &*part {
@@ -362,7 +390,6 @@ impl Handover {
 
     /// `POST /fleet/hold`: holds writes and drains the ones in flight (within the lease), ready for the fence.
     pub async fn fleet_hold(self: &Arc<Self>, message: Message) -> Result<serde_json::Value, String> {
-        self.same_servers(&message)?;
         let lease = Duration::from_millis(message.lease_ms);
         let until = Instant::now() + lease;
         let generation = self.shared.primary.generation();

@@ -90,6 +90,8 @@ struct FleetRun {
     held: Vec<SocketAddr>,
     held_at: Option<Instant>,
     lease: Duration,
+    /// The servers' `run_id`s, by which the peers recognise them.
+    ids: (Option<String>, Option<String>),
 }
 
 impl Run {
@@ -181,6 +183,8 @@ impl Run {
             driver: self.handover.proxy_id(),
             from: self.source.addr.to_string(),
             to: self.target.addr.to_string(),
+            from_id: self.fleet.ids.0.clone(),
+            to_id: self.fleet.ids.1.clone(),
             lease_ms: lease.as_millis() as u64,
         }
     }
@@ -208,6 +212,7 @@ impl Run {
                 .as_ref()
                 .map_or(0, |r| r.started_at_unix_ms)
         );
+        self.fleet.ids = self.handover.run_ids(&self.source, &self.target).await;
         let message = self.fleet_message(CLAIM_LEASE);
         let (claimed, refusals) = self
             .handover
