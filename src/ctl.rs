@@ -59,6 +59,9 @@ pub enum CtlCommand {
         /// Copy maxmemory-policy and notify-keyspace-events from OLD to NEW.
         #[arg(long)]
         copy_config: bool,
+        /// Leave this fleet peer out (repeat it): one that is gone for good and would stop every handover.
+        #[arg(long = "exclude-peer", value_name = "HOST:PORT")]
+        exclude_peers: Vec<String>,
         /// Wait until it ends; exit 0 if it switched, 1 if it aborted.
         #[arg(long)]
         wait: bool,
@@ -113,6 +116,7 @@ pub fn run(args: CtlArgs) -> i32 {
             max_lag_bytes,
             allow_nonempty,
             copy_config,
+            exclude_peers,
             wait,
         } => {
             let mut body = serde_json::Map::new();
@@ -130,6 +134,9 @@ pub fn run(args: CtlArgs) -> i32 {
             }
             if *copy_config {
                 body.insert("copy_config".into(), json!(true));
+            }
+            if !exclude_peers.is_empty() {
+                body.insert("exclude_peers".into(), json!(exclude_peers));
             }
             client
                 .send("POST", "/handover", Value::Object(body))

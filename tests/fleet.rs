@@ -151,6 +151,20 @@ fn a_peer_unreachable_before_the_fence_stops_the_handover_with_nothing_changed()
         let report = load.stop_and_verify();
         assert_eq!((report.lost, report.failed_batches), (0, 0), "{report:#?}");
     }
+
+    // The operator leaves the unreachable peer out: the others hand over.
+    let report = proxies[0].handover(json!({ "exclude_peers": [relay.addr.to_string()] }));
+    assert_eq!(report["outcome"], "switched", "{report:#}");
+    let lines = report["fleet"].to_string();
+    assert!(
+        lines.contains("left out at the operator's request") && lines.contains("1 peers held"),
+        "{lines}"
+    );
+    assert_eq!(proxies[1].status()["primary"]["side"], "new");
+    assert_eq!(
+        old.direct().run("CONFIG GET min-replicas-to-write").items()[1],
+        Reply::bulk("2147483647")
+    );
 }
 
 #[test]

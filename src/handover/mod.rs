@@ -60,6 +60,9 @@ pub struct Request {
     pub allow_nonempty: bool,
     /// Copy `maxmemory-policy` and `notify-keyspace-events` from OLD to NEW when they differ.
     pub copy_config: bool,
+    /// Fleet peers (admin addresses, as in `fleet_peers`) to leave out: ones gone for good, which would otherwise
+    /// stop every handover. One that is alive after all meets OLD's fence with its writes.
+    pub exclude_peers: Vec<String>,
 }
 
 impl Default for Request {
@@ -70,6 +73,7 @@ impl Default for Request {
             max_lag_bytes: 1 << 20,
             allow_nonempty: false,
             copy_config: false,
+            exclude_peers: Vec::new(),
         }
     }
 }

@@ -199,7 +199,21 @@ impl Run {
     /// Before any server is touched: every other proxy of the fleet agrees to follow this handover and to start
     /// or follow no other. One that refuses or does not answer stops it here. The claim is renewed until the end.
     async fn claim_fleet(&mut self) -> Result<(), Abort> {
+        let mut excluded = Vec::new();
+        for entry in &self.request.exclude_peers {
+            match tokio::net::lookup_host(entry.as_str()).await {
+                Ok(addrs) => excluded.extend(addrs),
+                Err(error) => return Err(Abort(format!("exclude_peers: {entry:?} does not resolve: {error}"))),
+            }
+        }
         self.fleet.peers = self.handover.peers().await;
+        self.fleet.peers.retain(|peer| !excluded.contains(peer));
+        if !excluded.is_empty() {
+            self.fleet_note(format!(
+                "left out at the operator's request: {} (a proxy there that is alive after all meets OLD's fence)",
+                self.request.exclude_peers.join(", ")
+            ));
+        }
         if self.fleet.peers.is_empty() {
             return Ok(());
         }
