@@ -95,46 +95,18 @@ impl RedisServer {
     /// Starts a Redis 7.0 Sentinel on a free port that monitors `master` (as `watched`, quorum 1): it connects
     /// to the master at once, under the client names Sentinel uses.
     pub fn start_sentinel(master: SocketAddr) -> RedisServer {
-        let version = Version::V7_0;
-        let binary = version.binary();
-        for _attempt in 0..5 {
-            let port = free_port();
-            let dir = std::env::temp_dir().join(format!("rh-sentinel-{}-{port}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
+        Self::launch(Version::V7_0, None, false, "rh-sentinel", |port, dir| {
             // Sentinel needs a configuration file it can rewrite.
             let conf = dir.join("sentinel.conf");
-            std::fs::write(
-                &conf,
-                format!(
-                    "port {port}\nbind 127.0.0.1\ndir {}\nlogfile sentinel.log\n\
-                     sentinel monitor watched {} {} 1\n",
-                    dir.display(),
-                    master.ip(),
-                    master.port()
-                ),
-            )
-            .unwrap();
-            let args = vec![conf.display().to_string(), "--sentinel".to_string()];
-            let child = Command::new(&binary)
-                .args(&args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-            let mut server = RedisServer {
-                version,
-                port,
-                child,
-                dir,
-                args,
-            };
-            if server.wait_ready(false) {
-                return server;
-            }
-            drop(server);
-        }
-        panic!("Sentinel did not start");
+            let text = format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nlogfile sentinel.log\nsentinel monitor watched {} {} 1\n",
+                dir.display(),
+                master.ip(),
+                master.port()
+            );
+            std::fs::write(&conf, text).unwrap();
+            vec![conf.display().to_string(), "--sentinel".to_string()]
+        })
     }
 
     fn start_with(version: Version, fixed_port: Option<u16>, extra: &[&str]) -> RedisServer {
@@ -142,11 +114,7 @@ impl RedisServer {
     }
 
     fn start_inner(version: Version, fixed_port: Option<u16>, extra: &[&str], tls_only: bool) -> RedisServer {
-        let binary = version.binary();
-        for _attempt in 0..5 {
-            let port = fixed_port.unwrap_or_else(free_port);
-            let dir = std::env::temp_dir().join(format!("rh-redis-{}-{port}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
+        Self::launch(version, fixed_port, tls_only, "rh-redis", |port, dir| {
             let port_args: &[&str] = if tls_only {
                 &["--port", "0", "--tls-port"]
             } else {
@@ -165,6 +133,25 @@ impl RedisServer {
                 args.extend(["--enable-debug-command".into(), "yes".into()]);
             }
             args.extend(extra.iter().map(|s| s.to_string()));
+            args
+        })
+    }
+
+    /// Starts the server with the arguments `args` gives for a port and a data folder, on a free port (or the
+    /// fixed one), trying again on another port when the one picked was taken meanwhile.
+    fn launch(
+        version: Version,
+        fixed_port: Option<u16>,
+        tls_only: bool,
+        name: &str,
+        args: impl Fn(u16, &Path) -> Vec<String>,
+    ) -> RedisServer {
+        let binary = version.binary();
+        for _attempt in 0..5 {
+            let port = fixed_port.unwrap_or_else(free_port);
+            let dir = std::env::temp_dir().join(format!("{name}-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let args = args(port, &dir);
             let child = Command::new(&binary)
                 .args(&args)
                 .stdin(Stdio::null())
