@@ -38,6 +38,8 @@ pub struct Shared {
     /// The shared backend links (`backend_links = "shared"`), and how they reach the servers.
     pub links: Arc<crate::links::SharedLinks>,
     pub link_context: crate::links::LinkContext,
+    /// Wakes the handover's look at the servers: a session saw the primary refuse a write as not executed.
+    pub resolve_now: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -77,6 +79,7 @@ impl Shared {
             links: Arc::default(),
             link_context,
             telemetry,
+            resolve_now: tokio::sync::Notify::new(),
         })
     }
 }

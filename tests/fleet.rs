@@ -511,3 +511,28 @@ fn a_peer_with_a_slow_link_to_old_and_its_own_address_for_it_hands_over_with_the
         report["pause_ms"].as_f64().unwrap()
     );
 }
+
+#[test]
+fn a_proxy_outside_the_fleet_finds_the_switch_on_the_servers_and_follows_it() {
+    let old = RedisServer::start(Version::V6_2, &[]);
+    let new = RedisServer::start(Version::V7_0, &[]);
+    let driver = Proxy::start(old.addr(), Some(new.addr()), |_| {});
+    // Not a peer of the driver: nobody tells it about the handover.
+    let outsider = Proxy::start(old.addr(), Some(new.addr()), |_| {});
+    let load = Load::start_named(&outsider, 2, "outsider");
+    let report = driver.handover(json!({}));
+    assert_eq!(report["outcome"], "switched", "{report:#}");
+    // Its writes meet OLD's fence; the first refusal makes it look at the servers, which say NEW was promoted.
+    support::wait_until("the outsider to switch by itself", Duration::from_secs(10), || {
+        outsider.status()["primary"]["side"] == "new"
+    });
+    assert_eq!(outsider.client().run("SET via-outsider 1"), Reply::ok());
+    assert_eq!(new.direct().run("GET via-outsider"), Reply::bulk("1"));
+    let checked = load.stop_and_verify_through(&driver.addr.to_string());
+    assert_eq!(checked.lost, 0, "{checked:#?}");
+    println!(
+        "a proxy outside the fleet: {} writes checked, 0 lost; {} batches were refused by the fence before it \
+         switched, longest wait {:.1} ms",
+        checked.acknowledged_writes, checked.failed_batches, checked.longest_wait_ms
+    );
+}

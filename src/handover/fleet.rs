@@ -542,6 +542,34 @@ impl Handover {
         warnings
     }
 
+    /// Outside any handover: when the primary carries the proxy's fence, another proxy (one this proxy does not
+    /// know as a peer, or one that left it out) has handed over; if the servers say NEW was promoted from it, this
+    /// proxy switches too, instead of sending its writes to a fenced server for good.
+    pub(super) async fn follow_a_fenced_primary(&self) {
+        if self.is_running() || !matches!(*self.part.lock().unwrap_or_else(|e| e.into_inner()), Part::Idle) {
+            return;
+        }
+        let Some((source, target)) = self.servers() else { return };
+        let fenced = match self.connect(&source).await {
+            Ok(mut conn) => super::resolve::look(&mut conn, Duration::from_secs(1))
+                .await
+                .is_ok_and(|seen| seen.fenced || !seen.master),
+            Err(_) => false,
+        };
+        if !fenced || self.look_at(&source, &target).await != Outcome::Promoted {
+            return;
+        }
+        let generation = self.shared.primary.generation();
+        let warnings = self.switch_here(generation).await;
+        tracing::warn!(
+            from = %source.addr,
+            to = %target.addr,
+            ?warnings,
+            "the primary was fenced by a handover this proxy did not take part in, and the other server promoted \
+             from it: switched to it"
+        );
+    }
+
     /// Waits out a hold's lease. If the driver has neither switched nor released this proxy by then (it died, stalled
     /// or lost this proxy), the servers say what happened: NEW promoted (this proxy switches and releases), OLD
     /// unfenced (it aborts), or neither yet (it holds, then refuses writes, until they tell; a handover stopped

@@ -404,14 +404,29 @@ fn side_index(side: Side) -> usize {
     }
 }
 
-/// Looks at both servers every two seconds, for the versions and roles `GET /status` shows.
+/// Looks at both servers every two seconds, for the versions and roles `GET /status` shows, and whether the
+/// primary was fenced by a handover this proxy did not take part in; at once (at most every 50 ms) when a session
+/// saw the primary refuse a write.
 async fn probe(handover: std::sync::Weak<Handover>) {
     let timeout = Duration::from_millis(500);
+    let period = Duration::from_secs(2);
+    let mut next_views = tokio::time::Instant::now();
     loop {
         let Some(this) = handover.upgrade() else { return };
         if this.shared.shutdown.is_cancelled() {
             return;
         }
+        this.follow_a_fenced_primary().await;
+        if tokio::time::Instant::now() < next_views {
+            let shared = this.shared.clone();
+            drop(this);
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_views) => {}
+                _ = shared.resolve_now.notified() => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+            continue;
+        }
+        next_views = tokio::time::Instant::now() + period;
         for side in [Side::Old, Side::New] {
             let Some(addr) = this.addr_of(side) else { continue };
             let server = Server {
@@ -448,7 +463,5 @@ async fn probe(handover: std::sync::Weak<Handover>) {
         if !this.shared.config.fleet_peers.is_empty() {
             this.look_at_peers().await;
         }
-        drop(this);
-        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }

@@ -608,6 +608,10 @@ impl SessionCore {
     /// Brings the shared accounting in line with the session: its write ticket, its blocked call, and whether it
     /// still has state to move. `own`: its own connection's generation and local address.
     pub fn reconcile(&mut self, env: &Shared, own: Option<(u64, Option<std::net::SocketAddr>)>) {
+        if std::mem::take(&mut self.ledger.not_executed) {
+            // The handover looks at once whether another proxy's handover fenced the primary.
+            env.resolve_now.notify_one();
+        }
         if self.gate.has_ticket && self.ledger.pending_writes == 0 && !self.ledger.multi_open {
             env.gate.return_ticket();
             self.gate.has_ticket = false;

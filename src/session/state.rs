@@ -360,6 +360,8 @@ pub struct Ledger {
     pub telemetry: Arc<Telemetry>,
     /// The metrics of this turn, added to the shared ones at its end.
     pub tally: Tally,
+    /// Whether the primary answered a request with NOREPLICAS or READONLY since the last look.
+    pub not_executed: bool,
 }
 
 impl Ledger {
@@ -378,6 +380,7 @@ impl Ledger {
             virtual_id: None,
             local_reply_mode: false,
             tally: Tally::default(),
+            not_executed: false,
         }
     }
 
@@ -582,6 +585,10 @@ impl Ledger {
         self.pending_writes -= usize::from(head.write);
         let hidden = head.hidden;
         let error = is_error_frame(frame);
+        // The primary refusing a command as not executed: fenced by a handover this proxy was not part of.
+        if error && !link_retired && (frame.starts_with(b"-NOREPLICAS") || frame.starts_with(b"-READONLY")) {
+            self.not_executed = true;
+        }
         if !hidden {
             self.tally
                 .reply(&self.telemetry, head.family, self.now - head.sent_at, error);
