@@ -40,6 +40,19 @@ pub struct Shared {
     pub link_context: crate::links::LinkContext,
     /// Wakes the handover's look at the servers: a session saw the primary refuse a write as not executed.
     pub resolve_now: tokio::sync::Notify,
+    /// Those looks, for the sessions that hold replies back meanwhile.
+    pub looks: Looks,
+    /// Sessions holding replies back until a look (see [`crate::session::state::Parked`]).
+    pub parked_sessions: AtomicUsize,
+}
+
+/// The handover's looks at whether the primary was fenced by a handover this proxy took no part in.
+#[derive(Debug, Default)]
+pub struct Looks {
+    /// How many looks started.
+    pub started: AtomicU64,
+    /// The number of the last look that found the primary taking writes (no fence, a master).
+    pub unfenced: AtomicU64,
 }
 
 impl Shared {
@@ -80,6 +93,8 @@ impl Shared {
             link_context,
             telemetry,
             resolve_now: tokio::sync::Notify::new(),
+            looks: Looks::default(),
+            parked_sessions: AtomicUsize::new(0),
         })
     }
 }

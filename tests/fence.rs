@@ -286,3 +286,33 @@ fn a_proxy_started_after_a_handover_stopped_between_fence_and_promotion_undoes_i
         "NEW was not promoted"
     );
 }
+
+#[test]
+fn a_refusal_that_is_the_server_s_own_answer_reaches_the_client_as_it_came() {
+    // OLD's own policy (no replica, one required), not a handover's fence: the proxy looks, then lets it through.
+    let old = RedisServer::start(Version::V7_0, &["--min-replicas-to-write", "1"]);
+    let new = RedisServer::start(Version::V7_0, &[]);
+    let proxy = Proxy::start(old.addr(), Some(new.addr()), |_| {});
+    let mut client = proxy.client();
+    let started = std::time::Instant::now();
+    client.send(&["SET", "a", "1"]);
+    client.send(&["GET", "a"]);
+    client.send(&["SET", "b", "1"]);
+    let replies = [client.read(), client.read(), client.read()];
+    assert!(replies[0].text().starts_with("NOREPLICAS"), "{replies:?}");
+    assert_eq!(replies[1], Reply::Nil, "{replies:?}");
+    assert!(replies[2].text().starts_with("NOREPLICAS"), "{replies:?}");
+    println!(
+        "the server's own refusals reached the client after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(proxy.status()["primary"]["side"], "old");
+
+    // A proxy with no NEW in front of a replica, by the operator's choice: READONLY, as the replica answers.
+    let replica = RedisServer::start(Version::V7_0, &["--replicaof", "127.0.0.1", &new.port.to_string()]);
+    let proxy = Proxy::start(replica.addr(), None, |_| {});
+    let started = std::time::Instant::now();
+    let reply = proxy.client().run("SET c 1");
+    assert!(reply.text().starts_with("READONLY"), "{reply:?}");
+    println!("a replica's READONLY reached the client after {:?}", started.elapsed());
+}

@@ -549,14 +549,26 @@ impl Handover {
         if self.is_running() || !matches!(*self.part.lock().unwrap_or_else(|e| e.into_inner()), Part::Idle) {
             return;
         }
-        let Some((source, target)) = self.servers() else { return };
-        let fenced = match self.connect(&source).await {
-            Ok(mut conn) => super::resolve::look(&mut conn, Duration::from_secs(1))
-                .await
-                .is_ok_and(|seen| seen.fenced || !seen.master),
-            Err(_) => false,
+        let looks = &self.shared.looks;
+        let number = looks.started.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let Some((source, target)) = self.servers() else {
+            // No other server to switch to: a refusal is the server's own answer.
+            looks.unfenced.fetch_max(number, std::sync::atomic::Ordering::SeqCst);
+            self.shared.gate.notify();
+            return;
         };
-        if !fenced || self.look_at(&source, &target).await != Outcome::Promoted {
+        let seen = match self.connect(&source).await {
+            Ok(mut conn) => super::resolve::look(&mut conn, Duration::from_secs(1)).await.ok(),
+            Err(_) => None,
+        };
+        let Some(seen) = seen else { return };
+        if !seen.fenced && seen.master {
+            // Sessions holding back a refusal give it to their clients: it was the server's own answer.
+            looks.unfenced.fetch_max(number, std::sync::atomic::Ordering::SeqCst);
+            self.shared.gate.notify();
+            return;
+        }
+        if self.look_at(&source, &target).await != Outcome::Promoted {
             return;
         }
         let generation = self.shared.primary.generation();

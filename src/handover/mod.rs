@@ -411,18 +411,29 @@ async fn probe(handover: std::sync::Weak<Handover>) {
     let timeout = Duration::from_millis(500);
     let period = Duration::from_secs(2);
     let mut next_views = tokio::time::Instant::now();
+    let spacing = Duration::from_millis(50);
+    let mut last_look = tokio::time::Instant::now() - spacing;
     loop {
         let Some(this) = handover.upgrade() else { return };
         if this.shared.shutdown.is_cancelled() {
             return;
         }
+        tokio::time::sleep_until(last_look + spacing).await;
+        last_look = tokio::time::Instant::now();
         this.follow_a_fenced_primary().await;
         if tokio::time::Instant::now() < next_views {
             let shared = this.shared.clone();
             drop(this);
+            // Sessions holding replies back wait for a look: look again soon while there are any.
+            let soon = tokio::time::Instant::now() + spacing;
+            let wake = if shared.parked_sessions.load(Ordering::SeqCst) > 0 {
+                soon.min(next_views)
+            } else {
+                next_views
+            };
             tokio::select! {
-                _ = tokio::time::sleep_until(next_views) => {}
-                _ = shared.resolve_now.notified() => tokio::time::sleep(Duration::from_millis(50)).await,
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = shared.resolve_now.notified() => {}
             }
             continue;
         }

@@ -77,6 +77,9 @@ pub enum Start {
 pub struct SessionCore {
     /// What Redis keeps for the client, and the requests whose replies it still owes.
     pub ledger: Ledger,
+    /// While replies are held back (see [`state::Parked`]): the number of the first look at the servers that
+    /// started after, whose verdict counts. Counted in [`Shared::parked_sessions`] while set.
+    park: Option<u64>,
     /// Requests for the session's own connection, not yet written to it.
     pub own_out: BytesMut,
     /// Requests for its shared link gathered in this turn, and how many: the driver appends them to the link in one
@@ -140,6 +143,7 @@ impl SessionCore {
                 authenticated: shared.config.requirepass.is_none(),
             },
             gate: GateSlot::default(),
+            park: None,
             watch_broken: false,
             reissue: None,
             barrier_sent: false,
@@ -182,6 +186,10 @@ impl SessionCore {
 
     /// Decides what becomes of one request, and forwards it or answers it.
     pub fn on_request(&mut self, env: &Shared, links: Links<'_>, request: Request<'_>) -> Verdict {
+        if self.ledger.parked.is_some() {
+            // Nothing overtakes requests that may be sent again.
+            return Verdict::Wait;
+        }
         let args = request.args;
         let command = Command::classify(args.get(0).unwrap_or_default());
         match command {
@@ -345,7 +353,9 @@ impl SessionCore {
             self.ledger.ask_client_id(output);
         }
         let write = (gated && blocked.is_none()) || (in_transaction && command == Command::Exec);
+        let queued = self.ledger.pending.len();
         self.ledger.plan(command, args, write, blocked);
+        let planned = self.ledger.pending.len() > queued;
         if let Some(rewritten) = &rewritten {
             let args: Vec<&[u8]> = rewritten.iter().map(|a| &a[..]).collect();
             write_command(output, &args);
@@ -359,6 +369,9 @@ impl SessionCore {
             write_command(output, &kept);
         } else {
             copy_request(request, output);
+            if planned {
+                self.ledger.log_sent(request.raw);
+            }
         }
         if let Some(name) = link_name {
             self.ledger
@@ -551,6 +564,8 @@ impl SessionCore {
                 tracing::warn!(%reason, pending = self.ledger.pending.len(), "shared backend link lost: closing the client");
                 self.ledger.pending.retain(|p| matches!(p.effect, Effect::Local(_)));
                 self.ledger.pending_writes = 0;
+                self.ledger.sent.clear();
+                self.ledger.parked = None;
                 self.closing = true;
             }
         }
@@ -605,9 +620,49 @@ impl SessionCore {
         self.ledger.link_client_id.filter(|_| has_own)
     }
 
+    /// Settles replies held back after the primary refused a request as not executed, at the start of a turn:
+    /// once the primary was replaced, the requests are sent again (their bytes returned, to go before the client's
+    /// unread input); once a look at the servers found the primary taking writes, or after [`PARK_LIMIT`], the
+    /// replies go to the client as they came. Until then, nothing.
+    pub fn settle_parked(&mut self, env: &Shared) -> Option<Bytes> {
+        use std::sync::atomic::Ordering;
+        let parked = self.ledger.parked.as_ref()?;
+        let first_look = *self.park.get_or_insert_with(|| {
+            env.parked_sessions.fetch_add(1, Ordering::SeqCst);
+            env.resolve_now.notify_one();
+            env.looks.started.load(Ordering::SeqCst) + 1
+        });
+        let replaced = env.primary.generation() != parked.generation;
+        let taking_writes = env.looks.unfenced.load(Ordering::SeqCst) >= first_look;
+        if !replaced && !taking_writes && parked.since.elapsed() < PARK_LIMIT {
+            return None;
+        }
+        let resend = if replaced { self.ledger.resend_parked() } else { None };
+        if resend.is_none() {
+            self.ledger.replay_parked();
+        }
+        self.unpark(env);
+        resend
+    }
+
+    /// When replies held back must go to the client at the latest.
+    pub fn park_deadline(&self) -> Option<std::time::Instant> {
+        self.ledger.parked.as_ref().map(|p| p.since + PARK_LIMIT)
+    }
+
+    fn unpark(&mut self, env: &Shared) {
+        if self.park.take().is_some() {
+            env.parked_sessions.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
     /// Brings the shared accounting in line with the session: its write ticket, its blocked call, and whether it
     /// still has state to move. `own`: its own connection's generation and local address.
     pub fn reconcile(&mut self, env: &Shared, own: Option<(u64, Option<std::net::SocketAddr>)>) {
+        if self.ledger.parked.is_none() {
+            // Its link was lost meanwhile.
+            self.unpark(env);
+        }
         if std::mem::take(&mut self.ledger.not_executed) {
             // The handover looks at once whether another proxy's handover fenced the primary.
             env.resolve_now.notify_one();
@@ -653,6 +708,7 @@ impl SessionCore {
 
     /// Gives back whatever the session holds in the shared accounting, however it ends.
     pub fn release(&mut self, env: &Shared) {
+        self.unpark(env);
         if std::mem::take(&mut self.gate.has_ticket) {
             env.gate.return_ticket();
         }
@@ -756,6 +812,10 @@ impl ProxyAuth {
         }
     }
 }
+
+/// The longest replies are held back after a refusal while the servers cannot tell whether the primary was
+/// fenced by a handover (a handover's own pause is shorter).
+const PARK_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A session's place at the write gate.
 #[derive(Debug, Default)]
@@ -1378,6 +1438,74 @@ mod tests {
         core.ledger.on_frame(b"+OK\r\n", false, false);
         assert_eq!(core.ledger.state.db, 3);
         assert_eq!(client_sees(&mut core), "$-1\r\n$1\r\nx\r\n+OK\r\n");
+    }
+
+    #[test]
+    fn a_refusal_from_a_fenced_primary_is_held_back_and_the_requests_are_sent_again_after_the_switch() {
+        use std::sync::atomic::Ordering;
+        let env = env(|_| {});
+        let mut core = SessionCore::new(&env, 10);
+        let k0 = key(&env, 0);
+        send(&mut core, &env, Links::default(), &["SET", "a", "1"]);
+        for words in [&["GET", "a"][..], &["INCR", "n"]] {
+            assert_eq!(send(&mut core, &env, on_link(&k0), words), Verdict::Taken);
+        }
+        shared_sent(&mut core);
+        // The primary was fenced by a handover elsewhere: the SET is refused, the GET (pipelined) answered.
+        core.ledger
+            .on_frame(b"-NOREPLICAS Not enough good replicas to write.\r\n", false, false);
+        core.ledger.on_frame(b"$-1\r\n", false, false);
+        assert_eq!(client_sees(&mut core), "", "nothing is shown yet");
+        assert_eq!(
+            send(&mut core, &env, on_link(&k0), &["GET", "b"]),
+            Verdict::Wait,
+            "nothing overtakes"
+        );
+        assert_eq!(core.settle_parked(&env), None, "the servers have not told yet");
+        assert_eq!(env.parked_sessions.load(Ordering::SeqCst), 1);
+        // They say NEW was promoted: the proxy switches; the three requests go again, in order.
+        switch(&env);
+        let resend = core.settle_parked(&env).expect("sent again");
+        let mut expected = resp(&["SET", "a", "1"]);
+        expected.extend(resp(&["GET", "a"]));
+        expected.extend(resp(&["INCR", "n"]));
+        assert_eq!(resend.to_vec(), expected);
+        assert_eq!(env.parked_sessions.load(Ordering::SeqCst), 0);
+        // The INCR's refusal still comes from the old primary: dropped.
+        core.ledger
+            .on_frame(b"-NOREPLICAS Not enough good replicas to write.\r\n", false, false);
+        assert!(core.ledger.pending.is_empty());
+        assert_eq!(core.ledger.pending_writes, 0);
+        assert_eq!(client_sees(&mut core), "");
+    }
+
+    #[test]
+    fn a_refusal_that_is_the_server_s_own_answer_reaches_the_client_after_a_look() {
+        use std::sync::atomic::Ordering;
+        let env = env(|_| {});
+        let mut core = SessionCore::new(&env, 10);
+        let k0 = key(&env, 0);
+        send(&mut core, &env, Links::default(), &["SET", "a", "1"]);
+        send(&mut core, &env, on_link(&k0), &["GET", "a"]);
+        shared_sent(&mut core);
+        // A look is under way when the refusal comes: it may have read the primary before the fence.
+        let under_way = env.looks.started.fetch_add(1, Ordering::SeqCst) + 1;
+        core.ledger
+            .on_frame(b"-NOREPLICAS Not enough good replicas to write.\r\n", false, false);
+        assert_eq!(core.settle_parked(&env), None);
+        env.looks.unfenced.store(under_way, Ordering::SeqCst);
+        core.ledger.on_frame(b"$1\r\n1\r\n", false, false);
+        assert_eq!(core.settle_parked(&env), None, "that look does not count");
+        assert_eq!(client_sees(&mut core), "");
+        // The next one finds the primary taking writes: the refusal was the server's own answer.
+        let next = env.looks.started.fetch_add(1, Ordering::SeqCst) + 1;
+        env.looks.unfenced.store(next, Ordering::SeqCst);
+        assert_eq!(core.settle_parked(&env), None);
+        assert_eq!(
+            client_sees(&mut core),
+            "-NOREPLICAS Not enough good replicas to write.\r\n$1\r\n1\r\n"
+        );
+        assert_eq!(send(&mut core, &env, on_link(&k0), &["GET", "b"]), Verdict::Taken);
     }
 
     #[test]

@@ -188,6 +188,13 @@ impl Session {
         let shutdown = self.shared.shutdown.clone();
         let mut control: watch::Receiver<u64> = self.shared.gate.subscribe();
         loop {
+            if let Some(resend) = self.core.settle_parked(&self.shared) {
+                // Sent again, to the new primary, before anything the client sent after them.
+                let mut input = BytesMut::with_capacity(resend.len() + self.client_in.len());
+                input.extend_from_slice(&resend);
+                input.extend_from_slice(&self.client_in);
+                self.client_in = input;
+            }
             match self.step() {
                 Next::Wait => {}
                 Next::Connect => {
@@ -204,11 +211,14 @@ impl Session {
             }
             // A session holding a write, or with state to move, must hear the gate open and the primary switch;
             // the others notice a switch at their next command.
-            let listening = self.core.holds_write() || self.core.must_move_actively();
+            let park_deadline = self.core.park_deadline();
+            let listening = self.core.holds_write() || self.core.must_move_actively() || park_deadline.is_some();
+            let park_timer = tokio::time::sleep_until(park_deadline.unwrap_or_else(Instant::now).into());
             tokio::select! {
                 biased;
                 polled = poll_fn(|cx| self.poll_io(cx)) => polled?,
                 _ = control.changed(), if listening => {}
+                () = park_timer, if park_deadline.is_some() => {}
                 () = shutdown.cancelled(), if !self.core.draining => self.core.draining = true,
             }
             // The clock is read once per turn: the replies handled now and the requests sent next share it.
@@ -434,6 +444,7 @@ impl Session {
             }
         } else if let Some(link) = self.link.as_mut() {
             let retired = link.generation != self.shared.primary.generation();
+            self.core.ledger.frame_generation = link.generation;
             loop {
                 match link.scanner.scan(&link.input) {
                     Scanned::Incomplete => break,
@@ -461,6 +472,9 @@ impl Session {
     /// Hands the replies that arrived from the session's shared link to the core, then its failure, if it failed.
     fn handle_shared_replies(&mut self) {
         let Some(sharing) = self.sharing.as_mut() else { return };
+        if let Some(link) = &sharing.link {
+            self.core.ledger.frame_generation = link.key.generation;
+        }
         loop {
             match sharing.scanner.scan(&sharing.input) {
                 Scanned::Frame { len, push } => {

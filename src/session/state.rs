@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::command::Command;
 use crate::protocol::request::{Args, string_to_i64, write_command};
@@ -256,6 +256,11 @@ pub struct Pending {
     /// The command's family and when it was forwarded, for the latency and error metrics.
     pub family: Family,
     pub sent_at: Instant,
+    /// How many bytes of [`Ledger::sent`] are this request's, which can be sent again as they are; 0 for one that
+    /// cannot (state to carry, local or hidden).
+    pub raw_len: usize,
+    /// Sent again elsewhere: its reply from here is dropped.
+    pub void: bool,
 }
 
 impl Pending {
@@ -270,8 +275,29 @@ impl Pending {
             hidden: false,
             family,
             sent_at,
+            raw_len: 0,
+            void: false,
         }
     }
+}
+
+/// Replies held back after the primary refused a request as not executed (`NOREPLICAS`, `READONLY`): a handover
+/// this proxy took no part in may have fenced it. Until the servers tell, the refused request's reply and every
+/// later one wait here; then either the requests are sent again to the new primary, or the replies go to the
+/// client as they came.
+#[derive(Debug)]
+pub struct Parked {
+    /// The generation of the primary the refused request went to.
+    pub generation: u64,
+    /// The reply frames that came since, the refusal first, one per pending request from the head.
+    pub frames: Vec<Bytes>,
+    pub since: Instant,
+}
+
+/// Whether a reply means the server refused the command before it had any effect, as a fenced or demoted primary
+/// does (fleet-and-cluster.md, section 1).
+fn not_executed(frame: &[u8]) -> bool {
+    frame.starts_with(b"-NOREPLICAS") || frame.starts_with(b"-READONLY")
 }
 
 /// A blocking call (BLPOP, BLMOVE, BZPOPMIN, XREAD BLOCK, ...) in flight, which a switch may have to end on
@@ -362,6 +388,14 @@ pub struct Ledger {
     pub tally: Tally,
     /// Whether the primary answered a request with NOREPLICAS or READONLY since the last look.
     pub not_executed: bool,
+    /// The bytes of the forwarded requests still unanswered that can be sent again (see [`Pending::raw_len`]).
+    pub sent: BytesMut,
+    /// Replies held back after a refusal (see [`Parked`]).
+    pub parked: Option<Parked>,
+    /// The generation of the link whose frames are being handled.
+    pub frame_generation: u64,
+    /// Whether held-back replies are being delivered as they came (a refusal then is the client's).
+    replaying: bool,
 }
 
 impl Ledger {
@@ -381,6 +415,10 @@ impl Ledger {
             local_reply_mode: false,
             tally: Tally::default(),
             not_executed: false,
+            sent: BytesMut::new(),
+            parked: None,
+            frame_generation: 0,
+            replaying: false,
         }
     }
 
@@ -450,6 +488,8 @@ impl Ledger {
                 hidden: !expects_reply && !matches!(command, Command::Subscribe | Command::Unsubscribe),
                 family,
                 sent_at,
+                raw_len: 0,
+                void: false,
             });
         }
     }
@@ -576,19 +616,35 @@ impl Ledger {
                 None => {}
             }
         }
+        if let Some(parked) = self.parked.as_mut() {
+            parked.frames.push(Bytes::copy_from_slice(frame));
+            return None;
+        }
         let Some(head) = self.pending.pop_front() else {
             // A reply to nothing: Redis does not do this, but forwarding it keeps the client's view honest.
             tracing::warn!("reply from the backend with no request pending");
             self.client_out.extend_from_slice(frame);
             return None;
         };
+        if head.void {
+            self.pending_writes -= usize::from(head.write);
+            return None;
+        }
+        if head.raw_len > 0 && !self.replaying && not_executed(frame) {
+            // Not shown to the client yet: the handover asks the servers whether the primary was fenced.
+            self.pending.push_front(head);
+            self.parked = Some(Parked {
+                generation: self.frame_generation,
+                frames: vec![Bytes::copy_from_slice(frame)],
+                since: self.now,
+            });
+            self.not_executed = true;
+            return None;
+        }
+        self.sent.advance(head.raw_len);
         self.pending_writes -= usize::from(head.write);
         let hidden = head.hidden;
         let error = is_error_frame(frame);
-        // The primary refusing a command as not executed: fenced by a handover this proxy was not part of.
-        if error && !link_retired && (frame.starts_with(b"-NOREPLICAS") || frame.starts_with(b"-READONLY")) {
-            self.not_executed = true;
-        }
         if !hidden {
             self.tally
                 .reply(&self.telemetry, head.family, self.now - head.sent_at, error);
@@ -662,9 +718,56 @@ impl Ledger {
         }
     }
 
+    /// Records the bytes of the request [`Ledger::plan`] just queued, when it can be sent again as it is: a data
+    /// command that changes nothing in the session, with its reply expected.
+    pub fn log_sent(&mut self, raw: &[u8]) {
+        if let Some(last) = self.pending.back_mut()
+            && matches!(last.effect, Effect::None)
+            && last.expect == Expect::One
+            && !last.queued
+            && !last.hidden
+            && last.blocked.is_none()
+            && last.raw_len == 0
+        {
+            last.raw_len = raw.len();
+            self.sent.extend_from_slice(raw);
+        }
+    }
+
+    /// Gives the held-back replies to the client as they came.
+    pub fn replay_parked(&mut self) {
+        let Some(parked) = self.parked.take() else { return };
+        self.replaying = true;
+        for frame in parked.frames {
+            self.on_frame(&frame, false, false);
+        }
+        self.replaying = false;
+    }
+
+    /// When every request still unanswered can be sent again: drops the held-back replies, lets the replies still
+    /// to come be dropped too, and returns the requests' bytes, to be sent again in order. `None` (nothing
+    /// changed) otherwise.
+    pub fn resend_parked(&mut self) -> Option<Bytes> {
+        let parked = self.parked.as_ref()?;
+        if !self.pending.iter().all(|p| p.raw_len > 0 && !p.void) {
+            return None;
+        }
+        let answered = parked.frames.len().min(self.pending.len());
+        for pending in self.pending.drain(..answered) {
+            self.pending_writes -= usize::from(pending.write);
+        }
+        for pending in &mut self.pending {
+            (pending.void, pending.raw_len) = (true, 0);
+        }
+        self.parked = None;
+        Some(self.sent.split().freeze())
+    }
+
     /// The backend link is gone: every pending request gets `reply` (an error), and the answer tells whether
     /// the client must be disconnected because its session had state that a new link cannot carry.
     pub fn backend_lost(&mut self, reply: &Bytes) -> bool {
+        // The replies held back go to the client as they came; the requests still unanswered get `reply`.
+        self.replay_parked();
         let now = self.now;
         let answered = std::mem::take(&mut self.pending)
             .into_iter()
@@ -675,6 +778,7 @@ impl Ledger {
             });
         self.pending = answered.collect();
         self.pending_writes = 0;
+        self.sent.clear();
         self.forget_link();
         self.flush_locals();
         let close = self.state.has_unrestorable_state(self.reply_mode) || self.multi_open;
