@@ -537,3 +537,39 @@ fn a_proxy_outside_the_fleet_finds_the_switch_on_the_servers_and_follows_it() {
         checked.acknowledged_writes, checked.longest_wait_ms
     );
 }
+
+#[test]
+fn the_driver_killed_before_the_pause_lets_the_claims_lapse_and_another_proxy_hands_over_without_it() {
+    let mut fleet = DriverFleet::start();
+    // NEW replicates already, slowed, and the driver waits for a lag of 0: it stays in the catch-up.
+    let mut new = fleet.new.direct();
+    let relay = fleet.replication.addr;
+    let replicaof = new.run(&format!("REPLICAOF {} {}", relay.ip(), relay.port()));
+    assert!(replicaof.text().starts_with("OK"), "{replicaof:?}");
+    support::wait_until("NEW to replicate", Duration::from_secs(30), || {
+        new.run("INFO replication").text().contains("master_link_status:up")
+    });
+    fleet.replication.delay(Duration::from_millis(1000));
+    let (code, answer) = fleet
+        .driver
+        .post("/handover", json!({ "max_lag_bytes": 0, "max_pause_ms": 2000 }));
+    assert_eq!(code, 202, "{answer}");
+    support::wait_until("the driver to catch up", Duration::from_secs(30), || {
+        fleet.driver.status()["phase"] == "catching_up"
+    });
+    assert_eq!(fleet.followers[0].status()["fleet"]["part"], "claimed");
+    // A claimed peer starts no handover of its own.
+    let (code, answer) = fleet.followers[0].post("/handover", json!({}));
+    assert_eq!(code, 409, "{answer}");
+    fleet.stop_driver(Stop::Kill);
+    fleet.replication.delay(Duration::ZERO);
+    support::wait_until("the claims to lapse", Duration::from_secs(30), || {
+        fleet.followers.iter().all(|f| f.status()["fleet"]["part"] == "idle")
+    });
+    // The dead driver is left out of the next handover.
+    let dead = fleet.driver.admin.to_string();
+    let report = fleet.followers[0].handover(json!({ "exclude_peers": [dead] }));
+    assert_eq!(report["outcome"], "switched", "{report:#}");
+    fleet.wait_for_followers_on("new", "the driver killed before the pause");
+    fleet.verify("the driver killed before the pause");
+}

@@ -122,11 +122,19 @@ impl Handover {
         }
     }
 
-    /// The driver and epoch of the handover this proxy follows, if it follows one now (a lapsed claim is none).
+    /// This proxy's part now: a claim its driver stopped renewing has lapsed.
+    fn current_part(&self) -> Part {
+        let mut part = self.part.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(&*part, Part::Claimed { until, .. } if *until < Instant::now()) {
+            *part = Part::Idle;
+        }
+        part.clone()
+    }
+
+    /// The driver and epoch of the handover this proxy follows, if it follows one now.
     pub fn following(&self) -> Option<String> {
-        match &*self.part.lock().unwrap_or_else(|e| e.into_inner()) {
+        match self.current_part() {
             Part::Idle => None,
-            Part::Claimed { until, .. } if *until < Instant::now() => None,
             Part::Claimed { message, .. } | Part::Held { message, .. } | Part::Switched { message, .. } => {
                 Some(format!("{}, driven by {}", message.epoch, message.driver))
             }
@@ -155,7 +163,7 @@ impl Handover {
 
     /// The fleet as `GET /status` shows it.
     pub(super) fn fleet_status(&self) -> serde_json::Value {
-        let part = self.part.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let part = self.current_part();
         let views = self.peer_views.lock().unwrap_or_else(|e| e.into_inner()).clone();
         json!({
             "proxy_id": self.proxy_id(),
