@@ -47,6 +47,8 @@ pub struct Primary {
 pub struct PrimaryCell {
     primary: ArcSwap<Primary>,
     generation: AtomicU64,
+    /// Switches happen one at a time (readers never wait for it).
+    switching: std::sync::Mutex<()>,
 }
 
 impl PrimaryCell {
@@ -54,6 +56,7 @@ impl PrimaryCell {
         PrimaryCell {
             primary: ArcSwap::from_pointee(Primary { generation: 0, server }),
             generation: AtomicU64::new(0),
+            switching: std::sync::Mutex::new(()),
         }
     }
 
@@ -69,6 +72,18 @@ impl PrimaryCell {
 
     /// Makes `server` the primary with the next generation.
     pub fn switch_to(&self, server: Server) -> Arc<Primary> {
+        let _one_at_a_time = self.switching.lock().unwrap_or_else(|e| e.into_inner());
+        self.store_next(server)
+    }
+
+    /// Makes `server` the primary with the next generation, if the generation is still `generation`: a switch
+    /// decided from what was seen of one primary does nothing once another switch replaced it.
+    pub fn switch_from(&self, generation: u64, server: Server) -> Option<Arc<Primary>> {
+        let _one_at_a_time = self.switching.lock().unwrap_or_else(|e| e.into_inner());
+        (self.generation() == generation).then(|| self.store_next(server))
+    }
+
+    fn store_next(&self, server: Server) -> Arc<Primary> {
         let next = Arc::new(Primary {
             generation: self.generation() + 1,
             server,

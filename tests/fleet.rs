@@ -520,6 +520,42 @@ fn a_proxy_outside_the_fleet_finds_the_switch_on_the_servers_and_follows_it() {
     // Not a peer of the driver: nobody tells it about the handover.
     let outsider = Proxy::start(old.addr(), Some(new.addr()), |_| {});
     let load = Load::start_named(&outsider, 2, "outsider");
+    // Transactions through it too, one of them WATCHing: a refused EXEC goes again whole (or answers null after
+    // a WATCH, which the client retries); no error ever.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let transactions: Vec<_> = [false, true]
+        .into_iter()
+        .map(|watch| {
+            let (stop, addr) = (stop.clone(), outsider.addr);
+            std::thread::spawn(move || {
+                let mut client = support::Client::connect(addr);
+                let key = if watch { "tx-watched" } else { "tx-plain" };
+                let (mut done, mut retried) = (0i64, 0u64);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if watch {
+                        client.send(&["WATCH", key]);
+                    }
+                    client.send(&["MULTI"]);
+                    client.send(&["INCR", key]);
+                    client.send(&["EXEC"]);
+                    if watch {
+                        assert_eq!(client.read(), Reply::ok());
+                    }
+                    assert_eq!(client.read(), Reply::ok(), "MULTI");
+                    assert_eq!(client.read(), Reply::Status("QUEUED".into()), "INCR");
+                    match client.read() {
+                        Reply::Array(results) => {
+                            done += 1;
+                            assert_eq!(results, vec![Reply::Int(done)], "{key}");
+                        }
+                        Reply::Nil if watch => retried += 1,
+                        other => panic!("{key}: EXEC answered {other:?}"),
+                    }
+                }
+                (key, done, retried)
+            })
+        })
+        .collect();
     let report = driver.handover(json!({}));
     assert_eq!(report["outcome"], "switched", "{report:#}");
     // Its writes meet OLD's fence; the first refusal makes it look at the servers, which say NEW was promoted;
@@ -529,6 +565,12 @@ fn a_proxy_outside_the_fleet_finds_the_switch_on_the_servers_and_follows_it() {
     });
     assert_eq!(outsider.client().run("SET via-outsider 1"), Reply::ok());
     assert_eq!(new.direct().run("GET via-outsider"), Reply::bulk("1"));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for thread in transactions {
+        let (key, done, retried) = thread.join().expect("no transaction saw an error");
+        assert_eq!(new.direct().run(&format!("GET {key}")), Reply::bulk(done.to_string()));
+        println!("a proxy outside the fleet: {done} transactions on {key}, {retried} answered null after a WATCH");
+    }
     let checked = load.stop_and_verify_through(&driver.addr.to_string());
     // The refusals were never shown: the writes were sent again to NEW, in order.
     assert_eq!((checked.lost, checked.failed_batches), (0, 0), "{checked:#?}");

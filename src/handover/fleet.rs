@@ -520,11 +520,11 @@ impl Handover {
         let Some((source, target)) = self.servers() else {
             return vec!["no NEW server is configured".into()];
         };
-        if self.shared.primary.generation() != old_generation {
-            return Vec::new();
-        }
         let shared = &self.shared;
-        let primary = shared.primary.switch_to(target.clone());
+        let Some(primary) = shared.primary.switch_from(old_generation, target.clone()) else {
+            // Another switch came first: what was decided from the primary before it is moot.
+            return Vec::new();
+        };
         shared.gate.notify();
         *self.fenced.lock().unwrap_or_else(|e| e.into_inner()) = Some((source.side, Default::default()));
         tracing::info!(primary = %primary.server.addr, generation = primary.generation, "primary switched");
@@ -559,6 +559,7 @@ impl Handover {
         }
         let looks = &self.shared.looks;
         let number = looks.started.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let generation = self.shared.primary.generation();
         let Some((source, target)) = self.servers() else {
             // No other server to switch to: a refusal is the server's own answer.
             looks.unfenced.fetch_max(number, std::sync::atomic::Ordering::SeqCst);
@@ -579,7 +580,6 @@ impl Handover {
         if self.look_at(&source, &target).await != Outcome::Promoted {
             return;
         }
-        let generation = self.shared.primary.generation();
         let warnings = self.switch_here(generation).await;
         tracing::warn!(
             from = %source.addr,

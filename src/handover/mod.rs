@@ -193,8 +193,9 @@ pub struct Handover {
 }
 
 impl Handover {
+    /// The controller; its looks at the servers start with [`Handover::resolve_at_start`].
     pub fn new(shared: Arc<Shared>) -> Arc<Self> {
-        let handover = Arc::new(Handover {
+        Arc::new(Handover {
             shared,
             progress: Mutex::new(Progress::default()),
             running: AtomicBool::new(false),
@@ -203,9 +204,7 @@ impl Handover {
             admin_addr: Mutex::new(None),
             part: Mutex::new(fleet::Part::Idle),
             peer_views: Mutex::new(Vec::new()),
-        });
-        tokio::spawn(probe(Arc::downgrade(&handover)));
-        handover
+        })
     }
 
     /// Starts a handover to the server that is not the primary now; returns at once.

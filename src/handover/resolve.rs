@@ -108,6 +108,12 @@ impl Handover {
     /// writes are held (then refused) and reads go to OLD until they can, and a handover stopped between the fence
     /// and the promotion by a proxy that is gone is undone.
     pub async fn resolve_at_start(self: &Arc<Self>) {
+        self.resolve_primary_at_start().await;
+        // Only now: its looks at the servers must start from the primary resolved here.
+        tokio::spawn(super::probe(Arc::downgrade(self)));
+    }
+
+    async fn resolve_primary_at_start(self: &Arc<Self>) {
         let Some((old, new)) = self.pair() else { return };
         let (former, candidate) = tokio::join!(self.look_at_one(&old), self.look_at_one(&new));
         let former = match former {

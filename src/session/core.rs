@@ -564,8 +564,7 @@ impl SessionCore {
                 tracing::warn!(%reason, pending = self.ledger.pending.len(), "shared backend link lost: closing the client");
                 self.ledger.pending.retain(|p| matches!(p.effect, Effect::Local(_)));
                 self.ledger.pending_writes = 0;
-                self.ledger.sent.clear();
-                self.ledger.parked = None;
+                self.ledger.forget_sent();
                 self.closing = true;
             }
         }
@@ -1667,6 +1666,77 @@ mod tests {
             "+OK\r\n+OK\r\n+QUEUED\r\n*-1\r\n",
             "EXEC answers as for a conflict"
         );
+    }
+
+    /// Sends the bytes returned for sending again, request by request, as the driver does with its input.
+    fn send_again(core: &mut SessionCore, env: &Shared, links: Links<'_>, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let mut parser = RequestParser::new();
+            let Parsed::Request(n) = parser.parse(bytes) else {
+                panic!("not a request: {bytes:?}")
+            };
+            assert_eq!(send_raw(core, env, links, &bytes[..n]), Verdict::Taken);
+            bytes = &bytes[n..];
+        }
+    }
+
+    #[test]
+    fn a_transaction_refused_by_a_fenced_primary_goes_again_whole_and_the_client_sees_one_answer() {
+        for watched in [false, true] {
+            let env = env(dedicated);
+            let mut core = SessionCore::new(&env, 10);
+            core.on_own_link(&env, Side::Old, None);
+            if watched {
+                send(&mut core, &env, own(0), &["WATCH", "k"]);
+                reply(&mut core, "+OK\r\n");
+            }
+            for words in [&["MULTI"][..], &["INCR", "k"], &["EXEC"]] {
+                assert_eq!(send(&mut core, &env, own(0), words), Verdict::Taken);
+            }
+            own_sent(&mut core);
+            reply(&mut core, "+OK\r\n");
+            reply(&mut core, "+QUEUED\r\n");
+            reply(
+                &mut core,
+                "-EXECABORT Transaction discarded because of: NOREPLICAS Not enough good replicas to write.\r\n",
+            );
+            let before = if watched {
+                "+OK\r\n+OK\r\n+QUEUED\r\n"
+            } else {
+                "+OK\r\n+QUEUED\r\n"
+            };
+            assert_eq!(client_sees(&mut core), before, "the abort is not shown");
+            switch(&env);
+            let again = core.settle_parked(&env).expect("sent again");
+            let mut expected = resp(&["MULTI"]);
+            expected.extend(resp(&["INCR", "k"]));
+            expected.extend(resp(&["EXEC"]));
+            assert_eq!(again.to_vec(), expected, "the whole transaction");
+            // The session leaves OLD's connection, gets one to NEW, and sends the transaction there.
+            assert_eq!(core.on_turn(&env, Some(0)), (true, Start::Requests));
+            assert_eq!(send(&mut core, &env, Links::default(), &["PING"]), Verdict::Connect);
+            core.on_own_link(&env, Side::New, None);
+            send_again(&mut core, &env, own(1), &again);
+            own_sent(&mut core);
+            if watched {
+                // Its WATCH was on the server it left: EXEC answers as for a conflict.
+                for frame in ["+OK\r\n", "+QUEUED\r\n", "+OK\r\n"] {
+                    reply(&mut core, frame);
+                }
+                assert_eq!(client_sees(&mut core), "*-1\r\n");
+            } else {
+                for frame in ["+OK\r\n", "+QUEUED\r\n", "*1\r\n:1\r\n"] {
+                    reply(&mut core, frame);
+                }
+                assert_eq!(
+                    client_sees(&mut core),
+                    "*1\r\n:1\r\n",
+                    "MULTI and QUEUED are not shown twice"
+                );
+            }
+            assert!(core.ledger.pending.is_empty());
+            assert!(core.ledger.sent.is_empty());
+        }
     }
 
     #[test]

@@ -295,9 +295,16 @@ pub struct Parked {
 }
 
 /// Whether a reply means the server refused the command before it had any effect, as a fenced or demoted primary
-/// does (fleet-and-cluster.md, section 1).
+/// does (fleet-and-cluster.md, section 1): the refusal itself, an EXEC aborted for it, a script's on 6.2 (which
+/// wraps it), and a 5.0 replica's EXEC.
 fn not_executed(frame: &[u8]) -> bool {
-    frame.starts_with(b"-NOREPLICAS") || frame.starts_with(b"-READONLY")
+    let names_it =
+        || memchr::memmem::find(frame, b"NOREPLICAS").is_some() || memchr::memmem::find(frame, b"READONLY").is_some();
+    frame.starts_with(b"-NOREPLICAS")
+        || frame.starts_with(b"-READONLY")
+        || (frame.starts_with(b"-EXECABORT") && names_it())
+        || (frame.starts_with(b"-ERR Error running script") && names_it())
+        || frame.starts_with(b"-ERR Transaction contains write commands but instance is now a read-only")
 }
 
 /// A blocking call (BLPOP, BLMOVE, BZPOPMIN, XREAD BLOCK, ...) in flight, which a switch may have to end on
@@ -396,6 +403,14 @@ pub struct Ledger {
     pub frame_generation: u64,
     /// Whether held-back replies are being delivered as they came (a refusal then is the client's).
     replaying: bool,
+    /// The open transaction's requests whose replies the client has (MULTI's, the QUEUEDs): their bytes stay at
+    /// the front of `sent` until EXEC is answered, since a refused EXEC sends the whole transaction again.
+    tx_answered: usize,
+    tx_answered_bytes: usize,
+    /// A request of the open transaction whose bytes were not kept: it cannot be sent again.
+    tx_incomplete: bool,
+    /// Requests sent again whose replies the client had already: their replies now are not shown.
+    hide_next: usize,
 }
 
 impl Ledger {
@@ -419,6 +434,10 @@ impl Ledger {
             parked: None,
             frame_generation: 0,
             replaying: false,
+            tx_answered: 0,
+            tx_answered_bytes: 0,
+            tx_incomplete: false,
+            hide_next: 0,
         }
     }
 
@@ -434,6 +453,7 @@ impl Ledger {
                 write,
                 queued: self.multi_open,
                 family,
+                hidden: self.take_hidden(),
                 ..Pending::new(Effect::None, Expect::One, self.now)
             };
             self.pending.push_back(pending);
@@ -478,6 +498,7 @@ impl Ledger {
             self.pending_writes += usize::from(write);
             let blocked = blocked.map(Box::new);
             let sent_at = self.now;
+            let sent_again = self.take_hidden();
             self.pending.push_back(Pending {
                 effect,
                 expect,
@@ -485,13 +506,20 @@ impl Ledger {
                 write,
                 blocked,
                 // Redis sends (un)subscribe confirmations whatever CLIENT REPLY says.
-                hidden: !expects_reply && !matches!(command, Command::Subscribe | Command::Unsubscribe),
+                hidden: (!expects_reply && !matches!(command, Command::Subscribe | Command::Unsubscribe)) || sent_again,
                 family,
                 sent_at,
                 raw_len: 0,
                 void: false,
             });
         }
+    }
+
+    /// Whether the request being planned was sent again and its reply is the client's already.
+    fn take_hidden(&mut self) -> bool {
+        let hide = self.hide_next > 0;
+        self.hide_next -= usize::from(hide);
+        hide
     }
 
     /// Records a blocking call issued again on a new primary after a switch ended it on the old one.
@@ -641,7 +669,7 @@ impl Ledger {
             self.not_executed = true;
             return None;
         }
-        self.sent.advance(head.raw_len);
+        self.consume_sent(&head);
         self.pending_writes -= usize::from(head.write);
         let hidden = head.hidden;
         let error = is_error_frame(frame);
@@ -719,19 +747,49 @@ impl Ledger {
     }
 
     /// Records the bytes of the request [`Ledger::plan`] just queued, when it can be sent again as it is: a data
-    /// command that changes nothing in the session, with its reply expected.
+    /// command that changes nothing in the session, or a part of a transaction, with its reply expected.
     pub fn log_sent(&mut self, raw: &[u8]) {
-        if let Some(last) = self.pending.back_mut()
-            && matches!(last.effect, Effect::None)
+        let Some(last) = self.pending.back_mut() else { return };
+        let transaction = last.queued || matches!(last.effect, Effect::Multi | Effect::Exec | Effect::Discard);
+        let resendable = (transaction || matches!(last.effect, Effect::None))
             && last.expect == Expect::One
-            && !last.queued
             && !last.hidden
             && last.blocked.is_none()
-            && last.raw_len == 0
-        {
+            && last.raw_len == 0;
+        if resendable {
             last.raw_len = raw.len();
             self.sent.extend_from_slice(raw);
+        } else if transaction || self.multi_open {
+            self.tx_incomplete = true;
         }
+    }
+
+    /// Lets go of the bytes of a request whose reply the client gets, keeping an open transaction's until its
+    /// EXEC (or DISCARD) is answered.
+    fn consume_sent(&mut self, head: &Pending) {
+        match head.effect {
+            _ if head.raw_len == 0 => {}
+            Effect::Multi => {
+                self.tx_answered += 1;
+                self.tx_answered_bytes += head.raw_len;
+            }
+            _ if head.queued => {
+                self.tx_answered += 1;
+                self.tx_answered_bytes += head.raw_len;
+            }
+            Effect::Exec | Effect::Discard => {
+                self.sent.advance(self.tx_answered_bytes + head.raw_len);
+                (self.tx_answered, self.tx_answered_bytes, self.tx_incomplete) = (0, 0, false);
+            }
+            _ => self.sent.advance(head.raw_len),
+        }
+    }
+
+    /// Forgets every kept request (the link is gone).
+    pub fn forget_sent(&mut self) {
+        self.sent.clear();
+        (self.tx_answered, self.tx_answered_bytes, self.tx_incomplete) = (0, 0, false);
+        self.parked = None;
     }
 
     /// Gives the held-back replies to the client as they came.
@@ -749,7 +807,7 @@ impl Ledger {
     /// changed) otherwise.
     pub fn resend_parked(&mut self) -> Option<Bytes> {
         let parked = self.parked.as_ref()?;
-        if !self.pending.iter().all(|p| p.raw_len > 0 && !p.void) {
+        if self.tx_incomplete || !self.pending.iter().all(|p| p.raw_len > 0 && !p.void) {
             return None;
         }
         let answered = parked.frames.len().min(self.pending.len());
@@ -760,6 +818,17 @@ impl Ledger {
             (pending.void, pending.raw_len) = (true, 0);
         }
         self.parked = None;
+        // A transaction goes again whole: the replies the client has of it (MULTI's, the QUEUEDs) are not shown
+        // twice. The one it began on the old server is abandoned there; a WATCH from before it stays, so the
+        // switch makes its EXEC answer null, as a WATCH conflict would.
+        self.hide_next = std::mem::take(&mut self.tx_answered);
+        self.tx_answered_bytes = 0;
+        if self.multi_open || self.state.in_multi {
+            let watching = self.state.watching;
+            self.state.end_transaction();
+            self.state.watching = watching;
+            self.multi_open = false;
+        }
         Some(self.sent.split().freeze())
     }
 
@@ -778,7 +847,7 @@ impl Ledger {
             });
         self.pending = answered.collect();
         self.pending_writes = 0;
-        self.sent.clear();
+        self.forget_sent();
         self.forget_link();
         self.flush_locals();
         let close = self.state.has_unrestorable_state(self.reply_mode) || self.multi_open;
