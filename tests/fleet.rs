@@ -615,3 +615,35 @@ fn the_driver_killed_before_the_pause_lets_the_claims_lapse_and_another_proxy_ha
     fleet.wait_for_followers_on("new", "the driver killed before the pause");
     fleet.verify("the driver killed before the pause");
 }
+
+#[test]
+fn a_blocked_call_through_a_proxy_outside_the_fleet_outlives_a_5_0_old_s_demotion() {
+    let old = RedisServer::start(Version::V5_0, &[]);
+    let new = RedisServer::start(Version::V7_0, &[]);
+    let driver = Proxy::start(old.addr(), Some(new.addr()), |_| {});
+    let outsider = Proxy::start(old.addr(), Some(new.addr()), |_| {});
+    let mut worker = outsider.client();
+    worker.send(&["BLPOP", "jobs", "0"]);
+    let mut old_admin = old.direct();
+    support::wait_until("the worker to block on OLD", Duration::from_secs(10), || {
+        old_admin.run("CLIENT LIST").text().contains("cmd=blpop")
+    });
+    // The 5.0 OLD is made NEW's replica at the switch, which ends the worker's call on it with UNBLOCKED.
+    let report = driver.handover(json!({}));
+    assert_eq!(report["outcome"], "switched", "{report:#}");
+    support::wait_until("the outsider to switch by itself", Duration::from_secs(10), || {
+        outsider.status()["primary"]["side"] == "new"
+    });
+    support::wait_until("the worker to block on NEW", Duration::from_secs(10), || {
+        if let Some(reply) = worker.read_within(Duration::from_millis(1)) {
+            panic!("the worker got {reply:?}");
+        }
+        new.direct().run("CLIENT LIST").text().contains("cmd=blpop")
+    });
+    assert_eq!(driver.client().run("LPUSH jobs j1"), Reply::Int(1));
+    assert_eq!(
+        worker.read(),
+        Reply::Array(vec![Reply::bulk("jobs"), Reply::bulk("j1")]),
+        "the call was issued again on NEW, not failed"
+    );
+}

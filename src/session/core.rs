@@ -542,6 +542,14 @@ impl SessionCore {
     /// whose state lived on it (a transaction, subscriptions, ...) closes after the errors, as a direct connection
     /// would have. So does one whose connection closed right after a `CLIENT KILL` (`killed`).
     pub fn on_own_link_lost(&mut self, message: &str, killed: bool) {
+        if self.ledger.parked_blocked_alone() {
+            // A demoted server closes the connections of the calls it ended with UNBLOCKED: the call waits to be
+            // issued again (see `settle_parked`).
+            tracing::info!(%message, "backend link closed after UNBLOCKED; the blocking call waits for the servers' word");
+            self.forget_own_link();
+            self.ledger.forget_link();
+            return;
+        }
         tracing::warn!(%message, pending = self.ledger.pending.len(), "backend link lost");
         self.forget_own_link();
         if self.ledger.backend_lost(&error_reply(message)) || self.replication_stream {
@@ -634,6 +642,23 @@ impl SessionCore {
         let replaced = env.primary.generation() != parked.generation;
         let taking_writes = env.looks.unfenced.load(Ordering::SeqCst) >= first_look;
         if !replaced && !taking_writes && parked.since.elapsed() < PARK_LIMIT {
+            return None;
+        }
+        if replaced && let Some(blocked) = self.ledger.take_parked_blocked() {
+            match blocked.remaining() {
+                // Issued again on the new primary with the time it had left, as after a switch of this proxy's own.
+                Some(again) => self.reissue = Some(again),
+                // Its time ran out meanwhile: the answer to a timeout (a null array, as Redis gives blocked lists,
+                // sorted sets and streams).
+                None => self
+                    .ledger
+                    .push_local(Bytes::from_static(if self.ledger.state.protocol >= 3 {
+                        b"_\r\n"
+                    } else {
+                        b"*-1\r\n"
+                    })),
+            }
+            self.unpark(env);
             return None;
         }
         let resend = if replaced { self.ledger.resend_parked() } else { None };
@@ -1787,6 +1812,41 @@ mod tests {
         // The handover's CLIENT UNBLOCK makes the old server answer null; the client does not see it.
         core.on_own_frame(b"*-1\r\n", false, true);
         assert_eq!(core.on_turn(&env, Some(0)), (true, Start::Connect));
+        core.on_own_link(&env, Side::New, None);
+        assert_eq!(core.on_turn(&env, Some(1)), (false, Start::Requests));
+        let mut expected = resp(&["CLIENT", "ID"]);
+        expected.extend(resp(&["BLPOP", "q", "0"]));
+        assert_eq!(own_sent(&mut core).as_bytes(), expected);
+        reply(&mut core, ":8\r\n");
+        reply(&mut core, "*2\r\n$1\r\nq\r\n$1\r\nv\r\n");
+        assert_eq!(client_sees(&mut core), "*2\r\n$1\r\nq\r\n$1\r\nv\r\n");
+        core.release(&env);
+    }
+
+    #[test]
+    fn a_blocked_call_unblocked_by_a_demotion_elsewhere_is_issued_again_after_the_switch() {
+        let env = env(dedicated);
+        let mut core = SessionCore::new(&env, 10);
+        send(&mut core, &env, own(0), &["BLPOP", "q", "0"]);
+        own_sent(&mut core);
+        reply(&mut core, ":7\r\n");
+        // Another proxy's handover made OLD a replica, which ends blocking calls with UNBLOCKED.
+        reply(
+            &mut core,
+            "-UNBLOCKED force unblock from blocking operation, instance state changed (master -> replica?)\r\n",
+        );
+        assert_eq!(client_sees(&mut core), "", "not shown");
+        // The demoted server closes the connection after it: the call still waits.
+        core.on_own_link_lost("backend old closed the connection", false);
+        assert!(!core.closing);
+        assert_eq!(core.settle_parked(&env), None);
+        switch(&env);
+        assert_eq!(
+            core.settle_parked(&env),
+            None,
+            "nothing to send again: the call is issued again"
+        );
+        assert_eq!(core.on_turn(&env, None), (false, Start::Connect));
         core.on_own_link(&env, Side::New, None);
         assert_eq!(core.on_turn(&env, Some(1)), (false, Start::Requests));
         let mut expected = resp(&["CLIENT", "ID"]);

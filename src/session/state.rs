@@ -658,7 +658,9 @@ impl Ledger {
             self.pending_writes -= usize::from(head.write);
             return None;
         }
-        if head.raw_len > 0 && !self.replaying && not_executed(frame) {
+        // A blocking call ended by a demotion (`REPLICAOF` unblocks with UNBLOCKED) is issued again instead.
+        let unblocked = head.blocked.is_some() && frame.starts_with(b"-UNBLOCKED");
+        if (head.raw_len > 0 && not_executed(frame) || unblocked) && !self.replaying {
             // Not shown to the client yet: the handover asks the servers whether the primary was fenced.
             self.pending.push_front(head);
             self.parked = Some(Parked {
@@ -783,6 +785,22 @@ impl Ledger {
             }
             _ => self.sent.advance(head.raw_len),
         }
+    }
+
+    /// Whether the replies held back are a blocking call's alone.
+    pub fn parked_blocked_alone(&self) -> bool {
+        self.parked.is_some() && self.pending.len() == 1 && self.pending[0].blocked.is_some()
+    }
+
+    /// When the replies held back are a blocking call's alone: that call, to be issued again elsewhere.
+    pub fn take_parked_blocked(&mut self) -> Option<Blocked> {
+        if !self.parked_blocked_alone() {
+            return None;
+        }
+        let head = self.pending.pop_front()?;
+        self.pending_writes -= usize::from(head.write);
+        self.parked = None;
+        head.blocked.map(|blocked| *blocked)
     }
 
     /// Forgets every kept request (the link is gone).
