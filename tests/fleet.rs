@@ -335,6 +335,18 @@ impl DriverFleet {
         }
     }
 
+    /// Makes NEW replicate from OLD through the relay before the handover, then slows the relay by `delay`.
+    fn replicate_slowly(&self, delay: Duration) {
+        let mut new = self.new.direct();
+        let relay = self.replication.addr;
+        let replicaof = new.run(&format!("REPLICAOF {} {}", relay.ip(), relay.port()));
+        assert!(replicaof.text().starts_with("OK"), "{replicaof:?}");
+        support::wait_until("NEW to replicate", Duration::from_secs(30), || {
+            new.run("INFO replication").text().contains("master_link_status:up")
+        });
+        self.replication.delay(delay);
+    }
+
     fn fence(&self) -> Reply {
         self.old.direct().run("CONFIG GET min-replicas-to-write").items()[1].clone()
     }
@@ -379,16 +391,8 @@ fn the_driver_stalled_while_the_peers_hold_leaves_old_primary_and_aborts_when_it
 
 fn driver_stopped_after_the_fence(stop: Stop) {
     let mut fleet = DriverFleet::start();
-    // NEW replicates already (through the relay), then its replication is slowed, so the driver waits for NEW's
-    // offset with OLD fenced.
-    let mut new = fleet.new.direct();
-    let relay = fleet.replication.addr;
-    let replicaof = new.run(&format!("REPLICAOF {} {}", relay.ip(), relay.port()));
-    assert!(replicaof.text().starts_with("OK"), "{replicaof:?}");
-    support::wait_until("NEW to replicate", Duration::from_secs(30), || {
-        new.run("INFO replication").text().contains("master_link_status:up")
-    });
-    fleet.replication.delay(Duration::from_millis(1500));
+    // The driver waits for NEW's offset with OLD fenced.
+    fleet.replicate_slowly(Duration::from_millis(1500));
     fleet.start_handover(5000);
     support::wait_until("OLD to be fenced", Duration::from_secs(60), || {
         fleet.fence() == Reply::bulk("2147483647")
@@ -583,15 +587,8 @@ fn a_proxy_outside_the_fleet_finds_the_switch_on_the_servers_and_follows_it() {
 #[test]
 fn the_driver_killed_before_the_pause_lets_the_claims_lapse_and_another_proxy_hands_over_without_it() {
     let mut fleet = DriverFleet::start();
-    // NEW replicates already, slowed, and the driver waits for a lag of 0: it stays in the catch-up.
-    let mut new = fleet.new.direct();
-    let relay = fleet.replication.addr;
-    let replicaof = new.run(&format!("REPLICAOF {} {}", relay.ip(), relay.port()));
-    assert!(replicaof.text().starts_with("OK"), "{replicaof:?}");
-    support::wait_until("NEW to replicate", Duration::from_secs(30), || {
-        new.run("INFO replication").text().contains("master_link_status:up")
-    });
-    fleet.replication.delay(Duration::from_millis(1000));
+    // With a lag of 0 asked for, the driver stays in the catch-up.
+    fleet.replicate_slowly(Duration::from_millis(1000));
     let (code, answer) = fleet
         .driver
         .post("/handover", json!({ "max_lag_bytes": 0, "max_pause_ms": 2000 }));

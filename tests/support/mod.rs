@@ -240,18 +240,12 @@ impl RedisServer {
 
     /// Freezes the server (SIGSTOP): it keeps its connections but answers nothing, as a stalled host would.
     pub fn stall(&self) {
-        let _ = Command::new("kill")
-            .args(["-STOP", &self.child.id().to_string()])
-            .stderr(Stdio::null())
-            .status();
+        signal(&self.child, "-STOP");
     }
 
     /// Lets a stalled server go on (SIGCONT).
     pub fn resume(&self) {
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.child.id().to_string()])
-            .stderr(Stdio::null())
-            .status();
+        signal(&self.child, "-CONT");
     }
 
     /// Starts the server again after a kill, on the same port with the same data folder and arguments.
@@ -1099,19 +1093,21 @@ impl ProxyProcess {
 
     /// Freezes the process (SIGSTOP): its connections stay open and it answers nothing.
     pub fn stall(&self) {
-        let _ = Command::new("kill")
-            .args(["-STOP", &self.child.id().to_string()])
-            .stderr(Stdio::null())
-            .status();
+        signal(&self.child, "-STOP");
     }
 
     /// Lets a stalled process go on (SIGCONT).
     pub fn resume(&self) {
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.child.id().to_string()])
-            .stderr(Stdio::null())
-            .status();
+        signal(&self.child, "-CONT");
     }
+}
+
+/// Sends a signal (`-STOP`, `-CONT`) to a child process; one that has exited already is left alone.
+fn signal(child: &Child, which: &str) {
+    let _ = Command::new("kill")
+        .args([which, &child.id().to_string()])
+        .stderr(Stdio::null())
+        .status();
 }
 
 impl Drop for ProxyProcess {
