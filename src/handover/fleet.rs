@@ -352,7 +352,7 @@ impl Handover {
     /// `POST /fleet/claim`: another proxy starts a handover; this one starts or joins no other until the claim
     /// ends or lapses. Renewals come with the same epoch.
     pub async fn fleet_claim(&self, message: Message) -> Result<serde_json::Value, String> {
-        if self.is_running() {
+        if self.is_running() && !self.yield_own_claim(&message.epoch) {
             let phase = self.lock().phase.unwrap_or(super::Phase::Idle);
             return Err(format!(
                 "a handover runs on this proxy ({}, phase {})",
@@ -368,10 +368,11 @@ impl Handover {
         let until = Instant::now() + Duration::from_millis(message.lease_ms);
         match &*part {
             Part::Idle => {}
+            // A claim lapsed, renewed, or of a handover started later: the older handover goes first.
             Part::Claimed {
                 message: held,
                 until: lapses,
-            } if held.epoch == message.epoch || *lapses < Instant::now() => {}
+            } if held.epoch == message.epoch || *lapses < Instant::now() || older(&message.epoch, &held.epoch) => {}
             Part::Held { message: held, .. } | Part::Switched { message: held, .. } if held.epoch == message.epoch => {
                 return Ok(json!({ "claimed": message.epoch, "proxy_id": self.proxy_id() }));
             }
@@ -394,6 +395,20 @@ impl Handover {
             until,
         };
         Ok(json!({ "claimed": message.epoch, "proxy_id": self.proxy_id() }))
+    }
+
+    /// A handover this proxy is starting, still asking its peers (no server touched yet), gives way to `epoch`
+    /// when that one started earlier: two handovers started at once end with the older one going on.
+    fn yield_own_claim(&self, epoch: &str) -> bool {
+        let mut own = self.own_claim.lock().unwrap_or_else(|e| e.into_inner());
+        match own.as_mut() {
+            Some(claim) if older(epoch, &claim.epoch) => {
+                claim.yielded = true;
+                tracing::info!(own = %claim.epoch, to = %epoch, "fleet: this proxy's handover gives way to an older one");
+                true
+            }
+            _ => false,
+        }
     }
 
     /// `POST /fleet/hold`: holds writes and drains the ones in flight (within the lease), ready for the fence.
@@ -648,6 +663,24 @@ impl Handover {
     }
 }
 
+/// A handover this proxy drives while it asks its peers to follow (see [`Handover::yield_own_claim`]).
+#[derive(Debug)]
+pub(super) struct OwnClaim {
+    pub epoch: String,
+    /// It gave way to an older handover: it must stop before touching a server.
+    pub yielded: bool,
+}
+
+/// Whether the handover named `a` started before the one named `b` (epochs are `driver@start_ms`; the driver's id
+/// breaks a tie).
+fn older(a: &str, b: &str) -> bool {
+    let split = |epoch: &str| {
+        let (driver, at) = epoch.rsplit_once('@').unwrap_or((epoch, "0"));
+        (at.parse::<u64>().unwrap_or(u64::MAX), driver.to_string())
+    };
+    split(a) < split(b)
+}
+
 /// Whether two socket addresses are the same endpoint: same port, and the same IP, or one of them bound to every
 /// address and the other a loopback one.
 fn same_endpoint(own: SocketAddr, other: SocketAddr) -> bool {
@@ -660,6 +693,14 @@ fn same_endpoint(own: SocketAddr, other: SocketAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_handover_started_first_goes_first() {
+        assert!(older("proxy-b@100", "proxy-a@200"));
+        assert!(!older("proxy-a@200", "proxy-b@100"));
+        assert!(older("proxy-a@100", "proxy-b@100"), "the driver's id breaks a tie");
+        assert!(!older("proxy-a@100", "proxy-a@100"));
+    }
 
     #[test]
     fn a_proxy_finds_itself_among_its_peers() {

@@ -190,6 +190,8 @@ pub struct Handover {
     part: Mutex<fleet::Part>,
     /// What the peers said last.
     peer_views: Mutex<Vec<fleet::PeerView>>,
+    /// The handover this proxy drives while it asks its peers to follow it.
+    own_claim: Mutex<Option<fleet::OwnClaim>>,
 }
 
 impl Handover {
@@ -204,6 +206,7 @@ impl Handover {
             admin_addr: Mutex::new(None),
             part: Mutex::new(fleet::Part::Idle),
             peer_views: Mutex::new(Vec::new()),
+            own_claim: Mutex::new(None),
         })
     }
 
@@ -213,9 +216,21 @@ impl Handover {
         if let Some(driver) = self.following() {
             return Err(StartError::Following(driver));
         }
-        if self.running.swap(true, Ordering::SeqCst) {
-            let phase = self.lock().phase.unwrap_or(Phase::Idle);
-            return Err(StartError::Running(phase.name()));
+        let started_at_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        {
+            // Under this lock, so that a peer's claim sees a starting handover with its epoch, and can make it
+            // give way when that claim is older (see `fleet::yield_own_claim`).
+            let mut own = self.own_claim.lock().unwrap_or_else(|e| e.into_inner());
+            if self.running.swap(true, Ordering::SeqCst) {
+                let phase = self.lock().phase.unwrap_or(Phase::Idle);
+                return Err(StartError::Running(phase.name()));
+            }
+            *own = (!self.shared.config.fleet_peers.is_empty()).then(|| fleet::OwnClaim {
+                epoch: format!("{}@{started_at_unix_ms}", self.proxy_id()),
+                yielded: false,
+            });
         }
         let cancel = CancellationToken::new();
         *self.cancel.lock().unwrap_or_else(|e| e.into_inner()) = Some(cancel.clone());
@@ -225,9 +240,7 @@ impl Handover {
             from: format!("{} {}", source.side.name(), source.addr),
             to: format!("{} {}", target.side.name(), target.addr),
             request: request.clone(),
-            started_at_unix_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            started_at_unix_ms,
             timeline: Vec::new(),
             pause_ms: None,
             writes_held: 0,

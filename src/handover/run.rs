@@ -172,6 +172,7 @@ impl Run {
         if let Some(renewal) = self.fleet.renewal.take() {
             renewal.abort();
         }
+        self.handover.own_claim.lock().unwrap_or_else(|e| e.into_inner()).take();
         let mut progress = self.handover.lock();
         progress.last = progress.current.take();
     }
@@ -214,30 +215,41 @@ impl Run {
                 self.request.exclude_peers.join(", ")
             ));
         }
-        if self.fleet.peers.is_empty() {
+        let epoch = self
+            .handover
+            .own_claim
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|claim| claim.epoch.clone());
+        let Some(epoch) = epoch.filter(|_| !self.fleet.peers.is_empty()) else {
+            self.handover.own_claim.lock().unwrap_or_else(|e| e.into_inner()).take();
             return Ok(());
-        }
-        self.fleet.epoch = format!(
-            "{}@{}",
-            self.handover.proxy_id(),
-            self.handover
-                .lock()
-                .current
-                .as_ref()
-                .map_or(0, |r| r.started_at_unix_ms)
-        );
+        };
+        self.fleet.epoch = epoch;
         self.fleet.ids = self.handover.run_ids(&self.source, &self.target).await;
         let message = self.fleet_message(CLAIM_LEASE);
         let (claimed, refusals) = self
             .handover
             .tell_peers(&self.fleet.peers, "/fleet/claim", &message, PEER_TIMEOUT)
             .await;
+        // Until this handover ends, an older one's claim still makes it give way: it touches no server now.
+        let mut own = self.handover.own_claim.lock().unwrap_or_else(|e| e.into_inner());
+        if own.as_ref().is_some_and(|claim| claim.yielded) {
+            return Err(Abort(
+                "another proxy of the fleet started a handover first; this one gave way before touching a server"
+                    .into(),
+            ));
+        }
         if !refusals.is_empty() {
             return Err(Abort(format!(
                 "the fleet did not agree to the handover: {}",
                 refusals.iter().map(|r| r.0.as_str()).collect::<Vec<_>>().join("; ")
             )));
         }
+        // Every peer follows this one: from here on it goes first.
+        own.take();
+        drop(own);
         self.fleet_note(format!(
             "{} peers follow this handover ({})",
             claimed.len(),
