@@ -58,13 +58,9 @@ async fn metrics(State(handover): State<Arc<Handover>>) -> Response {
 
 /// `POST /handover` with an optional JSON body of [`Request`] options: starts a handover and returns at once.
 async fn start_handover(State(handover): State<Arc<Handover>>, body: Bytes) -> Response {
-    let request: Request = if body.iter().all(u8::is_ascii_whitespace) {
-        Request::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(request) => request,
-            Err(error) => return refuse(StatusCode::BAD_REQUEST, format!("invalid handover options: {error}")),
-        }
+    let request: Request = match options(&body, "handover") {
+        Ok(request) => request,
+        Err(reason) => return refuse(StatusCode::BAD_REQUEST, reason),
     };
     match handover.start(request) {
         Ok(()) => (StatusCode::ACCEPTED, Json(handover.status())).into_response(),
@@ -75,6 +71,15 @@ async fn start_handover(State(handover): State<Arc<Handover>>, body: Bytes) -> R
     }
 }
 
+/// A request's optional JSON body of options: the defaults when it is empty, the reason (naming `what`) when it
+/// does not parse.
+fn options<T: serde::de::DeserializeOwned + Default>(body: &[u8], what: &str) -> Result<T, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|error| format!("invalid {what} options: {error}"))
+}
+
 /// `POST /handover/abort`: stops a running handover before the promotion. `{"force": true}` also stops one whose
 /// outcome is in doubt.
 async fn abort_handover(State(handover): State<Arc<Handover>>, body: Bytes) -> Response {
@@ -83,13 +88,9 @@ async fn abort_handover(State(handover): State<Arc<Handover>>, body: Bytes) -> R
     struct Options {
         force: bool,
     }
-    let options: Options = if body.iter().all(u8::is_ascii_whitespace) {
-        Options::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(options) => options,
-            Err(error) => return refuse(StatusCode::BAD_REQUEST, format!("invalid abort options: {error}")),
-        }
+    let options: Options = match options(&body, "abort") {
+        Ok(options) => options,
+        Err(reason) => return refuse(StatusCode::BAD_REQUEST, reason),
     };
     match handover.abort(options.force) {
         Ok(()) => (StatusCode::ACCEPTED, Json(json!({ "aborting": true }))).into_response(),
