@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The main job: starts OLD (Redis 6.2) and NEW (Redis 7.0) on free local ports with redis-handover in front,
-# loads data, measures throughput, performs a live handover while 20 clients write through the proxy, and
-# prints a report (timeline, pause, longest client wait, errors, keys on each side). Stops everything it
-# started when it ends, also on Ctrl-C. Exits non-zero if the handover did not switch or a client saw an error.
+# loads data, measures throughput, performs a live handover while 20 clients write through the proxy, writes
+# more on NEW, then rolls back to OLD over the rollback window under the same load, and prints a report (both
+# timelines and pauses, the window, longest client wait, errors, and the consistency checker's count of
+# acknowledged writes, checked across both moves). Stops everything it started when it ends, also on Ctrl-C.
+# Exits non-zero if a move did not switch, a client saw an error, or an acknowledged write was lost.
 # Usage: scripts/demo.sh [--quick] [--fleet N]
 #   --quick:    smaller load, for CI
 #   --fleet N:  N proxies in front of the same servers, the load spread over them, the handover started on the
@@ -71,66 +73,110 @@ for pipeline in 1 16; do
   bench "$proxy_port" "proxy" "$pipeline"
 done
 
+# The consistency checker writes through the first proxy for the whole live part, and checks every write it was
+# told succeeded once it is stopped, after both moves.
+"$proxy_bin" check-consistency --addr "127.0.0.1:$proxy_port" --clients 4 --rate 5000 --seconds 3600 --prefix demo --json \
+  >"$work/consistency.json" 2>"$work/consistency.err" &
+checker=$!
+pids+=($checker)
+
 clients=$(( 20 / fleet > 0 ? 20 / fleet : 1 ))
+move() { # name ctl-command... : redis-benchmark load through every proxy while ctl runs the move and follows it
+  local name=$1; shift
+  local loads=()
+  for i in $(seq 0 $((fleet - 1))); do
+    redis-benchmark -p "${proxy_ports[$i]}" -t set,incr -n $((during / fleet)) -c "$clients" -P 4 -r "$keys" --csv -e \
+      >"$work/$name-during-$((i + 1)).csv" 2>&1 &
+    loads+=($!)
+  done
+  sleep 1
+  "$proxy_bin" ctl --admin "127.0.0.1:$admin_port" "$@" --max-pause-ms 1000 --wait --json >"$work/$name.json" || true
+  for i in $(seq 0 $((fleet - 1))); do
+    wait "${loads[$i]}" || true
+    "$proxy_bin" ctl --admin "127.0.0.1:${admin_ports[$i]}" status --json >"$work/$name-status-$((i + 1)).json"
+  done
+}
 echo "== live handover: $((clients * fleet)) clients write through $fleet proxies (SET and INCR, pipelined) while it runs"
-loads=()
-for i in $(seq 0 $((fleet - 1))); do
-  redis-benchmark -p "${proxy_ports[$i]}" -t set,incr -n $((during / fleet)) -c "$clients" -P 4 -r "$keys" --csv -e \
-    >"$work/during-$((i + 1)).csv" 2>&1 &
-  loads+=($!)
-done
-sleep 1
-# The operator's side: ctl starts the handover and follows it until it ends.
-"$proxy_bin" ctl --admin "127.0.0.1:$admin_port" handover --max-pause-ms 1000 --wait --json >"$work/status.json" || true
-for i in $(seq 0 $((fleet - 1))); do
-  wait "${loads[$i]}" || true
-  "$proxy_bin" ctl --admin "127.0.0.1:${admin_ports[$i]}" status --json >"$work/status-$((i + 1)).json"
-done
+move forward handover
+"$proxy_bin" ctl --admin "127.0.0.1:$admin_port" status --json >"$work/window.json"
 
 echo "== throughput after the handover, through the proxy (now in front of NEW)"
 bench "$proxy_port" "proxy" 1
 bench "$proxy_port" "proxy" 16
 
-redis-cli -p "$old_port" DBSIZE >"$work/old_keys"
-redis-cli -p "$new_port" DBSIZE >"$work/new_keys"
+echo "== rollback: OLD followed NEW all along; back to it under the same load"
+move back rollback
+echo "== stopping the consistency checker and checking every acknowledged write"
+kill -TERM "$checker"
+wait "$checker" || true
+
 python3 - "$work" "$fleet" <<'REPORT'
-import csv, json, sys
+import csv, json, sys, time
 work, fleet = sys.argv[1], int(sys.argv[2])
-status = json.load(open(f"{work}/status.json"))
-last = status["last_handover"] or {}
 errors = 0
+ok = True
 print()
 print("== report")
-print(f"   handover:           {last.get('outcome')} ({last.get('from')} -> {last.get('to')})")
-if last.get("reason"):
-    print(f"   reason:             {last['reason']}")
-for span in last.get("timeline", []):
-    ended = span["ended_ms"] if span["ended_ms"] is not None else span["started_ms"]
-    print(f"     {span['phase']:<12} {span['started_ms']:9.1f} ms -> {ended:9.1f} ms  ({ended - span['started_ms']:.1f} ms)")
-pause = last.get("pause_ms")
-print(f"   write pause:        {pause:.1f} ms" if pause is not None else "   write pause:        none")
-print(f"   writes held:        {last.get('writes_held')}")
-for line in last.get("fleet", []):
-    print(f"   fleet:              {line}")
-for warning in last.get("warnings", []):
-    print(f"   warning:            {warning}")
-all_on_new = True
-for i in range(1, fleet + 1):
-    during = open(f"{work}/during-{i}.csv").read().splitlines()
-    rows = [r for r in csv.reader(during) if r and r[0] in ("SET", "INCR")]
-    proxy_errors = sum(1 for line in during if "ERR" in line or "Error" in line)
-    errors += proxy_errors
-    proxy_status = json.load(open(f"{work}/status-{i}.json"))
-    side = proxy_status["primary"]["side"]
-    all_on_new &= side == "new"
-    label = f"proxy {i}" if fleet > 1 else "proxy"
-    for row in rows:
-        print(f"   {label}, {row[0]:<5}     {float(row[1]):10.0f} req/s during, longest client wait {row[7]} ms")
-    print(f"   {label}:            primary {side.upper()}, {proxy_errors} error replies")
+
+def window_line(w):
+    if not w:
+        return "none"
+    if w.get("state") == "closed":
+        return f"closed: {w.get('reason')}"
+    if w.get("state") == "off":
+        return "off"
+    left = (w["until_unix_ms"] - time.time() * 1000) / 1000
+    return (f"{w['state']}, {w['follower'].upper()} {w['follower_addr']} (Redis {w['follower_version']}) follows "
+            f"with link {'up' if w['link_up'] else 'down'}, lag {w['lag_bytes']} bytes, "
+            f"{w['commands_checked']} commands of the primary's stream checked, {left:.0f} s left")
+
+for name, title, side in (("forward", "handover", "new"), ("back", "rollback", "old")):
+    status = json.load(open(f"{work}/{name}.json"))
+    last = status["last_handover"] or {}
+    ok &= last.get("outcome") == "switched"
+    print(f"   {title + ':':<20}{last.get('outcome')} ({last.get('from')} -> {last.get('to')})")
+    if last.get("reason"):
+        print(f"   reason:             {last['reason']}")
+    for span in last.get("timeline", []):
+        ended = span["ended_ms"] if span["ended_ms"] is not None else span["started_ms"]
+        print(f"     {span['phase']:<12} {span['started_ms']:9.1f} ms -> {ended:9.1f} ms  ({ended - span['started_ms']:.1f} ms)")
+    pause = last.get("pause_ms")
+    print(f"   write pause:        {pause:.1f} ms" if pause is not None else "   write pause:        none")
+    print(f"   writes held:        {last.get('writes_held')}")
+    for line in last.get("fleet", []):
+        print(f"   fleet:              {line}")
+    for warning in last.get("warnings", []):
+        print(f"   warning:            {warning}")
+    for i in range(1, fleet + 1):
+        during = open(f"{work}/{name}-during-{i}.csv").read().splitlines()
+        rows = [r for r in csv.reader(during) if r and r[0] in ("SET", "INCR")]
+        proxy_errors = sum(1 for line in during if "ERR" in line or "Error" in line)
+        errors += proxy_errors
+        proxy_status = json.load(open(f"{work}/{name}-status-{i}.json"))
+        now = proxy_status["primary"]["side"]
+        ok &= now == side
+        label = f"proxy {i}" if fleet > 1 else "proxy"
+        for row in rows:
+            print(f"   {label}, {row[0]:<5}     {float(row[1]):10.0f} req/s during, longest client wait {row[7]} ms")
+        print(f"   {label}:            primary {now.upper()}, {proxy_errors} error replies")
+    if name == "forward":
+        print(f"   rollback window:    {window_line(json.load(open(f'{work}/window.json'))['rollback_window'])}")
+        print(f"   OLD fenced:         {status['fence']}")
+
+final = json.load(open(f"{work}/back-status-1.json"))
+print(f"   primary now:        {final['primary']['side'].upper()} {final['primary']['addr']} (Redis {final['primary']['version']})")
+print(f"   rollback window:    {window_line(final['rollback_window'])} (the way forward again)")
 print(f"   error replies:      {errors}")
-print(f"   primary now:        {status['primary']['side'].upper()} {status['primary']['addr']} (Redis {status['primary']['version']})")
-print(f"   keys on OLD:        {open(f'{work}/old_keys').read().strip()}")
-print(f"   keys on NEW:        {open(f'{work}/new_keys').read().strip()}")
-print(f"   OLD fenced:         {status['fence']}")
-sys.exit(0 if last.get("outcome") == "switched" and errors == 0 and all_on_new else 1)
+try:
+    check = json.load(open(f"{work}/consistency.json"))
+    print(f"   consistency:        {check['acknowledged_writes']} acknowledged writes from {check['writers']} writers, "
+          f"written across both moves and checked: {check['lost']} lost, {check['failed_batches']} failed batches, "
+          f"{check['reconnects']} reconnects, longest wait {check['longest_wait_ms']:.1f} ms")
+    ok &= check["lost"] == 0 and check["failed_batches"] == 0
+    for example in check.get("lost_examples", []):
+        print(f"     lost: {example}")
+except (OSError, ValueError, KeyError) as error:
+    print(f"   consistency:        no report ({error}): {open(f'{work}/consistency.err').read().strip()}")
+    ok = False
+sys.exit(0 if ok and errors == 0 else 1)
 REPORT

@@ -29,6 +29,8 @@ pub async fn serve(listener: TcpListener, handover: Arc<Handover>, shutdown: tok
         .route("/metrics", get(metrics))
         .route("/handover", post(start_handover))
         .route("/handover/abort", post(abort_handover))
+        .route("/rollback", post(start_rollback))
+        .route("/rollback/close", post(close_window))
         .route("/config/resp3", put(set_resp3).get(get_resp3))
         .route("/fleet/{step}", post(fleet_step))
         .route_layer(axum::middleware::from_fn_with_state(handover.clone(), require_token))
@@ -53,6 +55,7 @@ async fn metrics(State(handover): State<Arc<Handover>>) -> Response {
     let clients = shared.clients.load(std::sync::atomic::Ordering::Relaxed);
     let mut text = shared.telemetry.render(clients, shared.gate.held_now());
     text.push_str(&handover.fleet_metrics());
+    text.push_str(&handover.window_metrics());
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -62,12 +65,35 @@ async fn start_handover(State(handover): State<Arc<Handover>>, body: Bytes) -> R
         Ok(request) => request,
         Err(reason) => return refuse(StatusCode::BAD_REQUEST, reason),
     };
-    match handover.start(request) {
+    started(&handover, handover.start(request))
+}
+
+/// `POST /rollback` with the same optional options as `POST /handover`: a handover back to the former primary,
+/// refused (409, with the reason) unless the rollback window is open.
+async fn start_rollback(State(handover): State<Arc<Handover>>, body: Bytes) -> Response {
+    let request: Request = match options(&body, "rollback") {
+        Ok(request) => request,
+        Err(reason) => return refuse(StatusCode::BAD_REQUEST, reason),
+    };
+    started(&handover, handover.rollback(request))
+}
+
+/// The answer to a request that starts a handover.
+fn started(handover: &Handover, start: Result<(), StartError>) -> Response {
+    match start {
         Ok(()) => (StatusCode::ACCEPTED, Json(handover.status())).into_response(),
-        Err(error @ (StartError::Running(_) | StartError::Following(_))) => {
+        Err(error @ (StartError::Running(_) | StartError::Following(_) | StartError::NoWindow(_))) => {
             refuse(StatusCode::CONFLICT, error.to_string())
         }
         Err(error @ StartError::NoTarget) => refuse(StatusCode::BAD_REQUEST, error.to_string()),
+    }
+}
+
+/// `POST /rollback/close`: closes the rollback window and detaches the former primary (it keeps its data).
+async fn close_window(State(handover): State<Arc<Handover>>) -> Response {
+    match handover.close_window().await {
+        Ok(window) => Json(window).into_response(),
+        Err(reason) => refuse(StatusCode::CONFLICT, reason),
     }
 }
 

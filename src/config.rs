@@ -78,6 +78,13 @@ pub struct Config {
     pub fleet_peers: Vec<String>,
     /// This proxy's name in the fleet; by default its admin address.
     pub proxy_id: Option<String>,
+    /// How long after a switch the former primary keeps following the new one, so that `POST /rollback` can hand
+    /// back to it with nothing lost; 0 turns the rollback window off.
+    pub rollback_window_s: u64,
+    /// The `repl-backlog-size` a handover gives its target, when the target's own is smaller: the span of writes
+    /// the former primary can miss (a restart with persistence, a broken link) and still resynchronize partially.
+    /// 0 leaves the target's setting alone.
+    pub rollback_backlog_bytes: u64,
 }
 
 /// What the proxy does with `HELLO 3`.
@@ -155,6 +162,8 @@ impl Default for Config {
             backend_tls_server_name: None,
             fleet_peers: Vec::new(),
             proxy_id: None,
+            rollback_window_s: 3600,
+            rollback_backlog_bytes: 64 << 20,
         }
     }
 }
@@ -282,6 +291,12 @@ pub struct Overrides {
     /// This proxy's name in the fleet [default: its admin address].
     #[arg(long, env = "REDIS_HANDOVER_PROXY_ID", value_name = "NAME")]
     pub proxy_id: Option<String>,
+    /// How long the former primary follows the new one after a switch, for a rollback (0: off) [default: 3600].
+    #[arg(long, env = "REDIS_HANDOVER_ROLLBACK_WINDOW_S", value_name = "SECONDS")]
+    pub rollback_window_s: Option<u64>,
+    /// The least repl-backlog-size a handover gives its target (0: leave it) [default: 67108864].
+    #[arg(long, env = "REDIS_HANDOVER_ROLLBACK_BACKLOG_BYTES", value_name = "BYTES")]
+    pub rollback_backlog_bytes: Option<u64>,
 }
 
 impl Overrides {
@@ -344,7 +359,9 @@ impl Config {
             backend_links,
             resp3,
             admin_allowed_hosts,
-            fleet_peers
+            fleet_peers,
+            rollback_window_s,
+            rollback_backlog_bytes
         );
         set_option!(
             new,

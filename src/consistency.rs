@@ -294,7 +294,7 @@ pub struct CheckArgs {
     /// Concurrent writer connections.
     #[arg(long, default_value_t = 8)]
     pub clients: usize,
-    /// How long to write.
+    /// How long to write; SIGINT or SIGTERM ends the writing sooner (the check still runs).
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
     /// At most this many writes per second in all (unlimited when absent).
@@ -316,7 +316,18 @@ pub fn run_cli(args: CheckArgs) -> i32 {
         .expect("a tokio runtime");
     let report = runtime.block_on(async {
         let writers = Writers::start_paced(&args.addr, args.clients, &args.prefix, args.rate);
-        tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let terminated = async {
+            match term.as_mut() {
+                Some(term) => term.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(args.seconds)) => {}
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminated => {}
+        }
         let logs = writers.stop().await;
         verify(&args.addr, &args.prefix, &logs).await
     });

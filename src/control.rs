@@ -235,6 +235,12 @@ impl ControlConn {
         }
     }
 
+    /// The connection's stream and what was read from it past the last reply: for a connection that goes on to
+    /// follow a replication stream.
+    pub fn into_parts(self) -> (Stream, BytesMut) {
+        (self.stream, self.input)
+    }
+
     async fn read_reply(&mut self) -> Result<Value, ControlError> {
         loop {
             match self.scanner.scan(&self.input) {

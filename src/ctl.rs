@@ -47,24 +47,28 @@ pub enum CtlCommand {
     },
     /// Start a handover to the server that is not the primary.
     Handover {
-        #[arg(long, value_name = "MS")]
-        max_pause_ms: Option<u64>,
-        #[arg(long, value_name = "S")]
-        catchup_timeout_s: Option<u64>,
-        #[arg(long, value_name = "BYTES")]
-        max_lag_bytes: Option<u64>,
+        #[command(flatten)]
+        options: HandoverOptions,
         /// Go on although NEW holds keys.
         #[arg(long)]
         allow_nonempty: bool,
         /// Copy maxmemory-policy and notify-keyspace-events from OLD to NEW.
         #[arg(long)]
         copy_config: bool,
-        /// Leave this fleet peer out (repeat it): one that is gone for good and would stop every handover.
-        #[arg(long = "exclude-peer", value_name = "HOST:PORT")]
-        exclude_peers: Vec<String>,
         /// Wait until it ends; exit 0 if it switched, 1 if it aborted.
         #[arg(long)]
         wait: bool,
+    },
+    /// Hand back to the former primary while the rollback window is open (refused once it closed).
+    Rollback {
+        #[command(flatten)]
+        options: HandoverOptions,
+        /// Wait until it ends; exit 0 if it switched back, 1 if it aborted.
+        #[arg(long)]
+        wait: bool,
+        /// Close the rollback window instead: the former primary stops following (it keeps its data).
+        #[arg(long, conflicts_with = "wait")]
+        close: bool,
     },
     /// Stop a running handover before the promotion.
     Abort {
@@ -77,6 +81,40 @@ pub enum CtlCommand {
         #[command(subcommand)]
         setting: ConfigSetting,
     },
+}
+
+/// The options a handover and a rollback share.
+#[derive(Debug, clap::Args)]
+pub struct HandoverOptions {
+    #[arg(long, value_name = "MS")]
+    max_pause_ms: Option<u64>,
+    #[arg(long, value_name = "S")]
+    catchup_timeout_s: Option<u64>,
+    #[arg(long, value_name = "BYTES")]
+    max_lag_bytes: Option<u64>,
+    /// Leave this fleet peer out (repeat it): one that is gone for good and would stop every handover.
+    #[arg(long = "exclude-peer", value_name = "HOST:PORT")]
+    exclude_peers: Vec<String>,
+}
+
+impl HandoverOptions {
+    /// The JSON body of `POST /handover` or `POST /rollback`, with only the options given.
+    fn body(&self) -> serde_json::Map<String, Value> {
+        let mut body = serde_json::Map::new();
+        for (key, value) in [
+            ("max_pause_ms", self.max_pause_ms),
+            ("catchup_timeout_s", self.catchup_timeout_s),
+            ("max_lag_bytes", self.max_lag_bytes),
+        ] {
+            if let Some(value) = value {
+                body.insert(key.into(), json!(value));
+            }
+        }
+        if !self.exclude_peers.is_empty() {
+            body.insert("exclude_peers".into(), json!(self.exclude_peers));
+        }
+        body
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -111,46 +149,27 @@ pub fn run(args: CtlArgs) -> i32 {
         }),
         CtlCommand::Status { watch: true } => watch(&client, args.json),
         CtlCommand::Handover {
-            max_pause_ms,
-            catchup_timeout_s,
-            max_lag_bytes,
+            options,
             allow_nonempty,
             copy_config,
-            exclude_peers,
             wait,
         } => {
-            let mut body = serde_json::Map::new();
-            for (key, value) in [
-                ("max_pause_ms", max_pause_ms),
-                ("catchup_timeout_s", catchup_timeout_s),
-                ("max_lag_bytes", max_lag_bytes),
-            ] {
-                if let Some(value) = value {
-                    body.insert(key.into(), json!(value));
-                }
-            }
+            let mut body = options.body();
             if *allow_nonempty {
                 body.insert("allow_nonempty".into(), json!(true));
             }
             if *copy_config {
                 body.insert("copy_config".into(), json!(true));
             }
-            if !exclude_peers.is_empty() {
-                body.insert("exclude_peers".into(), json!(exclude_peers));
-            }
-            client
-                .send("POST", "/handover", Value::Object(body))
-                .and_then(|started| {
-                    if *wait {
-                        watch(&client, args.json)
-                    } else {
-                        print_or_json(&started, args.json, |s| {
-                            format!("handover started: {}\n", s["phase"].as_str().unwrap_or("?"))
-                        });
-                        Ok(0)
-                    }
-                })
+            start(&client, "/handover", body, *wait, args.json)
         }
+        CtlCommand::Rollback { close: true, .. } => client.send("POST", "/rollback/close", json!({})).map(|window| {
+            print_or_json(&window, args.json, |w| {
+                format!("rollback window closed: {}\n", text(&w["reason"]))
+            });
+            0
+        }),
+        CtlCommand::Rollback { options, wait, .. } => start(&client, "/rollback", options.body(), *wait, args.json),
         CtlCommand::Abort { force } => {
             client
                 .send("POST", "/handover/abort", json!({ "force": force }))
@@ -175,6 +194,28 @@ pub fn run(args: CtlArgs) -> i32 {
             code
         }
     }
+}
+
+/// Starts a handover (or a rollback) and, with `wait`, follows it to its end.
+fn start(
+    client: &Admin,
+    path: &str,
+    body: serde_json::Map<String, Value>,
+    wait: bool,
+    json: bool,
+) -> Result<i32, Failure> {
+    let started = client.send("POST", path, Value::Object(body))?;
+    if wait {
+        return watch(client, json);
+    }
+    print_or_json(&started, json, |s| {
+        format!("handover started: {}\n", s["phase"].as_str().unwrap_or("?"))
+    });
+    Ok(0)
+}
+
+fn text(v: &Value) -> String {
+    v.as_str().map(str::to_string).unwrap_or_else(|| "-".into())
 }
 
 fn print_or_json(value: &Value, json: bool, render: impl Fn(&Value) -> String) {
@@ -252,7 +293,6 @@ fn watch(client: &Admin, json: bool) -> Result<i32, Failure> {
 
 /// The one-screen status.
 fn render_status(s: &Value) -> String {
-    let text = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| "-".into());
     let mut out = String::new();
     out.push_str(&format!("phase        {}\n", text(&s["phase"])));
     out.push_str(&format!(
@@ -287,6 +327,7 @@ fn render_status(s: &Value) -> String {
     if !s["fence"].is_null() {
         out.push_str(&format!("fence        {}\n", text(&s["fence"])));
     }
+    out.push_str(&render_window(&s["rollback_window"]));
     let fleet = &s["fleet"];
     if let Some(peers) = fleet["peers"].as_array().filter(|p| !p.is_empty()) {
         out.push_str(&format!(
@@ -330,6 +371,44 @@ fn render_status(s: &Value) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The rollback window's line: open (until when, lag) or closed (why).
+fn render_window(w: &Value) -> String {
+    let when = |ms: &Value| {
+        ms.as_u64().map_or("-".into(), |ms| {
+            let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+            humantime::format_rfc3339_seconds(at).to_string()
+        })
+    };
+    match w["state"].as_str() {
+        None => String::new(),
+        Some("off") => "rollback     off (rollback_window_s = 0)\n".into(),
+        Some("closed") => format!(
+            "rollback     closed at {}: {}{}\n",
+            when(&w["closed_at_unix_ms"]),
+            text(&w["reason"]),
+            if w["detached"] == true {
+                " (the former primary was detached, its data kept)"
+            } else {
+                ""
+            }
+        ),
+        Some(state) => format!(
+            "rollback     {} since {} until {}: {} {} follows, lag {}, link {}{}\n",
+            if state == "open" { "open" } else { "in use" },
+            when(&w["opened_at_unix_ms"]),
+            when(&w["until_unix_ms"]),
+            text(&w["follower"]).to_uppercase(),
+            text(&w["follower_addr"]),
+            w["lag_bytes"].as_i64().map_or("-".into(), |l| bytes(l.max(0) as u64)),
+            if w["link_up"] == true { "up" } else { "down" },
+            match w["commands_checked"].as_u64() {
+                Some(n) if n > 0 => format!(", {n} commands of the primary's stream checked"),
+                _ => String::new(),
+            }
+        ),
+    }
 }
 
 fn bytes(n: u64) -> String {

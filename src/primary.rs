@@ -20,6 +20,14 @@ impl Side {
             Side::New => "new",
         }
     }
+
+    /// The other server of the pair.
+    pub fn other(self) -> Side {
+        match self {
+            Side::Old => Side::New,
+            Side::New => Side::Old,
+        }
+    }
 }
 
 /// A Redis server the proxy fronts.

@@ -123,26 +123,18 @@ fn fence_holds_against_direct_writers(old_version: Version) {
         assert_eq!(client.run("EXISTS queued-before by-script"), Reply::Int(0));
     }
     let fence = proxy.status()["fence"].as_str().unwrap_or_default().to_string();
-    if old_version >= Version::V6_2 {
-        assert_eq!(
-            info_field(&mut direct, "replication", "role").as_deref(),
-            Some("master")
-        );
-        assert_eq!(
-            info_field(&mut direct, "replication", "connected_slaves").as_deref(),
-            Some("1"),
-            "OLD keeps its own replica, and the fence holds anyway"
-        );
-        assert!(fence.contains("2147483647"), "{fence}");
-    } else {
-        // The 5.0 OLD is NEW's replica now, by partial resync (its data was kept: the counter above).
-        assert_eq!(info_field(&mut direct, "replication", "role").as_deref(), Some("slave"));
-        assert_eq!(
-            info_field(&mut direct, "replication", "master_port"),
-            Some(new.port.to_string())
-        );
-        assert!(fence.contains("replicates from"), "{fence}");
-    }
+    // OLD follows NEW now, by partial resync (its data was kept: the counter above), for the rollback window; its
+    // own replica follows it.
+    assert_eq!(info_field(&mut direct, "replication", "role").as_deref(), Some("slave"));
+    assert_eq!(
+        info_field(&mut direct, "replication", "master_port"),
+        Some(new.port.to_string())
+    );
+    // Becoming a replica, OLD disconnects its own replica, which comes back.
+    support::wait_until("OLD's own replica back", Duration::from_secs(15), || {
+        info_field(&mut direct, "replication", "slave0").is_some_and(|s| s.contains("state=online"))
+    });
+    assert!(fence.contains("2147483647") && fence.contains("follows"), "{fence}");
     assert_eq!(proxy.client().run("SET after-switch 1"), Reply::ok());
     println!(
         "OLD {} with its own replica: {} direct writes acknowledged, all on NEW; {} refused after the fence",

@@ -88,8 +88,26 @@ fn ctl_drives_a_handover_and_reports_with_reliable_exit_codes() {
         "{text}"
     );
     assert_eq!(client.run("GET k"), Reply::bulk("v"));
+    assert!(text.contains("rollback     open since"), "{text}");
 
-    // Back to 6.2 is refused by the version rule: the handover aborts and ctl says why, exiting 1.
+    // Once the rollback window is closed, going back is refused: ctl rollback exits 1 with the reason, and a
+    // handover back to 6.2 is refused by the version rule (it aborts and ctl says why, exiting 1).
+    let close = ctl(&h.proxy, &["rollback", "--close"]);
+    assert!(close.status.success(), "{}", stderr(&close));
+    assert!(
+        stdout(&close).contains("rollback window closed: the operator closed it"),
+        "{}",
+        stdout(&close)
+    );
+    let rollback = ctl(&h.proxy, &["rollback", "--wait"]);
+    assert_eq!(rollback.status.code(), Some(1));
+    assert!(
+        stderr(&rollback).contains("no rollback: the rollback window closed"),
+        "{}",
+        stderr(&rollback)
+    );
+    let status = stdout(&ctl(&h.proxy, &["status"]));
+    assert!(status.contains("rollback     closed at"), "{status}");
     let back = ctl(&h.proxy, &["handover", "--wait", "--json"]);
     assert_eq!(back.status.code(), Some(1));
     assert!(

@@ -10,7 +10,9 @@
 pub mod fleet;
 mod resolve;
 mod run;
+mod stream;
 mod switch;
+pub mod window;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -174,6 +176,8 @@ pub enum StartError {
     NoTarget,
     #[error("this proxy follows a handover that another proxy of the fleet drives ({0})")]
     Following(String),
+    #[error("no rollback: {0}")]
+    NoWindow(String),
 }
 
 /// The handover controller: at most one handover at a time.
@@ -192,6 +196,12 @@ pub struct Handover {
     peer_views: Mutex<Vec<fleet::PeerView>>,
     /// The handover this proxy drives while it asks its peers to follow it.
     own_claim: Mutex<Option<fleet::OwnClaim>>,
+    /// The rollback window of the last switch, and the task watching it while it is open. Lock order: `progress`
+    /// before `window`.
+    window: Mutex<Option<window::Window>>,
+    window_watch: Mutex<Option<(CancellationToken, tokio::task::JoinHandle<()>)>>,
+    /// Windows closed since start, by cause.
+    windows_closed: Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 impl Handover {
@@ -207,6 +217,9 @@ impl Handover {
             part: Mutex::new(fleet::Part::Idle),
             peer_views: Mutex::new(Vec::new()),
             own_claim: Mutex::new(None),
+            window: Mutex::new(None),
+            window_watch: Mutex::new(None),
+            windows_closed: Mutex::new(std::collections::BTreeMap::new()),
         })
     }
 
@@ -234,6 +247,7 @@ impl Handover {
         }
         let cancel = CancellationToken::new();
         *self.cancel.lock().unwrap_or_else(|e| e.into_inner()) = Some(cancel.clone());
+        let uses_window = self.use_window();
         let report = Report {
             outcome: Phase::Preflight,
             reason: None,
@@ -259,12 +273,24 @@ impl Handover {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            run::Run::new(this.clone(), source, target, request, cancel)
+            run::Run::new(this.clone(), source, target, request, cancel, uses_window)
                 .execute()
                 .await;
             this.running.store(false, Ordering::SeqCst);
         });
         Ok(())
+    }
+
+    /// `POST /rollback`: a handover back to the former primary over the open rollback window; refused when the
+    /// window is not open.
+    pub fn rollback(self: &Arc<Self>, request: Request) -> Result<(), StartError> {
+        let (_, target) = self.servers().ok_or(StartError::NoTarget)?;
+        if self.is_running() {
+            let phase = self.lock().phase.unwrap_or(Phase::Idle);
+            return Err(StartError::Running(phase.name()));
+        }
+        self.window_for(target.side).map_err(StartError::NoWindow)?;
+        self.start(request)
     }
 
     /// Asks a running handover to stop; refused once NEW was promoted, and, unless `force`d, while its outcome
@@ -350,6 +376,7 @@ impl Handover {
             "tasks": tokio::runtime::Handle::current().metrics().num_alive_tasks(),
             "writes_held": gate.held_now(),
             "fence": progress.fence,
+            "rollback_window": self.window_status(),
             "in_doubt": progress.in_doubt,
             "fleet": self.fleet_status(),
             "scripts_known": self.shared.scripts.len(),

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::fleet::{CLAIM_LEASE, CLAIM_RENEWAL, LEASE_MARGIN, Message, PEER_TIMEOUT};
 use super::resolve::{self, Outcome};
 use super::switch;
-use super::{FENCE_REPLICAS, FenceWas, Handover, Phase, PhaseSpan, Request, side_index};
+use super::{FENCE_REPLICAS, FenceWas, Handover, Phase, PhaseSpan, Request, side_index, window};
 use crate::config::is_loopback_host;
 use crate::control::{ControlConn, ControlError, parse_info, parse_version};
 use crate::primary::Server;
@@ -31,6 +31,13 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(1);
 const PAUSE_SLICE_5_0: Duration = Duration::from_millis(50);
 /// The least a 5.0 pause slice must have left for the promotion to start within it.
 const SLICE_MARGIN: Duration = Duration::from_millis(10);
+/// The bytes a Redis 5.0 OLD adds to its stream after the INFO of the pause transaction: the transaction's
+/// `EXEC` (`*1\r\n$4\r\nEXEC\r\n`). 5.0 propagates an empty MULTI/EXEC around INFO, a command neither
+/// read-only nor admin there, so NEW's offset must pass OLD's INFO offset by these 14 bytes (rollback-window.md §2).
+const EXEC_BYTES_5_0: i64 = 14;
+/// The span of writes the target's backlog should hold for the rollback window: OLD cut off for this long (or
+/// restarting) still resynchronizes partially.
+const BACKLOG_SPAN: Duration = Duration::from_secs(10);
 
 /// Why a handover stopped before the promotion.
 #[derive(Debug)]
@@ -76,6 +83,11 @@ pub(super) struct Run {
     target_version: (u32, u32, u32),
     pause: PauseState,
     fleet: FleetRun,
+    /// Whether this handover goes back over the rollback window (its target follows its source).
+    uses_window: bool,
+    /// OLD's offset when the pre-flight began, for the write rate; the target's backlog size.
+    rate_from: Option<(Instant, i64)>,
+    target_backlog: Option<u64>,
 }
 
 /// The driver's side of a fleet handover: the other proxies, told each step.
@@ -101,6 +113,7 @@ impl Run {
         target: Server,
         request: Request,
         cancel: CancellationToken,
+        uses_window: bool,
     ) -> Run {
         Run {
             handover,
@@ -115,6 +128,9 @@ impl Run {
             target_version: (0, 0, 0),
             pause: PauseState::default(),
             fleet: FleetRun::default(),
+            uses_window,
+            rate_from: None,
+            target_backlog: None,
         }
     }
 
@@ -164,6 +180,9 @@ impl Run {
             Err(Abort(reason)) => {
                 tracing::warn!(%reason, "handover aborted; OLD stays primary");
                 self.undo().await;
+                if self.uses_window {
+                    self.handover.resume_window();
+                }
                 self.finish_with_reason(reason);
                 self.enter(Phase::Aborted);
                 self.handover.shared.telemetry.handover_finished(false, None);
@@ -534,10 +553,14 @@ impl Run {
             progress.views[side_index(self.source.side)].version = Some(source_version_text.clone());
             progress.views[side_index(self.target.side)].version = Some(target_version_text.clone());
         }
-        if self.target_version < self.source_version {
+        // An older target can only be the former primary that follows the source with no gap (the rollback
+        // window): it needs no sync, so no RDB.
+        let back_over_window = self.target_version < self.source_version;
+        if back_over_window && let Err(why) = self.handover.window_for(self.target.side) {
             return Err(Abort(format!(
                 "{} runs Redis {target_version_text}, older than {}'s {source_version_text}: a replica cannot load \
-                 an RDB newer than its own, so the handover must go to the same or a newer version",
+                 an RDB newer than its own, so the handover must go to the same or a newer version, or back over \
+                 an open rollback window ({why})",
                 self.target_name(),
                 self.source_name()
             )));
@@ -553,8 +576,19 @@ impl Run {
 
         self.refuse_sentinel().await?;
 
+        self.rate_from = Some((Instant::now(), offset(&source_replication, "master_repl_offset")?));
         let target_replication = self.target().info("replication", CALL_TIMEOUT).await?;
         let already_replica = self.replicates_from_source(&target_replication);
+        let linked = target_replication.get("master_link_status").map(String::as_str) == Some("up")
+            && target_replication.get("master_sync_in_progress").map(String::as_str) == Some("0");
+        if back_over_window && !(already_replica && linked) {
+            return Err(Abort(format!(
+                "{} does not follow {} with its link up, so going back to it would need a full sync of an older \
+                 version from a newer one, which empties it",
+                self.target_name(),
+                self.source_name()
+            )));
+        }
         // The former primary of this pair holds the pair's own history: the source was promoted from it, so the
         // source's previous replication ID is the target's ID, and the target can resynchronize partially.
         let source_previous_id = source_replication
@@ -595,6 +629,7 @@ impl Run {
         }
 
         self.compare_settings().await?;
+        self.size_backlog().await?;
         self.copy_users().await?;
 
         // NEW needs OLD's credentials to replicate from it.
@@ -673,6 +708,60 @@ impl Run {
             report.config_differences = differences;
         }
         Ok(())
+    }
+
+    /// Gives the target the `repl-backlog-size` the rollback window needs, when its own is smaller.
+    async fn size_backlog(&mut self) -> Result<(), Abort> {
+        let config = &self.handover.shared.config;
+        let wanted = config.rollback_backlog_bytes;
+        let current: u64 = self
+            .target()
+            .config_get("repl-backlog-size", CALL_TIMEOUT)
+            .await?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        self.target_backlog = Some(current);
+        if self.handover.shared.config.rollback_window_s == 0 || wanted <= current {
+            return Ok(());
+        }
+        self.target()
+            .ok(
+                &["CONFIG", "SET", "repl-backlog-size", &wanted.to_string()],
+                CALL_TIMEOUT,
+            )
+            .await?;
+        self.target_backlog = Some(wanted);
+        let line = format!(
+            "repl-backlog-size: {} had {current}, raised to {wanted} (rollback_backlog_bytes) so that the former \
+             primary can follow it by partial resync",
+            self.target_name()
+        );
+        if let Some(report) = self.handover.lock().current.as_mut() {
+            report.config_differences.push(line);
+        }
+        Ok(())
+    }
+
+    /// Warns when the target's backlog holds less than [`BACKLOG_SPAN`] of the writes seen since the pre-flight.
+    fn check_backlog_span(&self, source_offset: i64) {
+        let (Some((since, from)), Some(backlog)) = (self.rate_from, self.target_backlog) else {
+            return;
+        };
+        let seconds = since.elapsed().as_secs_f64();
+        if self.handover.shared.config.rollback_window_s == 0 || seconds < 0.1 {
+            return;
+        }
+        let rate = (source_offset - from).max(0) as f64 / seconds;
+        let span = backlog as f64 / rate.max(1.0);
+        if span < BACKLOG_SPAN.as_secs_f64() {
+            self.warn(format!(
+                "{}'s repl-backlog-size ({backlog} bytes) holds {span:.1} s of the writes seen since the pre-flight \
+                 ({rate:.0} bytes/s): the rollback window closes if the former primary is cut off longer; raise \
+                 rollback_backlog_bytes to at least {:.0}",
+                self.target_name(),
+                rate * BACKLOG_SPAN.as_secs_f64()
+            ));
+        }
     }
 
     /// Gives NEW the users and passwords OLD has, so clients authenticate the same way after the switch:
@@ -798,6 +887,7 @@ impl Run {
             self.handover.lock().lag_bytes = Some(lag);
             self.handover.shared.telemetry.lag_bytes.set(lag as f64);
             if lag <= self.request.max_lag_bytes as i64 {
+                self.check_backlog_span(source);
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -857,6 +947,13 @@ impl Run {
                  address (is there NAT between the proxy and the server?), so their calls could not be moved",
                 self.source_name()
             )));
+        }
+        // The window's watcher checks what the target applies until now; from here the handover watches.
+        if self.uses_window {
+            self.handover.stop_window_watch().await;
+            self.handover
+                .window_for(self.target.side)
+                .map_err(|why| Abort(format!("cannot go back: {why}")))?;
         }
         let gate = &self.handover.shared.gate;
         let paused_at = Instant::now();
@@ -923,7 +1020,12 @@ impl Run {
                     .pause
                     .pause_expires
                     .is_some_and(|end| remaining(end) >= SLICE_MARGIN);
-            if target_offset >= source_offset && slice_left {
+            let needed = if modern {
+                source_offset
+            } else {
+                source_offset + EXEC_BYTES_5_0
+            };
+            if target_offset >= needed && slice_left {
                 break;
             }
             tokio::time::sleep(PAUSE_POLL).await;
@@ -978,9 +1080,14 @@ impl Run {
             self.warn(warning);
         }
         // Redis 5.0 lets EXEC and scripts past the min-replicas fence (it checks only commands flagged as writes):
-        // a replica refuses them, so a 5.0 OLD becomes NEW's replica, by partial resync since NEW was promoted
-        // from it at the same offset. Blocked calls were ended first: a demotion would fail them with UNBLOCKED.
-        let demoted = !modern && self.demote_source().await;
+        // a replica refuses them, so a 5.0 OLD becomes NEW's replica at once, by partial resync since NEW was
+        // promoted from it at the same offset. Blocked calls were ended first: a demotion would fail them with
+        // UNBLOCKED. A newer OLD follows NEW for the rollback window, once the writes are released.
+        let window_s = shared.config.rollback_window_s;
+        let mut attached = None;
+        if !modern {
+            attached = Some(self.attach_source().await);
+        }
         let conn = self.target_conn.as_mut().expect("connected in pre-flight");
         for warning in switch::load_scripts(&shared, conn).await {
             self.warn(warning);
@@ -1006,6 +1113,11 @@ impl Run {
             report.writes_held = held;
         }
 
+        // Still paused: no write can reach OLD between its fence and its REPLICAOF, so its offset is the one NEW
+        // continues from.
+        if modern && window_s > 0 {
+            attached = Some(self.attach_source().await);
+        }
         if modern && let Err(error) = self.source().call(&["CLIENT", "UNPAUSE"], CALL_TIMEOUT).await {
             self.warn(format!("could not unpause {}: {error}", self.source_name()));
         }
@@ -1014,48 +1126,161 @@ impl Run {
              NOREPLICAS whatever replicas it has",
             self.source.addr
         );
-        if demoted {
+        let follows = matches!(attached, Some(Ok(_)));
+        if follows {
             fence.push_str(&format!(
-                ", and it replicates from {} (Redis 5.0 lets EXEC and EVAL past the min-replicas fence, a replica \
-                 refuses them)",
+                ", and it follows {} by partial resync, as a read-only replica",
                 self.target.addr
             ));
         } else {
             fence.push_str("; its data is left as it was");
         }
         self.handover.lock().fence = Some(fence);
+        if let Some(attached) = attached {
+            self.open_window(attached, window_s);
+        }
         Ok(())
     }
 
-    /// Makes OLD a read-only replica of NEW; false (with a warning in the report) when OLD refused or failed.
-    async fn demote_source(&mut self) -> bool {
+    /// Records the rollback window the switch opened, or why it did not open.
+    fn open_window(&mut self, attached: Result<window::Attached, (String, bool)>, window_s: u64) {
+        let (major, minor, patch) = self.source_version;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut window = window::Window {
+            state: window::WindowState::Open,
+            follower: self.source.side,
+            follower_addr: self.source.addr.to_string(),
+            follower_version: format!("{major}.{minor}.{patch}"),
+            primary_addr: self.target.addr.to_string(),
+            opened_at_unix_ms: now,
+            until_unix_ms: now + window_s * 1000,
+            closed_at_unix_ms: None,
+            cause: None,
+            reason: None,
+            detached: None,
+            lag_bytes: Some(0),
+            link_up: false,
+            commands_checked: 0,
+            attached: window::Attached::default(),
+        };
+        match attached {
+            // A 5.0 OLD follows NEW as its fence even with the window off.
+            Ok(_) if window_s == 0 => {}
+            Ok(attached) => {
+                window.attached = attached;
+                self.handover.open_window(window);
+            }
+            Err((reason, detached)) => {
+                self.warn(format!("no rollback window: {reason}"));
+                self.handover.window_not_opened(window, reason, detached);
+            }
+        }
+    }
+
+    /// Makes the former primary a read-only replica of the promoted one and shows, in the same breath, that the
+    /// resync will be partial: its replication ID and offset are the ones the promoted server continues
+    /// (`master_replid2`, `second_repl_offset`). Otherwise it is detached at once, before it could connect (a
+    /// full sync from a newer server empties an older one, which then fails to load the RDB). `Err` carries the
+    /// reason, and whether it was detached.
+    async fn attach_source(&mut self) -> Result<window::Attached, (String, bool)> {
         let addr = self.handover.replication_addr(&self.target);
         let Some((host, port)) = addr.rsplit_once(':') else {
-            self.warn(format!(
-                "bad replication address {addr}: {} was not demoted",
-                self.source_name()
-            ));
-            return false;
+            return Err((format!("bad replication address {addr}"), true));
         };
-        let commands: [&[&str]; 2] = [
-            &["CONFIG", "SET", "replica-read-only", "yes"],
-            &["REPLICAOF", host, port],
-        ];
-        // OLD answers when its pause slice ends.
-        let wait = self.pause.pause_expires.map_or(Duration::ZERO, remaining) + CALL_TIMEOUT;
-        let failure = match self.source().pipeline(&commands, wait).await {
-            Ok(replies) => replies.into_iter().find(Value::is_error).map(|e| format!("{e:?}")),
-            Err(error) => Some(error.to_string()),
-        };
-        match failure {
-            None => true,
-            Some(failure) => {
-                self.warn(format!(
-                    "could not make {} a replica of {} (Redis 5.0 lets EXEC and EVAL sent to it directly past the \
-                     min-replicas fence until it is): {failure}",
-                    self.source_name(),
-                    self.target_name()
+        let (host, port) = (host.to_string(), port.to_string());
+        let promoted = match self.target().info("replication", CALL_TIMEOUT).await {
+            Ok(info) => info,
+            Err(error) => {
+                return Err((
+                    format!("could not read {}'s promotion: {error}", self.target_name()),
+                    true,
                 ));
+            }
+        };
+        // It needs the promoted server's credentials to replicate from it.
+        let credentials = self.handover.credentials(self.target.side);
+        let mut commands: Vec<Vec<&str>> = vec![vec!["CONFIG", "SET", "replica-read-only", "yes"]];
+        if let Some(password) = credentials.password.as_deref() {
+            commands.push(vec!["CONFIG", "SET", "masterauth", password]);
+            if let Some(user) = credentials.user.as_deref() {
+                commands.push(vec!["CONFIG", "SET", "masteruser", user]);
+            }
+        }
+        commands.extend([
+            vec!["REPLICAOF", &host, &port],
+            vec!["INFO", "replication"],
+            vec!["INFO", "server"],
+            vec!["INFO", "stats"],
+        ]);
+        let commands: Vec<&[&str]> = commands.iter().map(Vec::as_slice).collect();
+        // One pipeline, which Redis runs from the connection's buffer in one go, so nothing of another client runs
+        // between REPLICAOF and the INFO that shows the offset it will resume from. Not a MULTI: Redis 5.0 wraps
+        // a transaction holding INFO in a MULTI/EXEC of its stream, and one that turned it into a replica leaves
+        // an EXEC in its backlog (`execCommand`, multi.c), 14 bytes its history has and the promoted server's has
+        // not. A 5.0 OLD answers when its pause slice ends.
+        let wait = self.pause.pause_expires.map_or(Duration::ZERO, remaining) + CALL_TIMEOUT;
+        let replies = match self.source().pipeline(&commands, wait).await {
+            Ok(replies) => replies,
+            Err(error) => {
+                let reason = format!("could not make {} a replica: {error}", self.source_name());
+                let detached = self.detach_source().await;
+                return Err((reason, detached));
+            }
+        };
+        if let Some(error) = replies.iter().find(|r| r.is_error()) {
+            let reason = format!("{} refused to replicate: {error:?}", self.source_name());
+            let detached = self.detach_source().await;
+            return Err((reason, detached));
+        }
+        let results = &replies[replies.len() - 3..];
+        let follower = parse_info(results[0].as_bytes().unwrap_or_default());
+        let server = parse_info(results[1].as_bytes().unwrap_or_default());
+        let stats = parse_info(results[2].as_bytes().unwrap_or_default());
+        let field = |info: &HashMap<String, String>, name: &str| info.get(name).cloned().unwrap_or_default();
+        let (id, at) = (
+            field(&follower, "master_replid"),
+            field(&follower, "master_repl_offset"),
+        );
+        let (id2, from) = (
+            field(&promoted, "master_replid2"),
+            field(&promoted, "second_repl_offset"),
+        );
+        let at: i64 = at.parse().unwrap_or(-1);
+        let from: i64 = from.parse().unwrap_or(-2);
+        if id.is_empty() || id != id2 || at + 1 != from {
+            let reason = format!(
+                "the resync of {} would not be partial: it is at {id}:{at}, and {} continues {id2} only up to                  offset {} (a full sync would empty it)",
+                self.source_name(),
+                self.target_name(),
+                from - 1
+            );
+            let detached = self.detach_source().await;
+            return Err((reason, detached));
+        }
+        Ok(window::Attached {
+            follower: Some(self.source.clone()),
+            primary: Some(self.target.clone()),
+            follower_run_id: field(&server, "run_id"),
+            primary_replid: field(&promoted, "master_replid"),
+            promotion_offset: from,
+            errors_at_open: stats.get("unexpected_error_replies").and_then(|v| v.parse().ok()),
+            primary_host: host,
+            primary_port: port,
+        })
+    }
+
+    /// Stops the former primary replicating (it keeps its data and its fence); false if it could not be told.
+    async fn detach_source(&mut self) -> bool {
+        if let Err(error) = self.ensure_connected(Which::Source).await {
+            self.warn(format!("could not reach {} to detach it: {error}", self.source_name()));
+            return false;
+        }
+        match self.source().ok(&["REPLICAOF", "NO", "ONE"], CALL_TIMEOUT).await {
+            Ok(_) => true,
+            Err(error) => {
+                self.warn(format!("could not detach {}: {error}", self.source_name()));
                 false
             }
         }
@@ -1199,7 +1424,7 @@ enum Which {
 
 /// The lag bound of the fence: OLD's own when it has one, else 10 (Redis's default); never 0, which would turn
 /// the min-replicas check off.
-fn fence_max_lag(was: &str) -> String {
+pub(super) fn fence_max_lag(was: &str) -> String {
     was.parse::<u64>().ok().filter(|&lag| lag > 0).unwrap_or(10).to_string()
 }
 

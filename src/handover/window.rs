@@ -1,0 +1,763 @@
+//! The rollback window: after a switch the former primary follows the new one by partial resync, with no gap,
+//! so a handover back to it (`POST /rollback`) loses nothing and needs no RDB in either direction.
+//!
+//! The window is open while the follower applies everything the primary sends it. It closes, with the cause, when
+//! the follower restarts, stays cut off, falls out of the primary's backlog, starts a full sync, cannot apply a
+//! command (a newer primary's stream is read by the proxy and checked against the follower's version, see
+//! [`super::stream`]), when its time runs out, or when the operator closes it. On closing, the follower is detached
+//! (`REPLICAOF NO ONE`, fenced) before a full sync could empty it: an older Redis flushes its data and then fails
+//! to load a newer RDB (REDIS-FACTS.md, "Rollback window").
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::stream::{self, StreamReader};
+use super::{FENCE_REPLICAS, Handover};
+use crate::config::is_loopback_host;
+use crate::control::{ControlConn, parse_version};
+use crate::primary::{Server, Side};
+use crate::protocol::value::Value;
+
+/// How often the window looks at both servers.
+const WINDOW_POLL: Duration = Duration::from_millis(100);
+/// How long the follower may be cut off from the primary (or from the proxy) before the window closes.
+pub const LINK_GRACE: Duration = Duration::from_secs(10);
+const LOOK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a closed window keeps trying to detach a follower it could not reach.
+const DETACH_TRIES_FOR: Duration = Duration::from_secs(600);
+
+/// Whether the way back is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowState {
+    /// The follower applies everything the primary sends it: `POST /rollback` hands back to it.
+    Open,
+    /// A handover back to the follower is running.
+    InUse,
+    Closed,
+}
+
+/// Why a window closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// The follower's place in the primary's history could not be shown to match, so it was never attached.
+    NotCertain,
+    /// The follower could not apply a command the primary sent it.
+    ApplyError,
+    /// The follower restarted and lost its replication state.
+    Restarted,
+    /// The follower was cut off from the primary, or from the proxy, for [`LINK_GRACE`].
+    LinkLost,
+    /// The primary's backlog no longer holds the follower's position.
+    Backlog,
+    /// The follower began a full sync from the primary.
+    FullSync,
+    /// Someone else changed the follower's replication (`REPLICAOF`).
+    Detached,
+    /// The proxy could no longer read the primary's stream, so it could not check what the follower applies.
+    StreamLost,
+    /// `rollback_window_s` ran out.
+    Expired,
+    /// `POST /rollback/close`.
+    Operator,
+}
+
+impl Cause {
+    pub fn name(self) -> &'static str {
+        match self {
+            Cause::NotCertain => "not_certain",
+            Cause::ApplyError => "apply_error",
+            Cause::Restarted => "restarted",
+            Cause::LinkLost => "link_lost",
+            Cause::Backlog => "backlog",
+            Cause::FullSync => "full_sync",
+            Cause::Detached => "detached",
+            Cause::StreamLost => "stream_lost",
+            Cause::Expired => "expired",
+            Cause::Operator => "operator",
+        }
+    }
+}
+
+/// The window after one switch, as `GET /status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Window {
+    pub state: WindowState,
+    /// The former primary, which follows the primary.
+    pub follower: Side,
+    pub follower_addr: String,
+    pub follower_version: String,
+    pub primary_addr: String,
+    pub opened_at_unix_ms: u64,
+    /// When `rollback_window_s` runs out.
+    pub until_unix_ms: u64,
+    pub closed_at_unix_ms: Option<u64>,
+    pub cause: Option<Cause>,
+    /// Why it closed, naming what happened.
+    pub reason: Option<String>,
+    /// Whether the follower was detached (a fenced primary of its own, with its data) after the window closed.
+    pub detached: Option<bool>,
+    /// How far the follower is behind the primary, in bytes of the replication stream.
+    pub lag_bytes: Option<i64>,
+    pub link_up: bool,
+    /// Commands of the primary's stream checked against the follower's version (only when it is older).
+    pub commands_checked: u64,
+    #[serde(skip)]
+    pub(super) attached: Attached,
+}
+
+/// What the follower and the primary said when the follower was attached: what later looks compare against.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Attached {
+    pub follower: Option<Server>,
+    pub primary: Option<Server>,
+    pub follower_run_id: String,
+    /// The primary's replication ID and the first offset after the promotion.
+    pub primary_replid: String,
+    pub promotion_offset: i64,
+    /// The follower's `unexpected_error_replies` (6.2 and later) when attached.
+    pub errors_at_open: Option<u64>,
+    /// Where the follower reaches the primary.
+    pub primary_host: String,
+    pub primary_port: String,
+}
+
+/// What one look at the two servers found.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Look {
+    pub follower: Option<FollowerSeen>,
+    /// `master_repl_offset` and `repl_backlog_first_byte_offset` of the primary.
+    pub primary: Option<(i64, i64)>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(super) struct FollowerSeen {
+    pub run_id: String,
+    pub replica: bool,
+    pub master_host: String,
+    pub master_port: String,
+    pub link_up: bool,
+    pub syncing: bool,
+    /// `slave_repl_offset`: the last byte applied.
+    pub offset: i64,
+    pub errors: Option<u64>,
+}
+
+/// What a look means for the window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Verdict {
+    Open {
+        lag: Option<i64>,
+        link_up: bool,
+    },
+    /// Cut off (or unreachable) for now; closes after [`LINK_GRACE`].
+    Cut {
+        lag: Option<i64>,
+    },
+    Close(Cause, String),
+}
+
+/// Judges one look; `name` is how reasons call the follower (`OLD`).
+pub(super) fn assess(attached: &Attached, look: &Look, name: &str) -> Verdict {
+    let Some(follower) = &look.follower else {
+        return Verdict::Cut { lag: None };
+    };
+    if !attached.follower_run_id.is_empty() && follower.run_id != attached.follower_run_id {
+        return Verdict::Close(
+            Cause::Restarted,
+            format!(
+                "{name} restarted (run_id {} is now {}) and lost its place in the primary's replication stream",
+                attached.follower_run_id, follower.run_id
+            ),
+        );
+    }
+    let same_host = follower.master_host == attached.primary_host
+        || (is_loopback_host(&follower.master_host) && is_loopback_host(&attached.primary_host));
+    if !follower.replica || follower.master_port != attached.primary_port || !same_host {
+        let now = if follower.replica {
+            format!("replicates from {}:{}", follower.master_host, follower.master_port)
+        } else {
+            "is a master".to_string()
+        };
+        return Verdict::Close(
+            Cause::Detached,
+            format!("{name} no longer follows the primary: it {now} (someone ran REPLICAOF on it)"),
+        );
+    }
+    if follower.syncing {
+        return Verdict::Close(
+            Cause::FullSync,
+            format!("{name} began a full sync from the primary (its partial resync was refused), which would empty it"),
+        );
+    }
+    if let (Some(at_open), Some(now)) = (attached.errors_at_open, follower.errors)
+        && now > at_open
+    {
+        return Verdict::Close(
+            Cause::ApplyError,
+            format!(
+                "{name} could not apply {} commands the primary sent it (unexpected_error_replies; its log names \
+                 them)",
+                now - at_open
+            ),
+        );
+    }
+    let lag = look.primary.map(|(offset, _)| (offset - follower.offset).max(0));
+    if !follower.link_up {
+        if let Some((_, first)) = look.primary
+            && first > follower.offset + 1
+        {
+            return Verdict::Close(
+                Cause::Backlog,
+                format!(
+                    "the primary's backlog (from offset {first}) no longer holds {name}'s position ({}): a \
+                     resync would be a full one; raise rollback_backlog_bytes",
+                    follower.offset + 1
+                ),
+            );
+        }
+        return Verdict::Cut { lag };
+    }
+    Verdict::Open { lag, link_up: true }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Handover {
+    /// Opens a window for `window` (just attached) and starts watching it.
+    pub(super) fn open_window(self: &Arc<Self>, window: Window) {
+        tracing::info!(follower = %window.follower_addr, until_unix_ms = window.until_unix_ms, "rollback window open");
+        *self.window.lock().unwrap_or_else(|e| e.into_inner()) = Some(window);
+        self.watch_window();
+    }
+
+    /// Records a window that could not open, with the reason.
+    pub(super) fn window_not_opened(&self, mut window: Window, reason: String, detached: bool) {
+        tracing::warn!(%reason, "no rollback window");
+        window.state = WindowState::Closed;
+        window.closed_at_unix_ms = Some(now_ms());
+        window.cause = Some(Cause::NotCertain);
+        window.reason = Some(reason);
+        window.detached = Some(detached);
+        *self.window.lock().unwrap_or_else(|e| e.into_inner()) = Some(window);
+        self.count_close(Cause::NotCertain);
+    }
+
+    /// Starts (or starts again) the task that watches an open window.
+    fn watch_window(self: &Arc<Self>) {
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(watch(Arc::downgrade(self), cancel.clone()));
+        if let Some((old, _)) = self
+            .window_watch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace((cancel, task))
+        {
+            old.cancel();
+        }
+    }
+
+    /// Stops watching the window (a handover back is about to pause) and waits until the watcher has stopped.
+    pub(super) async fn stop_window_watch(&self) {
+        let watch = self.window_watch.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((cancel, task)) = watch {
+            cancel.cancel();
+            let _ = tokio::time::timeout(LOOK_TIMEOUT * 4, task).await;
+        }
+    }
+
+    /// The open window whose follower is `target`: `Err` with why a handover to it cannot rely on one.
+    pub(super) fn window_for(&self, target: Side) -> Result<(), String> {
+        match &*self.window.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(w) if w.follower == target && matches!(w.state, WindowState::Open | WindowState::InUse) => Ok(()),
+            Some(w) if w.follower == target => Err(format!(
+                "the rollback window closed: {}",
+                w.reason.as_deref().unwrap_or("no reason recorded")
+            )),
+            _ => Err("there is no rollback window: no switch opened one since the proxy started".into()),
+        }
+    }
+
+    /// Marks the window as used by the handover starting now (true when there was an open one).
+    pub(super) fn use_window(&self) -> bool {
+        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        match window.as_mut() {
+            Some(w) if w.state == WindowState::Open => {
+                w.state = WindowState::InUse;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// After a handover that used the window stopped before its switch: the window is open again, and watched.
+    pub(super) fn resume_window(self: &Arc<Self>) {
+        let resumed = {
+            let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+            match window.as_mut() {
+                Some(w) if w.state == WindowState::InUse => {
+                    w.state = WindowState::Open;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if resumed {
+            self.watch_window();
+        }
+    }
+
+    /// `POST /rollback/close`: closes the window and detaches the follower.
+    pub async fn close_window(self: &Arc<Self>) -> Result<serde_json::Value, String> {
+        {
+            let window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+            match window.as_ref().map(|w| w.state) {
+                Some(WindowState::Open) => {}
+                Some(WindowState::InUse) => return Err("a handover back is using the rollback window".into()),
+                Some(WindowState::Closed) => return Err("the rollback window is already closed".into()),
+                None => return Err("there is no rollback window".into()),
+            }
+        }
+        self.stop_window_watch().await;
+        let name = self.follower_name();
+        self.close(
+            Cause::Operator,
+            format!("the operator closed it (POST /rollback/close); {name} was detached"),
+        )
+        .await;
+        Ok(self.window_status())
+    }
+
+    /// Closes the window with `cause` and detaches the follower, trying again for a while if it cannot be reached.
+    async fn close(self: &Arc<Self>, cause: Cause, reason: String) {
+        tracing::warn!(cause = cause.name(), %reason, "rollback window closed");
+        let attached = {
+            let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(w) = window.as_mut() else { return };
+            w.state = WindowState::Closed;
+            w.closed_at_unix_ms = Some(now_ms());
+            w.cause = Some(cause);
+            w.reason = Some(reason);
+            w.attached.clone()
+        };
+        self.count_close(cause);
+        let started = tokio::time::Instant::now();
+        loop {
+            let detached = self.detach(&attached).await;
+            if let Some(w) = self.window.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                w.detached = Some(detached.is_ok());
+            }
+            match detached {
+                Ok(()) => return,
+                Err(error) if started.elapsed() < DETACH_TRIES_FOR && !self.shared.shutdown.is_cancelled() => {
+                    tracing::warn!(%error, "could not detach the former primary yet");
+                    tokio::time::sleep(WINDOW_POLL * 5).await;
+                }
+                Err(error) => return tracing::error!(%error, "gave up detaching the former primary"),
+            }
+        }
+    }
+
+    /// Makes the follower a fenced primary of its own, keeping its data (a full sync in progress is cancelled
+    /// before it can flush anything).
+    async fn detach(&self, attached: &Attached) -> Result<(), String> {
+        let Some(server) = attached.follower.clone() else {
+            return Ok(());
+        };
+        let tls = self.shared.backend_tls.clone();
+        let failed = |e: crate::control::ControlError| e.to_string();
+        let mut conn = ControlConn::connect(&server, &self.credentials(server.side), LOOK_TIMEOUT, tls.as_ref())
+            .await
+            .map_err(failed)?;
+        let info = conn.info("replication", LOOK_TIMEOUT).await.map_err(failed)?;
+        let replica = info.get("role").map(String::as_str) == Some("slave");
+        let lag = conn
+            .config_get("min-replicas-max-lag", LOOK_TIMEOUT)
+            .await
+            .map_err(failed)?;
+        let lag = super::run::fence_max_lag(lag.as_deref().unwrap_or("10"));
+        // Fenced also when it is a master already (restarted, or detached by someone else): it is not the
+        // primary, and a restart dropped the fence with the rest of its run-time settings. (Only admin commands
+        // in this MULTI: Redis 5.0 leaves no trace of it in its stream.)
+        let max_lag = ["CONFIG", "SET", "min-replicas-max-lag", &lag];
+        let mut commands: Vec<&[&str]> = vec![
+            &["MULTI"],
+            &max_lag,
+            &["CONFIG", "SET", "min-replicas-to-write", FENCE_REPLICAS],
+        ];
+        if replica {
+            commands.push(&["REPLICAOF", "NO", "ONE"]);
+        }
+        commands.push(&["EXEC"]);
+        let replies = conn.pipeline(&commands, LOOK_TIMEOUT).await.map_err(failed)?;
+        match replies.last() {
+            Some(Value::Array(results)) if !results.iter().any(Value::is_error) => Ok(()),
+            other => Err(format!("{} refused REPLICAOF NO ONE: {other:?}", server.addr)),
+        }
+    }
+
+    fn count_close(&self, cause: Cause) {
+        *self
+            .windows_closed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(cause.name())
+            .or_default() += 1;
+    }
+
+    fn follower_name(&self) -> String {
+        let window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        window
+            .as_ref()
+            .map_or("OLD".into(), |w| w.follower.name().to_uppercase())
+    }
+
+    /// The window as `GET /status` shows it: `{"state": "off"}` when `rollback_window_s` is 0, `null` before any
+    /// switch.
+    pub(super) fn window_status(&self) -> serde_json::Value {
+        let window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        match &*window {
+            Some(w) => serde_json::to_value(w).unwrap_or_default(),
+            None if self.shared.config.rollback_window_s == 0 => serde_json::json!({ "state": "off" }),
+            None => serde_json::Value::Null,
+        }
+    }
+
+    /// The window's metrics, in the Prometheus text format.
+    pub fn window_metrics(&self) -> String {
+        let window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let (open, lag, left) = match &*window {
+            Some(w) if w.state != WindowState::Closed => (
+                1,
+                w.lag_bytes.unwrap_or(0),
+                w.until_unix_ms.saturating_sub(now_ms()) as f64 / 1000.0,
+            ),
+            _ => (0, 0, 0.0),
+        };
+        drop(window);
+        let mut closed = String::from(
+            "# HELP redis_handover_rollback_windows_closed_total Rollback windows closed, by cause.\n\
+             # TYPE redis_handover_rollback_windows_closed_total counter\n",
+        );
+        for (cause, n) in self.windows_closed.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            closed.push_str(&format!(
+                "redis_handover_rollback_windows_closed_total{{cause=\"{cause}\"}} {n}\n"
+            ));
+        }
+        closed
+            + &format!(
+                "# HELP redis_handover_rollback_window_open Whether the former primary follows the primary with no gap, \
+             so a rollback can hand back to it.\n# TYPE redis_handover_rollback_window_open gauge\n\
+             redis_handover_rollback_window_open {open}\n\
+             # HELP redis_handover_rollback_lag_bytes How far the former primary is behind the primary.\n\
+             # TYPE redis_handover_rollback_lag_bytes gauge\nredis_handover_rollback_lag_bytes {lag}\n\
+             # HELP redis_handover_rollback_window_seconds_left Until rollback_window_s runs out.\n\
+             # TYPE redis_handover_rollback_window_seconds_left gauge\n\
+             redis_handover_rollback_window_seconds_left {left}\n"
+            )
+    }
+}
+
+/// Watches an open window until it closes or the watch is stopped.
+async fn watch(handover: Weak<Handover>, cancel: CancellationToken) {
+    let Some(this) = handover.upgrade() else { return };
+    // One lock at a time: `status()` takes the window's lock while it holds the progress lock.
+    let (attached, follower_version, follower_side) = {
+        let window = this.window.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(w) = window.as_ref() else { return };
+        (
+            w.attached.clone(),
+            parse_version(&w.follower_version).unwrap_or_default(),
+            w.follower,
+        )
+    };
+    let primary_version = this.lock().views[super::side_index(follower_side.other())]
+        .version
+        .clone();
+    let primary_version = primary_version.as_deref().and_then(parse_version).unwrap_or_default();
+    let name = follower_side.name().to_uppercase();
+    drop(this);
+    let (Some(follower), Some(primary)) = (attached.follower.clone(), attached.primary.clone()) else {
+        return;
+    };
+    // The primary's stream needs reading only when the follower is older: a newer Redis applies everything an
+    // older one sends.
+    let read_stream = follower_version < primary_version;
+    let mut reader: Option<StreamReader> = None;
+    let mut next_offset = attached.promotion_offset;
+    let mut cut_since: Option<tokio::time::Instant> = None;
+    let mut conns: (Option<ControlConn>, Option<ControlConn>) = (None, None);
+    loop {
+        let Some(this) = handover.upgrade() else { return };
+        if cancel.is_cancelled() || this.shared.shutdown.is_cancelled() {
+            return;
+        }
+        let tick_end = tokio::time::Instant::now() + WINDOW_POLL;
+        let mut verdict = None;
+        if read_stream {
+            if reader.is_none() {
+                let credentials = this.credentials(primary.side);
+                let tls = this.shared.backend_tls.clone();
+                match StreamReader::open(
+                    &primary,
+                    &credentials,
+                    tls.as_ref(),
+                    &attached.primary_replid,
+                    next_offset,
+                    LOOK_TIMEOUT,
+                )
+                .await
+                {
+                    Ok(opened) => reader = Some(opened),
+                    Err(error) if error.contains("would not continue") => {
+                        verdict = Some(Verdict::Close(
+                            Cause::StreamLost,
+                            format!(
+                                "the proxy lost the primary's replication stream and cannot check what {name} applies: {error}"
+                            ),
+                        ))
+                    }
+                    Err(error) => tracing::warn!(%error, "rollback window: stream reader"),
+                }
+            }
+            if let Some(open) = reader.as_mut() {
+                let mut checked = 0;
+                loop {
+                    let wait = tick_end.saturating_duration_since(tokio::time::Instant::now());
+                    let next = tokio::select! {
+                        next = open.next(follower_version, wait) => next,
+                        _ = cancel.cancelled() => return,
+                    };
+                    match next {
+                        Ok(stream::Next::Fine) => {
+                            checked += 1;
+                            next_offset = open.offset + 1;
+                        }
+                        Ok(stream::Next::Unappliable(command, why)) => {
+                            checked += 1;
+                            verdict = Some(Verdict::Close(
+                                Cause::ApplyError,
+                                format!("the primary sent `{command}`: {why}, so {name} skipped it"),
+                            ));
+                            break;
+                        }
+                        Ok(stream::Next::Idle) => break,
+                        Err(error) => {
+                            tracing::warn!(%error, "rollback window: stream reader");
+                            reader = None;
+                            break;
+                        }
+                    }
+                }
+                if let Some(w) = this.window.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                    w.commands_checked += checked;
+                }
+            }
+        }
+        if verdict.is_none() {
+            let look = look(&this, &follower, &primary, &mut conns).await;
+            verdict = Some(assess(&attached, &look, &name));
+        }
+        let verdict = verdict.unwrap_or(Verdict::Cut { lag: None });
+        let until = this
+            .window
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(0, |w| w.until_unix_ms);
+        let verdict = match verdict {
+            Verdict::Cut { .. } if cut_since.is_some_and(|since| since.elapsed() >= LINK_GRACE) => Verdict::Close(
+                Cause::LinkLost,
+                format!(
+                    "{name} has been cut off from the primary (or from the proxy) for {} s",
+                    LINK_GRACE.as_secs()
+                ),
+            ),
+            Verdict::Open { .. } | Verdict::Cut { .. } if now_ms() >= until => Verdict::Close(
+                Cause::Expired,
+                format!("rollback_window_s = {} ran out", this.shared.config.rollback_window_s),
+            ),
+            verdict => verdict,
+        };
+        match verdict {
+            Verdict::Open { lag, link_up } => {
+                cut_since = None;
+                if let Some(w) = this.window.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                    (w.lag_bytes, w.link_up) = (lag, link_up);
+                }
+            }
+            Verdict::Cut { lag } => {
+                cut_since.get_or_insert_with(tokio::time::Instant::now);
+                if let Some(w) = this.window.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                    (w.lag_bytes, w.link_up) = (lag.or(w.lag_bytes), false);
+                }
+            }
+            Verdict::Close(cause, reason) => {
+                drop(reader);
+                this.close(cause, reason).await;
+                return;
+            }
+        }
+        drop(this);
+        tokio::select! {
+            _ = tokio::time::sleep_until(tick_end) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+/// Reads what [`assess`] needs; a server that does not answer is `None` (its connection is opened again next time).
+async fn look(
+    handover: &Handover,
+    follower: &Server,
+    primary: &Server,
+    conns: &mut (Option<ControlConn>, Option<ControlConn>),
+) -> Look {
+    let tls = handover.shared.backend_tls.clone();
+    let mut found = Look::default();
+    for (server, conn) in [(follower, &mut conns.0), (primary, &mut conns.1)] {
+        if conn.as_ref().is_none_or(ControlConn::is_broken) {
+            *conn = ControlConn::connect(server, &handover.credentials(server.side), LOOK_TIMEOUT, tls.as_ref())
+                .await
+                .ok();
+        }
+    }
+    if let Some(conn) = conns.0.as_mut() {
+        let seen = async {
+            let replication = conn.info("replication", LOOK_TIMEOUT).await?;
+            let server = conn.info("server", LOOK_TIMEOUT).await?;
+            let stats = conn.info("stats", LOOK_TIMEOUT).await?;
+            Ok::<_, crate::control::ControlError>((replication, server, stats))
+        }
+        .await;
+        if let Ok((replication, server, stats)) = seen {
+            let field = |name: &str| replication.get(name).cloned().unwrap_or_default();
+            found.follower = Some(FollowerSeen {
+                run_id: server.get("run_id").cloned().unwrap_or_default(),
+                replica: field("role") == "slave",
+                master_host: field("master_host"),
+                master_port: field("master_port"),
+                link_up: field("master_link_status") == "up",
+                syncing: field("master_sync_in_progress") == "1",
+                offset: field("slave_repl_offset").parse().unwrap_or(0),
+                errors: stats.get("unexpected_error_replies").and_then(|v| v.parse().ok()),
+            });
+        }
+    }
+    if let Some(conn) = conns.1.as_mut()
+        && let Ok(replication) = conn.info("replication", LOOK_TIMEOUT).await
+    {
+        let number = |name: &str| replication.get(name).and_then(|v| v.parse().ok()).unwrap_or(0);
+        found.primary = Some((number("master_repl_offset"), number("repl_backlog_first_byte_offset")));
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attached() -> Attached {
+        Attached {
+            follower_run_id: "run-a".into(),
+            primary_host: "127.0.0.1".into(),
+            primary_port: "7001".into(),
+            errors_at_open: Some(2),
+            ..Attached::default()
+        }
+    }
+
+    fn following() -> FollowerSeen {
+        FollowerSeen {
+            run_id: "run-a".into(),
+            replica: true,
+            master_host: "localhost".into(),
+            master_port: "7001".into(),
+            link_up: true,
+            syncing: false,
+            offset: 90,
+            errors: Some(2),
+        }
+    }
+
+    fn look(follower: FollowerSeen) -> Look {
+        Look {
+            follower: Some(follower),
+            primary: Some((100, 50)),
+        }
+    }
+
+    fn cause(verdict: Verdict) -> Option<Cause> {
+        match verdict {
+            Verdict::Close(cause, _) => Some(cause),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_follower_with_no_gap_keeps_the_window_open() {
+        assert_eq!(
+            assess(&attached(), &look(following()), "OLD"),
+            Verdict::Open {
+                lag: Some(10),
+                link_up: true
+            }
+        );
+    }
+
+    #[test]
+    fn each_cause_closes_the_window() {
+        let a = attached();
+        let restarted = FollowerSeen {
+            run_id: "run-b".into(),
+            ..following()
+        };
+        assert_eq!(cause(assess(&a, &look(restarted), "OLD")), Some(Cause::Restarted));
+        let master = FollowerSeen {
+            replica: false,
+            ..following()
+        };
+        assert_eq!(cause(assess(&a, &look(master), "OLD")), Some(Cause::Detached));
+        let elsewhere = FollowerSeen {
+            master_port: "7002".into(),
+            ..following()
+        };
+        assert_eq!(cause(assess(&a, &look(elsewhere), "OLD")), Some(Cause::Detached));
+        let syncing = FollowerSeen {
+            syncing: true,
+            link_up: false,
+            ..following()
+        };
+        assert_eq!(cause(assess(&a, &look(syncing), "OLD")), Some(Cause::FullSync));
+        let errors = FollowerSeen {
+            errors: Some(3),
+            ..following()
+        };
+        let verdict = assess(&a, &look(errors), "OLD");
+        assert!(matches!(&verdict, Verdict::Close(Cause::ApplyError, why) if why.contains("apply 1 commands")));
+        let behind = FollowerSeen {
+            link_up: false,
+            offset: 10,
+            ..following()
+        };
+        assert_eq!(cause(assess(&a, &look(behind), "OLD")), Some(Cause::Backlog));
+    }
+
+    #[test]
+    fn a_cut_link_within_the_backlog_waits() {
+        let down = FollowerSeen {
+            link_up: false,
+            ..following()
+        };
+        assert_eq!(assess(&attached(), &look(down), "OLD"), Verdict::Cut { lag: Some(10) });
+        assert_eq!(assess(&attached(), &Look::default(), "OLD"), Verdict::Cut { lag: None });
+    }
+}
