@@ -398,3 +398,60 @@ fn the_operator_closes_the_window() {
     let (status, _) = h.proxy.post("/rollback/close", json!({}));
     assert_eq!(status, 409, "closing twice");
 }
+
+#[test]
+fn a_proxy_restarted_while_the_window_is_open_watches_it_again_and_can_roll_back() {
+    let mut h = Harness::start(Version::V6_2, Version::V7_0);
+    seed(&h.proxy);
+    assert_eq!(h.proxy.handover(json!({}))["outcome"], "switched");
+    wait_for_follower(&h.proxy, "old");
+    h.proxy.stop();
+    h.proxy = Proxy::start(h.old.addr(), Some(h.new.addr()), |_| {});
+    assert_eq!(h.proxy.status()["primary"]["side"], "new", "the servers name NEW");
+    wait_for_follower(&h.proxy, "old");
+    assert_eq!(h.proxy.client().run("SET after-restart 1"), Reply::ok());
+    let (status, answer) = h.proxy.post("/rollback", json!({}));
+    assert_eq!(status, 202, "{answer}");
+    let back = h.proxy.wait_for_handover_end(Duration::from_secs(60));
+    assert_eq!(back["outcome"], "switched", "{back:#}");
+    assert_eq!(h.proxy.status()["primary"]["side"], "old");
+    assert_eq!(h.proxy.client().run("GET after-restart"), Reply::bulk("1"));
+    assert_eq!(h.proxy.client().run("GET seed:7"), Reply::bulk("x"));
+}
+
+#[test]
+fn a_backlog_too_small_for_the_write_rate_is_raised_or_warned_about() {
+    // Raised: NEW's 16 KiB backlog becomes rollback_backlog_bytes.
+    let h = Harness::start_with(
+        Version::V6_2,
+        &[],
+        Version::V7_0,
+        &["--repl-backlog-size", "16384"],
+        |_| {},
+    );
+    let report = h.proxy.handover(json!({}));
+    let differences = report["config_differences"].to_string();
+    assert!(differences.contains("raised to 67108864"), "{differences}");
+    assert_eq!(
+        info_field(&mut h.new.direct(), "replication", "repl_backlog_size"),
+        "67108864"
+    );
+
+    // Left alone (rollback_backlog_bytes = 0) and too small for the writes: a warning with the size to set.
+    let h = Harness::start_with(
+        Version::V6_2,
+        &[],
+        Version::V7_0,
+        &["--repl-backlog-size", "16384"],
+        |c| c.rollback_backlog_bytes = 0,
+    );
+    seed(&h.proxy);
+    let load = Load::start(&h.proxy, 8);
+    let report = h.proxy.handover(json!({}));
+    let warnings = report["warnings"].to_string();
+    assert!(
+        warnings.contains("repl-backlog-size (16384 bytes) holds") && warnings.contains("raise rollback_backlog_bytes"),
+        "{report:#}"
+    );
+    assert_eq!(load.stop_and_verify().lost, 0);
+}

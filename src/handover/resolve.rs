@@ -111,6 +111,10 @@ impl Handover {
         self.resolve_primary_at_start().await;
         // Only now: its looks at the servers must start from the primary resolved here.
         tokio::spawn(super::probe(Arc::downgrade(self)));
+        if !self.is_running() {
+            let this = self.clone();
+            tokio::spawn(async move { this.adopt_window().await });
+        }
     }
 
     async fn resolve_primary_at_start(self: &Arc<Self>) {

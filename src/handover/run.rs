@@ -748,7 +748,7 @@ impl Run {
             return;
         };
         let seconds = since.elapsed().as_secs_f64();
-        if self.handover.shared.config.rollback_window_s == 0 || seconds < 0.1 {
+        if self.handover.shared.config.rollback_window_s == 0 || seconds < 0.02 {
             return;
         }
         let rate = (source_offset - from).max(0) as f64 / seconds;
@@ -1262,6 +1262,10 @@ impl Run {
         Ok(window::Attached {
             follower: Some(self.source.clone()),
             primary: Some(self.target.clone()),
+            primary_version: format!(
+                "{}.{}.{}",
+                self.target_version.0, self.target_version.1, self.target_version.2
+            ),
             follower_run_id: field(&server, "run_id"),
             primary_replid: field(&promoted, "master_replid"),
             promotion_offset: from,

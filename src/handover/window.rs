@@ -115,6 +115,7 @@ pub struct Window {
 pub(super) struct Attached {
     pub follower: Option<Server>,
     pub primary: Option<Server>,
+    pub primary_version: String,
     pub follower_run_id: String,
     /// The primary's replication ID and the first offset after the promotion.
     pub primary_replid: String,
@@ -239,6 +240,87 @@ impl Handover {
         self.watch_window();
     }
 
+    /// At start, after the primary was resolved: a former primary that carries the proxy's fence and follows the
+    /// primary with its link up is a window an earlier run of this proxy opened. It is watched again, with its
+    /// time counted from now and the primary's stream read from its present offset (nothing says what came
+    /// before: on a 6.2 or newer follower, `unexpected_error_replies` would have counted it).
+    pub(super) async fn adopt_window(self: &Arc<Self>) {
+        let window_s = self.shared.config.rollback_window_s;
+        // In a fleet each proxy would watch (and read NEW's stream) at once: only a driver keeps a window.
+        if window_s == 0 || !self.shared.config.fleet_peers.is_empty() {
+            return;
+        }
+        let primary = self.shared.primary.current().server.clone();
+        let Some(addr) = self.addr_of(primary.side.other()) else {
+            return;
+        };
+        let follower = Server {
+            side: primary.side.other(),
+            addr: addr.into(),
+        };
+        let found = async {
+            let mut conn = self.connect(&follower).await?;
+            let replication = conn.info("replication", LOOK_TIMEOUT).await?;
+            let server = conn.info("server", LOOK_TIMEOUT).await?;
+            let stats = conn.info("stats", LOOK_TIMEOUT).await?;
+            let fence = conn.config_get("min-replicas-to-write", LOOK_TIMEOUT).await?;
+            let mut conn = self.connect(&primary).await?;
+            let leader = conn.info("replication", LOOK_TIMEOUT).await?;
+            let leader_server = conn.info("server", LOOK_TIMEOUT).await?;
+            Ok::<_, crate::control::ControlError>((replication, server, stats, fence, leader, leader_server))
+        }
+        .await;
+        let Ok((replication, server, stats, fence, leader, leader_server)) = found else {
+            return;
+        };
+        let field =
+            |info: &std::collections::HashMap<String, String>, name: &str| info.get(name).cloned().unwrap_or_default();
+        let addr = self.replication_addr(&primary);
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            return;
+        };
+        let same_host = field(&replication, "master_host") == host
+            || (is_loopback_host(&field(&replication, "master_host")) && is_loopback_host(host));
+        let follows = field(&replication, "role") == "slave"
+            && field(&replication, "master_port") == port
+            && same_host
+            && field(&replication, "master_link_status") == "up"
+            && fence.as_deref() == Some(FENCE_REPLICAS);
+        if !follows {
+            return;
+        }
+        *self.fenced.lock().unwrap_or_else(|e| e.into_inner()) = Some((follower.side, super::FenceWas::default()));
+        let now = now_ms();
+        let offset: i64 = field(&leader, "master_repl_offset").parse().unwrap_or(0);
+        self.open_window(Window {
+            state: WindowState::Open,
+            follower: follower.side,
+            follower_addr: follower.addr.to_string(),
+            follower_version: field(&server, "redis_version"),
+            primary_addr: primary.addr.to_string(),
+            opened_at_unix_ms: now,
+            until_unix_ms: now + window_s * 1000,
+            closed_at_unix_ms: None,
+            cause: None,
+            reason: None,
+            detached: None,
+            lag_bytes: None,
+            link_up: true,
+            commands_checked: 0,
+            attached: Attached {
+                follower: Some(follower),
+                primary: Some(primary.clone()),
+                primary_version: field(&leader_server, "redis_version"),
+                follower_run_id: field(&server, "run_id"),
+                primary_replid: field(&leader, "master_replid"),
+                promotion_offset: offset + 1,
+                errors_at_open: stats.get("unexpected_error_replies").and_then(|v| v.parse().ok()),
+                primary_host: host.to_string(),
+                primary_port: port.to_string(),
+            },
+        });
+    }
+
     /// Records a window that could not open, with the reason.
     pub(super) fn window_not_opened(&self, mut window: Window, reason: String, detached: bool) {
         tracing::warn!(%reason, "no rollback window");
@@ -282,6 +364,10 @@ impl Handover {
                 "the rollback window closed: {}",
                 w.reason.as_deref().unwrap_or("no reason recorded")
             )),
+            _ if !self.shared.config.fleet_peers.is_empty() => Err(
+                "there is no rollback window on this proxy: the proxy of the fleet that drove the switch keeps it"
+                    .into(),
+            ),
             _ => Err("there is no rollback window: no switch opened one since the proxy started".into()),
         }
     }
@@ -469,21 +555,16 @@ impl Handover {
 /// Watches an open window until it closes or the watch is stopped.
 async fn watch(handover: Weak<Handover>, cancel: CancellationToken) {
     let Some(this) = handover.upgrade() else { return };
-    // One lock at a time: `status()` takes the window's lock while it holds the progress lock.
-    let (attached, follower_version, follower_side) = {
+    let (attached, follower_version, name) = {
         let window = this.window.lock().unwrap_or_else(|e| e.into_inner());
         let Some(w) = window.as_ref() else { return };
         (
             w.attached.clone(),
             parse_version(&w.follower_version).unwrap_or_default(),
-            w.follower,
+            w.follower.name().to_uppercase(),
         )
     };
-    let primary_version = this.lock().views[super::side_index(follower_side.other())]
-        .version
-        .clone();
-    let primary_version = primary_version.as_deref().and_then(parse_version).unwrap_or_default();
-    let name = follower_side.name().to_uppercase();
+    let primary_version = parse_version(&attached.primary_version).unwrap_or_default();
     drop(this);
     let (Some(follower), Some(primary)) = (attached.follower.clone(), attached.primary.clone()) else {
         return;
