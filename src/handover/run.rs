@@ -1145,36 +1145,25 @@ impl Run {
     /// Records the rollback window the switch opened, or why it did not open.
     fn open_window(&mut self, attached: Result<window::Attached, (String, bool)>, window_s: u64) {
         let (major, minor, patch) = self.source_version;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let mut window = window::Window {
-            state: window::WindowState::Open,
-            follower: self.source.side,
-            follower_addr: self.source.addr.to_string(),
-            follower_version: format!("{major}.{minor}.{patch}"),
-            primary_addr: self.target.addr.to_string(),
-            opened_at_unix_ms: now,
-            until_unix_ms: now + window_s * 1000,
-            closed_at_unix_ms: None,
-            cause: None,
-            reason: None,
-            detached: None,
-            lag_bytes: Some(0),
-            link_up: false,
-            commands_checked: 0,
-            attached: window::Attached::default(),
-        };
+        let version = format!("{major}.{minor}.{patch}");
         match attached {
             // A 5.0 OLD follows NEW as its fence even with the window off.
             Ok(_) if window_s == 0 => {}
             Ok(attached) => {
-                window.attached = attached;
-                self.handover.open_window(window);
+                if let Some(window) = window::Window::opening(version, window_s, attached) {
+                    self.handover.open_window(window);
+                }
             }
             Err((reason, detached)) => {
                 self.warn(format!("no rollback window: {reason}"));
-                self.handover.window_not_opened(window, reason, detached);
+                let attached = window::Attached {
+                    follower: Some(self.source.clone()),
+                    primary: Some(self.target.clone()),
+                    ..window::Attached::default()
+                };
+                if let Some(window) = window::Window::opening(version, window_s, attached) {
+                    self.handover.window_not_opened(window, reason, detached);
+                }
             }
         }
     }

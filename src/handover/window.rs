@@ -110,6 +110,31 @@ pub struct Window {
     pub(super) attached: Attached,
 }
 
+impl Window {
+    /// A window opening now for `rollback_window_s` = `window_s`, its follower attached as `attached` says.
+    pub(super) fn opening(follower_version: String, window_s: u64, attached: Attached) -> Option<Window> {
+        let (follower, primary) = (attached.follower.clone()?, attached.primary.clone()?);
+        let now = now_ms();
+        Some(Window {
+            state: WindowState::Open,
+            follower: follower.side,
+            follower_addr: follower.addr.to_string(),
+            follower_version,
+            primary_addr: primary.addr.to_string(),
+            opened_at_unix_ms: now,
+            until_unix_ms: now + window_s * 1000,
+            closed_at_unix_ms: None,
+            cause: None,
+            reason: None,
+            detached: None,
+            lag_bytes: None,
+            link_up: false,
+            commands_checked: 0,
+            attached,
+        })
+    }
+}
+
 /// What the follower and the primary said when the follower was attached: what later looks compare against.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Attached {
@@ -290,35 +315,21 @@ impl Handover {
             return;
         }
         *self.fenced.lock().unwrap_or_else(|e| e.into_inner()) = Some((follower.side, super::FenceWas::default()));
-        let now = now_ms();
         let offset: i64 = field(&leader, "master_repl_offset").parse().unwrap_or(0);
-        self.open_window(Window {
-            state: WindowState::Open,
-            follower: follower.side,
-            follower_addr: follower.addr.to_string(),
-            follower_version: field(&server, "redis_version"),
-            primary_addr: primary.addr.to_string(),
-            opened_at_unix_ms: now,
-            until_unix_ms: now + window_s * 1000,
-            closed_at_unix_ms: None,
-            cause: None,
-            reason: None,
-            detached: None,
-            lag_bytes: None,
-            link_up: true,
-            commands_checked: 0,
-            attached: Attached {
-                follower: Some(follower),
-                primary: Some(primary.clone()),
-                primary_version: field(&leader_server, "redis_version"),
-                follower_run_id: field(&server, "run_id"),
-                primary_replid: field(&leader, "master_replid"),
-                promotion_offset: offset + 1,
-                errors_at_open: stats.get("unexpected_error_replies").and_then(|v| v.parse().ok()),
-                primary_host: host.to_string(),
-                primary_port: port.to_string(),
-            },
-        });
+        let attached = Attached {
+            follower: Some(follower),
+            primary: Some(primary.clone()),
+            primary_version: field(&leader_server, "redis_version"),
+            follower_run_id: field(&server, "run_id"),
+            primary_replid: field(&leader, "master_replid"),
+            promotion_offset: offset + 1,
+            errors_at_open: stats.get("unexpected_error_replies").and_then(|v| v.parse().ok()),
+            primary_host: host.to_string(),
+            primary_port: port.to_string(),
+        };
+        if let Some(window) = Window::opening(field(&server, "redis_version"), window_s, attached) {
+            self.open_window(window);
+        }
     }
 
     /// Records a window that could not open, with the reason.
@@ -374,10 +385,15 @@ impl Handover {
 
     /// Marks the window as used by the handover starting now (true when there was an open one).
     pub(super) fn use_window(&self) -> bool {
+        self.move_window(WindowState::Open, WindowState::InUse)
+    }
+
+    /// Moves the window from state `from` to `to`; false (and no change) when it was not in `from`.
+    fn move_window(&self, from: WindowState, to: WindowState) -> bool {
         let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
         match window.as_mut() {
-            Some(w) if w.state == WindowState::Open => {
-                w.state = WindowState::InUse;
+            Some(w) if w.state == from => {
+                w.state = to;
                 true
             }
             _ => false,
@@ -386,17 +402,7 @@ impl Handover {
 
     /// After a handover that used the window stopped before its switch: the window is open again, and watched.
     pub(super) fn resume_window(self: &Arc<Self>) {
-        let resumed = {
-            let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
-            match window.as_mut() {
-                Some(w) if w.state == WindowState::InUse => {
-                    w.state = WindowState::Open;
-                    true
-                }
-                _ => false,
-            }
-        };
-        if resumed {
+        if self.move_window(WindowState::InUse, WindowState::Open) {
             self.watch_window();
         }
     }
