@@ -67,6 +67,7 @@ pub enum Cause {
 }
 
 impl Cause {
+    /// The cause as `GET /status` and the metrics name it.
     pub fn name(self) -> &'static str {
         match self {
             Cause::NotCertain => "not_certain",
