@@ -188,6 +188,11 @@ fn a_6_2_to_7_0_handover_rolls_back_under_load_and_goes_forward_again_without_a_
     assert_eq!(forward["outcome"], "switched", "{forward:#}");
     let window = wait_for_follower(&h.proxy, "old");
     assert!(window["until_unix_ms"].as_u64() > window["opened_at_unix_ms"].as_u64());
+    assert_eq!(
+        h.old.direct().run("CONFIG GET repl-diskless-load"),
+        Reply::Array(vec![Reply::bulk("repl-diskless-load"), Reply::bulk("swapdb")]),
+        "a full sync that began anyway would leave OLD's data in place"
+    );
     // OLD applies NEW's writes: one made through the proxy now shows on OLD.
     assert_eq!(h.proxy.client().run("SET written-on new"), Reply::ok());
     let mut old = h.old.direct();

@@ -1191,6 +1191,12 @@ impl Run {
         // It needs the promoted server's credentials to replicate from it.
         let credentials = self.handover.credentials(self.target.side);
         let mut commands: Vec<Vec<&str>> = vec![vec!["CONFIG", "SET", "replica-read-only", "yes"]];
+        // A second line of defence should a full sync still begin before the window's watcher detaches it: a 6.2
+        // or newer replica loading with swapdb keeps its data when the newer RDB fails to load
+        // (`disklessLoadRestoreBackup`, replication.c; rollback-window.md §4.5). 5.0 has no such setting.
+        if self.source_version >= (6, 2, 0) && self.source_version < self.target_version {
+            commands.push(vec!["CONFIG", "SET", "repl-diskless-load", "swapdb"]);
+        }
         if let Some(password) = credentials.password.as_deref() {
             commands.push(vec!["CONFIG", "SET", "masterauth", password]);
             if let Some(user) = credentials.user.as_deref() {
