@@ -460,3 +460,28 @@ fn a_backlog_too_small_for_the_write_rate_is_raised_or_warned_about() {
     );
     assert_eq!(load.stop_and_verify().lost, 0);
 }
+
+#[test]
+fn a_rollback_right_after_a_command_old_cannot_apply_does_not_go_back() {
+    let h = Harness::start(Version::V6_2, Version::V7_0);
+    seed(&h.proxy);
+    assert_eq!(h.proxy.handover(json!({}))["outcome"], "switched");
+    wait_for_follower(&h.proxy, "old");
+    // The rollback follows at once: the watcher may not have read the command yet; the handover back reads the
+    // rest of the stream in its pause.
+    assert_eq!(h.proxy.client().run("EXPIRE seed:3 100 GT"), Reply::Int(0));
+    assert_eq!(h.proxy.client().run("EXPIRE seed:4 100 NX"), Reply::Int(1));
+    let (status, answer) = h.proxy.post("/rollback", json!({}));
+    let reason = if status == 202 {
+        let back = h.proxy.wait_for_handover_end(Duration::from_secs(60));
+        assert_eq!(back["outcome"], "aborted", "{back:#}");
+        back["reason"].as_str().unwrap().to_string()
+    } else {
+        assert_eq!(status, 409, "{answer}");
+        answer["error"].as_str().unwrap().to_string()
+    };
+    assert!(reason.contains("PEXPIREAT seed:") && reason.contains("7.0"), "{reason}");
+    assert_eq!(h.proxy.status()["primary"]["side"], "new");
+    assert!(!h.proxy.client().run("TTL seed:4").is_error());
+    assert_closed_and_old_kept(&h, "apply_error");
+}

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::fleet::{CLAIM_LEASE, CLAIM_RENEWAL, LEASE_MARGIN, Message, PEER_TIMEOUT};
 use super::resolve::{self, Outcome};
 use super::switch;
-use super::{FENCE_REPLICAS, FenceWas, Handover, Phase, PhaseSpan, Request, side_index, window};
+use super::{FENCE_REPLICAS, FenceWas, Handover, Phase, PhaseSpan, Request, side_index, stream, window};
 use crate::config::is_loopback_host;
 use crate::control::{ControlConn, ControlError, parse_info, parse_version};
 use crate::primary::Server;
@@ -721,7 +721,27 @@ impl Run {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         self.target_backlog = Some(current);
-        if self.handover.shared.config.rollback_window_s == 0 || wanted <= current {
+        if self.handover.shared.config.rollback_window_s == 0 {
+            return Ok(());
+        }
+        // The watcher notices a full sync of the former primary when it begins and detaches it before the RDB
+        // arrives, which diskless sync delays (repl-diskless-sync-delay); a disk-based RDB can be quicker.
+        if self.source_version < self.target_version
+            && self
+                .target()
+                .config_get("repl-diskless-sync", CALL_TIMEOUT)
+                .await?
+                .as_deref()
+                == Some("no")
+        {
+            self.warn(format!(
+                "{} has repl-diskless-sync no: should the former primary lose its place in the rollback window, a \
+                 full sync could reach it before the proxy detaches it (a 6.2 one keeps its data, a 5.0 one does \
+                 not); consider repl-diskless-sync yes",
+                self.target_name()
+            ));
+        }
+        if wanted <= current {
             return Ok(());
         }
         self.target()
@@ -1031,6 +1051,17 @@ impl Run {
             tokio::time::sleep(PAUSE_POLL).await;
         }
 
+        // Going back over the window: what the primary wrote since its watcher last read must be something the
+        // follower applied.
+        if self.uses_window
+            && let Err(why) = self
+                .handover
+                .check_rest_of_stream(source_offset, remaining(deadline))
+                .await
+        {
+            return Err(Abort(format!("cannot go back: {why}")));
+        }
+
         // Promote NEW and confirm it. If the link to NEW fails from here to the confirmation, NEW may or may not
         // be a master now; OLD stays primary (it has every acknowledged write) and the reason says so.
         let left = remaining(deadline).max(Duration::from_millis(50));
@@ -1115,7 +1146,27 @@ impl Run {
 
         // Still paused: no write can reach OLD between its fence and its REPLICAOF, so its offset is the one NEW
         // continues from.
-        if modern && window_s > 0 {
+        let checkable = self.source_version >= self.target_version || stream::knows_stream_of(self.target_version);
+        if modern && window_s > 0 && !checkable {
+            let (major, minor, _) = self.target_version;
+            attached = Some(Err((
+                format!(
+                    "the proxy knows what Redis up to 7.0 writes to its replication stream, not what {major}.{minor} \
+                     writes, so it could not check what the older {} applies",
+                    self.source_name()
+                ),
+                true,
+            )));
+        } else if modern && window_s > 0 {
+            // The pause was given what was left of the budget: renewed, so that it still holds (writes, expiry)
+            // when the switch came late.
+            if let Err(error) = self
+                .source()
+                .call(&["CLIENT", "PAUSE", "2000", "WRITE"], CALL_TIMEOUT)
+                .await
+            {
+                self.warn(format!("could not renew the pause of {}: {error}", self.source_name()));
+            }
             attached = Some(self.attach_source().await);
         }
         if modern && let Err(error) = self.source().call(&["CLIENT", "UNPAUSE"], CALL_TIMEOUT).await {

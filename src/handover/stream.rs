@@ -177,9 +177,22 @@ const NEWER_COMMANDS: &[(&str, (u32, u32, u32))] = &[
     ("ZMPOP", (7, 0, 0)),
 ];
 
-/// The RDB version of Redis 5.0 and 6.2, the newest a `RESTORE` payload may carry for them (`rdb.h`); 7.0
-/// writes 10.
-const OLDER_RDB_VERSION: u16 = 9;
+/// The newest RDB version a Redis server of `version` reads (`RDB_VERSION` in rdb.h: 9 up to 6.2, 10 in 7.0, 11 in
+/// 7.2, 12 in 7.4).
+fn rdb_version(version: (u32, u32, u32)) -> u16 {
+    match version {
+        v if v < (7, 0, 0) => 9,
+        v if v < (7, 2, 0) => 10,
+        v if v < (7, 4, 0) => 11,
+        _ => 12,
+    }
+}
+
+/// Whether the proxy knows what a primary of `version` writes to its stream well enough to check it: up to 7.0,
+/// the newest version it fronts. A newer primary may send commands [`unappliable`] does not know.
+pub fn knows_stream_of(version: (u32, u32, u32)) -> bool {
+    version < (7, 1, 0)
+}
 
 /// Why a Redis server of `version` cannot apply `args`, a command of a newer primary's replication stream; `None`
 /// when it can. The rules are what Redis 7.0 propagates (it rewrites every expiry of `SET` as `PXAT`, keeps the
@@ -261,10 +274,11 @@ pub fn unappliable(version: (u32, u32, u32), args: &[&[u8]]) -> Option<String> {
             let payload = args.get(3)?;
             let at = payload.len().checked_sub(10)?;
             let rdb = u16::from_le_bytes([payload[at], payload[at + 1]]);
-            (rdb > OLDER_RDB_VERSION && older((7, 0, 0))).then(|| {
+            let readable = rdb_version(version);
+            (rdb > readable).then(|| {
                 format!(
                     "RESTORE of a payload in RDB format {rdb}, which Redis {major}.{minor} cannot read (it reads up to \
-                     {OLDER_RDB_VERSION})"
+                     {readable})"
                 )
             })
         }

@@ -107,6 +107,9 @@ pub struct Window {
     pub link_up: bool,
     /// Commands of the primary's stream checked against the follower's version (only when it is older).
     pub commands_checked: u64,
+    /// The first offset of the primary's stream not read yet (while the stream is read).
+    #[serde(skip)]
+    pub(super) checked_to: i64,
     #[serde(skip)]
     pub(super) attached: Attached,
 }
@@ -131,6 +134,7 @@ impl Window {
             lag_bytes: None,
             link_up: false,
             commands_checked: 0,
+            checked_to: attached.promotion_offset,
             attached,
         })
     }
@@ -284,6 +288,7 @@ impl Handover {
             side: primary.side.other(),
             addr: addr.into(),
         };
+        let follower_side = follower.side;
         let found = async {
             let mut conn = self.connect(&follower).await?;
             let replication = conn.info("replication", LOOK_TIMEOUT).await?;
@@ -307,15 +312,11 @@ impl Handover {
         };
         let same_host = field(&replication, "master_host") == host
             || (is_loopback_host(&field(&replication, "master_host")) && is_loopback_host(host));
-        let follows = field(&replication, "role") == "slave"
-            && field(&replication, "master_port") == port
-            && same_host
-            && field(&replication, "master_link_status") == "up"
-            && fence.as_deref() == Some(FENCE_REPLICAS);
-        if !follows {
-            return;
-        }
-        *self.fenced.lock().unwrap_or_else(|e| e.into_inner()) = Some((follower.side, super::FenceWas::default()));
+        let follows = field(&replication, "role") == "slave" && field(&replication, "master_port") == port && same_host;
+        let adoptable =
+            follows && field(&replication, "master_link_status") == "up" && fence.as_deref() == Some(FENCE_REPLICAS);
+        let older =
+            parse_version(&field(&server, "redis_version")) < parse_version(&field(&leader_server, "redis_version"));
         let offset: i64 = field(&leader, "master_repl_offset").parse().unwrap_or(0);
         let attached = Attached {
             follower: Some(follower),
@@ -328,21 +329,49 @@ impl Handover {
             primary_host: host.to_string(),
             primary_port: port.to_string(),
         };
-        if let Some(window) = Window::opening(field(&server, "redis_version"), window_s, attached) {
-            self.open_window(window);
+        if !adoptable {
+            // An older server following the primary with nothing watching it could get a full sync, which empties
+            // it: it is detached instead (a newer one, left replicating by an aborted handover, is left alone).
+            if follows && older {
+                tracing::warn!("an older server follows the primary, but not as a rollback window: detaching it");
+                if let Err(error) = self.detach(&attached).await {
+                    tracing::warn!(%error, "could not detach it");
+                }
+            }
+            return;
         }
+        let Some(window) = Window::opening(field(&server, "redis_version"), window_s, attached) else {
+            return;
+        };
+        {
+            // Under the lock: a handover started meanwhile, or a window it opened, comes first.
+            let mut current = self.window.lock().unwrap_or_else(|e| e.into_inner());
+            if self.is_running() || current.is_some() {
+                return;
+            }
+            *current = Some(window);
+        }
+        *self.fenced.lock().unwrap_or_else(|e| e.into_inner()) = Some((follower_side, super::FenceWas::default()));
+        self.watch_window();
     }
 
     /// Records a window that could not open, with the reason.
-    pub(super) fn window_not_opened(&self, mut window: Window, reason: String, detached: bool) {
+    pub(super) fn window_not_opened(self: &Arc<Self>, mut window: Window, reason: String, detached: bool) {
         tracing::warn!(%reason, "no rollback window");
         window.state = WindowState::Closed;
         window.closed_at_unix_ms = Some(now_ms());
         window.cause = Some(Cause::NotCertain);
         window.reason = Some(reason);
         window.detached = Some(detached);
+        let attached = window.attached.clone();
+        let opened = window.opened_at_unix_ms;
         *self.window.lock().unwrap_or_else(|e| e.into_inner()) = Some(window);
         self.count_close(Cause::NotCertain);
+        if !detached {
+            // Left replicating, it could get a full sync: keep trying to detach it.
+            let this = self.clone();
+            tokio::spawn(async move { this.detach_until_done(attached, opened, true).await });
+        }
     }
 
     /// Starts (or starts again) the task that watches an open window.
@@ -362,9 +391,14 @@ impl Handover {
     /// Stops watching the window (a handover back is about to pause) and waits until the watcher has stopped.
     pub(super) async fn stop_window_watch(&self) {
         let watch = self.window_watch.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some((cancel, task)) = watch {
+        if let Some((cancel, mut task)) = watch {
             cancel.cancel();
-            let _ = tokio::time::timeout(LOOK_TIMEOUT * 4, task).await;
+            // The watcher heeds the cancel at each await; one that does not end in time is ended here, so it can
+            // never act after the handover that stopped it has gone on.
+            if tokio::time::timeout(LOOK_TIMEOUT * 4, &mut task).await.is_err() {
+                task.abort();
+                let _ = task.await;
+            }
         }
     }
 
@@ -382,6 +416,77 @@ impl Handover {
             ),
             _ => Err("there is no rollback window: no switch opened one since the proxy started".into()),
         }
+    }
+
+    /// In a handover back's pause, with the primary fenced at offset `until`: the commands of its stream the
+    /// watcher did not read before it stopped are read and checked now, and a 6.2 or newer follower's error count
+    /// is compared with its count when attached. `Err` says why the follower cannot take over.
+    pub(super) async fn check_rest_of_stream(&self, until: i64, budget: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + budget;
+        let (attached, version, from) = {
+            let window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(w) = window.as_ref() else { return Ok(()) };
+            (
+                w.attached.clone(),
+                parse_version(&w.follower_version).unwrap_or_default(),
+                w.checked_to,
+            )
+        };
+        let name = attached
+            .follower
+            .as_ref()
+            .map_or("OLD".into(), |f| f.side.name().to_uppercase());
+        let (Some(follower), Some(primary)) = (attached.follower.clone(), attached.primary.clone()) else {
+            return Ok(());
+        };
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        if let Some(at_open) = attached.errors_at_open {
+            let tls = self.shared.backend_tls.clone();
+            let failed = |e: crate::control::ControlError| format!("could not read {name}'s error count: {e}");
+            let mut conn = ControlConn::connect(&follower, &self.credentials(follower.side), left(), tls.as_ref())
+                .await
+                .map_err(failed)?;
+            let stats = conn.info("stats", left()).await.map_err(failed)?;
+            let now: u64 = stats
+                .get("unexpected_error_replies")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if now > at_open {
+                return Err(format!(
+                    "{name} could not apply {} commands the primary sent it (unexpected_error_replies)",
+                    now - at_open
+                ));
+            }
+        }
+        if version >= parse_version(&attached.primary_version).unwrap_or_default() || from > until {
+            return Ok(());
+        }
+        let credentials = self.credentials(primary.side);
+        let tls = self.shared.backend_tls.clone();
+        let mut reader = StreamReader::open(
+            &primary,
+            &credentials,
+            tls.as_ref(),
+            &attached.primary_replid,
+            from,
+            left(),
+        )
+        .await?;
+        while reader.offset < until {
+            match reader.next(version, left()).await? {
+                stream::Next::Fine => {}
+                stream::Next::Unappliable(command, why) => {
+                    return Err(format!("the primary sent `{command}`: {why}, so {name} skipped it"));
+                }
+                stream::Next::Idle => {
+                    return Err(format!(
+                        "the primary's stream up to offset {until} could not be read in time (at {})",
+                        reader.offset
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Marks the window as used by the handover starting now (true when there was an open one).
@@ -404,48 +509,79 @@ impl Handover {
     /// After a handover that used the window stopped before its switch: the window is open again, and watched.
     pub(super) fn resume_window(self: &Arc<Self>) {
         if self.move_window(WindowState::InUse, WindowState::Open) {
-            self.watch_window();
+            return self.watch_window();
+        }
+        // The window closed while the handover ran: detach the follower now if nobody did.
+        let left = {
+            let window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+            window
+                .as_ref()
+                .filter(|w| w.state == WindowState::Closed && w.detached != Some(true))
+                .map(|w| (w.attached.clone(), w.opened_at_unix_ms))
+        };
+        if let Some((attached, opened)) = left {
+            let this = self.clone();
+            tokio::spawn(async move { this.detach_until_done(attached, opened, true).await });
         }
     }
 
     /// `POST /rollback/close`: closes the window and detaches the follower.
     pub async fn close_window(self: &Arc<Self>) -> Result<serde_json::Value, String> {
-        {
-            let window = self.window.lock().unwrap_or_else(|e| e.into_inner());
-            match window.as_ref().map(|w| w.state) {
-                Some(WindowState::Open) => {}
-                Some(WindowState::InUse) => return Err("a handover back is using the rollback window".into()),
-                Some(WindowState::Closed) => return Err("the rollback window is already closed".into()),
-                None => return Err("there is no rollback window".into()),
-            }
-        }
-        self.stop_window_watch().await;
         let name = self.follower_name();
-        self.close(
-            Cause::Operator,
-            format!("the operator closed it (POST /rollback/close); {name} was detached"),
-        )
-        .await;
+        let reason = format!("the operator closed it (POST /rollback/close); {name} was detached");
+        // Closed at once, under the lock: a rollback asked for from here on is refused.
+        let Some((attached, opened)) = self.mark_closed(WindowState::Open, Cause::Operator, reason)? else {
+            return Err("there is no rollback window".into());
+        };
+        self.stop_window_watch().await;
+        self.detach_until_done(attached, opened, false).await;
         Ok(self.window_status())
     }
 
-    /// Closes the window with `cause` and detaches the follower, trying again for a while if it cannot be reached.
-    async fn close(self: &Arc<Self>, cause: Cause, reason: String) {
+    /// Marks the window closed if it is in state `from` (or open or in use, when `from` is `InUse`: the watcher
+    /// closes it either way); what to detach, and which window it was. `Err` says why it was not.
+    #[allow(clippy::type_complexity)]
+    fn mark_closed(&self, from: WindowState, cause: Cause, reason: String) -> Result<Option<(Attached, u64)>, String> {
+        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(w) = window.as_mut() else { return Ok(None) };
+        match (from, w.state) {
+            (_, WindowState::Closed) => return Err("the rollback window is already closed".into()),
+            (WindowState::Open, WindowState::InUse) => {
+                return Err("a handover back is using the rollback window".into());
+            }
+            _ => {}
+        }
         tracing::warn!(cause = cause.name(), %reason, "rollback window closed");
-        let attached = {
-            let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(w) = window.as_mut() else { return };
-            w.state = WindowState::Closed;
-            w.closed_at_unix_ms = Some(now_ms());
-            w.cause = Some(cause);
-            w.reason = Some(reason);
-            w.attached.clone()
-        };
+        w.state = WindowState::Closed;
+        w.closed_at_unix_ms = Some(now_ms());
+        w.cause = Some(cause);
+        w.reason = Some(reason);
+        let closed = (w.attached.clone(), w.opened_at_unix_ms);
+        drop(window);
         self.count_close(cause);
+        Ok(Some(closed))
+    }
+
+    /// Detaches the follower of the window opened at `opened`, trying again for a while if it cannot be reached;
+    /// it stops as soon as a handover runs or another window replaced this one (the follower's role is theirs
+    /// then).
+    ///
+    /// `by_handover`: asked by the handover that is ending (it attached the follower, or used the window): a
+    /// handover running is no reason to stop then.
+    async fn detach_until_done(self: &Arc<Self>, attached: Attached, opened: u64, by_handover: bool) {
         let started = tokio::time::Instant::now();
         loop {
+            let current = || {
+                let window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+                window.as_ref().is_some_and(|w| w.opened_at_unix_ms == opened) && (by_handover || !self.is_running())
+            };
+            if !current() {
+                return;
+            }
             let detached = self.detach(&attached).await;
-            if let Some(w) = self.window.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            if let Some(w) = self.window.lock().unwrap_or_else(|e| e.into_inner()).as_mut()
+                && w.opened_at_unix_ms == opened
+            {
                 w.detached = Some(detached.is_ok());
             }
             match detached {
@@ -582,6 +718,7 @@ async fn watch(handover: Weak<Handover>, cancel: CancellationToken) {
     let mut reader: Option<StreamReader> = None;
     let mut next_offset = attached.promotion_offset;
     let mut cut_since: Option<tokio::time::Instant> = None;
+    let mut reader_down_since: Option<tokio::time::Instant> = None;
     let mut conns: (Option<ControlConn>, Option<ControlConn>) = (None, None);
     loop {
         let Some(this) = handover.upgrade() else { return };
@@ -594,26 +731,40 @@ async fn watch(handover: Weak<Handover>, cancel: CancellationToken) {
             if reader.is_none() {
                 let credentials = this.credentials(primary.side);
                 let tls = this.shared.backend_tls.clone();
-                match StreamReader::open(
-                    &primary,
-                    &credentials,
-                    tls.as_ref(),
-                    &attached.primary_replid,
-                    next_offset,
-                    LOOK_TIMEOUT,
-                )
-                .await
-                {
-                    Ok(opened) => reader = Some(opened),
-                    Err(error) if error.contains("would not continue") => {
-                        verdict = Some(Verdict::Close(
-                            Cause::StreamLost,
-                            format!(
-                                "the proxy lost the primary's replication stream and cannot check what {name} applies: {error}"
-                            ),
-                        ))
+                let opened = tokio::select! {
+                    opened = StreamReader::open(
+                        &primary,
+                        &credentials,
+                        tls.as_ref(),
+                        &attached.primary_replid,
+                        next_offset,
+                        LOOK_TIMEOUT,
+                    ) => opened,
+                    _ = cancel.cancelled() => return,
+                };
+                let lost = |error: &str| {
+                    format!(
+                        "the proxy lost the primary's replication stream and cannot check what {name} applies: {error}"
+                    )
+                };
+                match opened {
+                    Ok(opened) => {
+                        reader = Some(opened);
+                        reader_down_since = None;
                     }
-                    Err(error) => tracing::warn!(%error, "rollback window: stream reader"),
+                    Err(error) if error.contains("would not continue") => {
+                        verdict = Some(Verdict::Close(Cause::StreamLost, lost(&error)));
+                    }
+                    // Unchecked commands may be going by: as long as a cut link, then the window closes.
+                    Err(error) => {
+                        let since = *reader_down_since.get_or_insert_with(|| {
+                            tracing::warn!(%error, "rollback window: the stream reader cannot connect");
+                            tokio::time::Instant::now()
+                        });
+                        if since.elapsed() >= LINK_GRACE {
+                            verdict = Some(Verdict::Close(Cause::StreamLost, lost(&error)));
+                        }
+                    }
                 }
             }
             if let Some(open) = reader.as_mut() {
@@ -647,11 +798,15 @@ async fn watch(handover: Weak<Handover>, cancel: CancellationToken) {
                 }
                 if let Some(w) = this.window.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
                     w.commands_checked += checked;
+                    w.checked_to = next_offset;
                 }
             }
         }
         if verdict.is_none() {
-            let look = look(&this, &follower, &primary, &mut conns).await;
+            let look = tokio::select! {
+                look = look(&this, &follower, &primary, &mut conns) => look,
+                _ = cancel.cancelled() => return,
+            };
             verdict = Some(assess(&attached, &look, &name));
         }
         let verdict = verdict.unwrap_or(Verdict::Cut { lag: None });
@@ -690,7 +845,14 @@ async fn watch(handover: Weak<Handover>, cancel: CancellationToken) {
             }
             Verdict::Close(cause, reason) => {
                 drop(reader);
-                this.close(cause, reason).await;
+                // Stopped meanwhile: the handover that stopped it decides from here.
+                if cancel.is_cancelled() {
+                    return;
+                }
+                if let Ok(Some((attached, opened))) = this.mark_closed(WindowState::InUse, cause, reason) {
+                    // While a handover back is on its way (before its pause), OLD is detached once it ends.
+                    this.detach_until_done(attached, opened, false).await;
+                }
                 return;
             }
         }
