@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{Client, FaultyLink, Harness, Load, Proxy, RedisServer, Reply, Version, wait_until};
+use support::{Client, FaultyLink, Harness, Load, Proxy, RedisServer, Reply, Version, wait_for, wait_until};
 
 const SEEDS: usize = 500;
 
@@ -44,18 +44,14 @@ fn wait_for_window(proxy: &Proxy, state: &str, timeout: Duration) -> serde_json:
 
 /// Waits until the window is open and the follower's link is up.
 fn wait_for_follower(proxy: &Proxy, follower: &str) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_for(&format!("{follower} following"), Duration::from_secs(30), || {
         let window = proxy.status()["rollback_window"].clone();
         if window["state"] == "open" && window["follower"] == follower && window["link_up"] == true {
-            return window;
+            Ok(window)
+        } else {
+            Err(format!("{window:#}"))
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{follower} does not follow: {window:#}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    })
 }
 
 /// After the window closed: a rollback is refused with the reason, and OLD, a fenced primary of its own again,

@@ -671,11 +671,26 @@ pub fn run_tool(program: impl AsRef<Path>, args: &[&str]) -> std::process::Outpu
 
 /// Waits until `condition` holds, checking every 10 ms, failing the test after `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    wait_for(what, timeout, || if condition() { Ok(()) } else { Err(String::new()) })
+}
+
+/// Waits until `probe` gives a value, checking every 10 ms; after `timeout` the test fails with what the last
+/// probe said.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
     let deadline = Instant::now() + timeout;
-    while !condition() {
+    loop {
+        let last = match probe() {
+            Ok(value) => return value,
+            Err(last) => last,
+        };
         assert!(
             Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
+            "timed out after {timeout:?} waiting for {what}{}",
+            if last.is_empty() {
+                String::new()
+            } else {
+                format!("; last seen: {last}")
+            }
         );
         std::thread::sleep(Duration::from_millis(10));
     }
