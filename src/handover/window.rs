@@ -808,6 +808,17 @@ async fn watch(handover: Weak<Handover>, cancel: CancellationToken) {
                 _ = cancel.cancelled() => return,
             };
             verdict = Some(assess(&attached, &look, &name));
+            // The follower's error count can rise before the reader has read the command that raised it (both get
+            // the stream at once): read on a little, to name it.
+            if let (Some(Verdict::Close(Cause::ApplyError, _)), Some(open)) = (&verdict, reader.as_mut()) {
+                let named = tokio::select! {
+                    named = name_the_refused(open, follower_version, &name) => named,
+                    _ = cancel.cancelled() => return,
+                };
+                if let Some(named) = named {
+                    verdict = Some(Verdict::Close(Cause::ApplyError, named));
+                }
+            }
         }
         let verdict = verdict.unwrap_or(Verdict::Cut { lag: None });
         let until = this
@@ -860,6 +871,22 @@ async fn watch(handover: Weak<Handover>, cancel: CancellationToken) {
         tokio::select! {
             _ = tokio::time::sleep_until(tick_end) => {}
             _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+/// Reads the stream on, for up to a second, until it shows a command the follower cannot apply: the reason that
+/// names it, or `None`.
+async fn name_the_refused(reader: &mut StreamReader, version: (u32, u32, u32), name: &str) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + LOOK_TIMEOUT;
+    loop {
+        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match reader.next(version, wait).await {
+            Ok(stream::Next::Fine) => continue,
+            Ok(stream::Next::Unappliable(command, why)) => {
+                return Some(format!("the primary sent `{command}`: {why}, so {name} skipped it"));
+            }
+            Ok(stream::Next::Idle) | Err(_) => return None,
         }
     }
 }
