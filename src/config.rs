@@ -520,6 +520,12 @@ pub fn is_loopback_host(host: &str) -> bool {
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Whether two host names name the same host as far as replication goes: equal, or both loopback (a server
+/// reports `127.0.0.1` for a master configured as `localhost`).
+pub fn same_host(a: &str, b: &str) -> bool {
+    a == b || (is_loopback_host(a) && is_loopback_host(b))
+}
+
 /// Compares a secret given by a client with the configured one without stopping at the first difference, so the
 /// time taken tells nothing about the secret.
 pub fn secret_matches(given: &[u8], expected: &[u8]) -> bool {

@@ -12,7 +12,7 @@ use super::fleet::{CLAIM_LEASE, CLAIM_RENEWAL, LEASE_MARGIN, Message, PEER_TIMEO
 use super::resolve::{self, Outcome};
 use super::switch;
 use super::{FENCE_REPLICAS, FenceWas, Handover, Phase, PhaseSpan, Request, side_index, stream, window};
-use crate::config::is_loopback_host;
+use crate::config::same_host;
 use crate::control::{ControlConn, ControlError, parse_info, parse_version};
 use crate::primary::Server;
 use crate::protocol::value::Value;
@@ -825,9 +825,7 @@ impl Run {
         };
         replication.get("role").map(String::as_str) == Some("slave")
             && replication.get("master_port").map(String::as_str) == Some(port)
-            && replication
-                .get("master_host")
-                .is_some_and(|h| h == host || (is_loopback_host(h) && is_loopback_host(host)))
+            && replication.get("master_host").is_some_and(|h| same_host(h, host))
     }
 
     /// NEW replicates from OLD; the full sync's progress is followed until the link is up.

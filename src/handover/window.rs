@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::stream::{self, StreamReader};
 use super::{FENCE_REPLICAS, Handover};
-use crate::config::is_loopback_host;
+use crate::config::same_host;
 use crate::control::{ControlConn, parse_version};
 use crate::primary::{Server, Side};
 use crate::protocol::value::Value;
@@ -206,9 +206,10 @@ pub(super) fn assess(attached: &Attached, look: &Look, name: &str) -> Verdict {
             ),
         );
     }
-    let same_host = follower.master_host == attached.primary_host
-        || (is_loopback_host(&follower.master_host) && is_loopback_host(&attached.primary_host));
-    if !follower.replica || follower.master_port != attached.primary_port || !same_host {
+    if !follower.replica
+        || follower.master_port != attached.primary_port
+        || !same_host(&follower.master_host, &attached.primary_host)
+    {
         let now = if follower.replica {
             format!("replicates from {}:{}", follower.master_host, follower.master_port)
         } else {
@@ -310,9 +311,9 @@ impl Handover {
         let Some((host, port)) = addr.rsplit_once(':') else {
             return;
         };
-        let same_host = field(&replication, "master_host") == host
-            || (is_loopback_host(&field(&replication, "master_host")) && is_loopback_host(host));
-        let follows = field(&replication, "role") == "slave" && field(&replication, "master_port") == port && same_host;
+        let follows = field(&replication, "role") == "slave"
+            && field(&replication, "master_port") == port
+            && same_host(&field(&replication, "master_host"), host);
         let adoptable =
             follows && field(&replication, "master_link_status") == "up" && fence.as_deref() == Some(FENCE_REPLICAS);
         let older =
