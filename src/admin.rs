@@ -26,9 +26,12 @@ pub async fn serve(listener: TcpListener, handover: Arc<Handover>, shutdown: tok
     };
     let app = Router::new()
         .route("/status", get(status))
+        .route("/readiness", get(readiness))
         .route("/metrics", get(metrics))
         .route("/handover", post(start_handover))
         .route("/handover/abort", post(abort_handover))
+        .route("/handover/schedule", post(schedule_handover))
+        .route("/handover/cancel", post(cancel_schedule))
         .route("/rollback", post(start_rollback))
         .route("/rollback/close", post(close_window))
         .route("/config/resp3", put(set_resp3).get(get_resp3))
@@ -49,6 +52,12 @@ async fn status(State(handover): State<Arc<Handover>>) -> Json<serde_json::Value
     Json(handover.status())
 }
 
+/// `GET /readiness`: the readiness report (see [`crate::readiness`]); it takes about a second, over which OLD's
+/// write rate is measured.
+async fn readiness(State(handover): State<Arc<Handover>>) -> Json<crate::readiness::Report> {
+    Json(handover.readiness().await)
+}
+
 /// `GET /metrics`: Prometheus text format.
 async fn metrics(State(handover): State<Arc<Handover>>) -> Response {
     let shared = handover.shared();
@@ -66,6 +75,30 @@ async fn start_handover(State(handover): State<Arc<Handover>>, body: Bytes) -> R
         Err(reason) => return refuse(StatusCode::BAD_REQUEST, reason),
     };
     started(&handover, handover.start(request))
+}
+
+/// `POST /handover/schedule` with a [`crate::handover::schedule::Plan`]: schedules a handover (202 with the
+/// schedule, which says `blocked` when the pre-flight would refuse it now); 400 for times that do not parse, 409
+/// when one is scheduled already.
+async fn schedule_handover(State(handover): State<Arc<Handover>>, body: Bytes) -> Response {
+    use crate::handover::schedule::{Plan, ScheduleError};
+    let plan: Plan = match options(&body, "schedule") {
+        Ok(plan) => plan,
+        Err(reason) => return refuse(StatusCode::BAD_REQUEST, reason),
+    };
+    match handover.schedule(plan).await {
+        Ok(scheduled) => (StatusCode::ACCEPTED, Json(scheduled)).into_response(),
+        Err(error @ ScheduleError::Scheduled(_)) => refuse(StatusCode::CONFLICT, error.to_string()),
+        Err(error) => refuse(StatusCode::BAD_REQUEST, error.to_string()),
+    }
+}
+
+/// `POST /handover/cancel`: drops the scheduled handover (409 when none is scheduled).
+async fn cancel_schedule(State(handover): State<Arc<Handover>>) -> Response {
+    match handover.cancel_schedule() {
+        Ok(scheduled) => Json(scheduled).into_response(),
+        Err(reason) => refuse(StatusCode::CONFLICT, reason),
+    }
 }
 
 /// `POST /rollback` with the same optional options as `POST /handover`: a handover back to the former primary,

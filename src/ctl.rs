@@ -45,6 +45,9 @@ pub enum CtlCommand {
         #[arg(long)]
         watch: bool,
     },
+    /// Is a handover ready? The pre-flight's checks (changing nothing), the clients and commands seen, what
+    /// changes for them on NEW; exit 0 ready, 1 not ready (with the reasons).
+    Check,
     /// Start a handover to the server that is not the primary.
     Handover {
         #[command(flatten)]
@@ -55,10 +58,25 @@ pub enum CtlCommand {
         /// Copy maxmemory-policy and notify-keyspace-events from OLD to NEW.
         #[arg(long)]
         copy_config: bool,
-        /// Wait until it ends; exit 0 if it switched, 1 if it aborted.
+        /// Schedule it instead of starting it now: not before TIME (RFC 3339, HH:MM or HH:MM:SS in UTC, or +DURATION
+        /// such as +10m).
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        /// Schedule it inside a maintenance window, DAY HH:MM-HH:MM in UTC (`Sun 03:00-04:00`; without a day,
+        /// every day): the next one, or the one in progress.
+        #[arg(long, value_name = "WINDOW")]
+        window: Option<String>,
+        /// Schedule it for a quiet moment: fewer than N writes/s over the last 3 s and no MULTI open (within the
+        /// window, if one is given).
+        #[arg(long, value_name = "N")]
+        when_writes_below: Option<u64>,
+        /// Wait until it ends (a scheduled one: until it starts, then until it ends); exit 0 if it switched, 1 if
+        /// it aborted or a schedule was missed or cancelled.
         #[arg(long)]
         wait: bool,
     },
+    /// Drop the scheduled handover.
+    Cancel,
     /// Hand back to the former primary while the rollback window is open (refused once it closed).
     Rollback {
         #[command(flatten)]
@@ -148,10 +166,14 @@ pub fn run(args: CtlArgs) -> i32 {
             0
         }),
         CtlCommand::Status { watch: true } => watch(&client, args.json),
+        CtlCommand::Check => check(&client, args.json),
         CtlCommand::Handover {
             options,
             allow_nonempty,
             copy_config,
+            at,
+            window,
+            when_writes_below,
             wait,
         } => {
             let mut body = options.body();
@@ -161,8 +183,22 @@ pub fn run(args: CtlArgs) -> i32 {
             if *copy_config {
                 body.insert("copy_config".into(), json!(true));
             }
-            start(&client, "/handover", body, *wait, args.json)
+            if at.is_some() || window.is_some() || when_writes_below.is_some() {
+                let plan = json!({
+                    "at": at,
+                    "window": window,
+                    "when_writes_below": when_writes_below,
+                    "handover": body,
+                });
+                schedule(&client, plan, *wait, args.json)
+            } else {
+                start(&client, "/handover", body, *wait, args.json)
+            }
         }
+        CtlCommand::Cancel => client.send("POST", "/handover/cancel", json!({})).map(|answer| {
+            print_or_json(&answer, args.json, |_| "scheduled handover cancelled\n".into());
+            0
+        }),
         CtlCommand::Rollback { close: true, .. } => client.send("POST", "/rollback/close", json!({})).map(|window| {
             print_or_json(&window, args.json, |w| {
                 format!("rollback window closed: {}\n", text(&w["reason"]))
@@ -194,6 +230,84 @@ pub fn run(args: CtlArgs) -> i32 {
             code
         }
     }
+}
+
+/// Prints the readiness report; 0 when it says ready, 1 when not.
+fn check(client: &Admin, json: bool) -> Result<i32, Failure> {
+    let answer = client.get("/readiness")?;
+    let report: crate::readiness::Report = serde_json::from_value(answer.clone()).map_err(|error| {
+        Failure(
+            EXIT_FAILED,
+            format!("the admin port's readiness report did not parse: {error}"),
+        )
+    })?;
+    if json {
+        println!("{answer}");
+    } else {
+        print!("{report}");
+    }
+    if report.ready {
+        Ok(0)
+    } else {
+        Err(Failure(
+            EXIT_FAILED,
+            format!("not ready: {}", report.reasons.join("; ")),
+        ))
+    }
+}
+
+/// Schedules a handover; with `wait`, waits for it to start and follows it to its end.
+fn schedule(client: &Admin, plan: Value, wait: bool, json: bool) -> Result<i32, Failure> {
+    let scheduled = client.send("POST", "/handover/schedule", plan)?;
+    print_or_json(&scheduled, json, render_schedule);
+    if !wait {
+        return Ok(0);
+    }
+    let id = scheduled["id"].clone();
+    loop {
+        let status = client.get("/status")?;
+        let now = &status["scheduled"];
+        if now["id"] != id {
+            return Err(Failure(EXIT_FAILED, "the schedule was replaced".into()));
+        }
+        match now["state"].as_str() {
+            Some("started") => return watch(client, json),
+            Some("missed" | "cancelled") => {
+                return Err(Failure(
+                    EXIT_FAILED,
+                    format!("scheduled handover {}: {}", text(&now["state"]), text(&now["reason"])),
+                ));
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// A scheduled handover, for a person.
+fn render_schedule(s: &Value) -> String {
+    let when = |ms: &Value| ms.as_u64().map_or("-".to_string(), crate::handover::schedule::rfc3339);
+    let mut out = format!(
+        "handover {}: not before {}",
+        text(&s["state"]),
+        when(&s["not_before_unix_ms"])
+    );
+    if !s["not_after_unix_ms"].is_null() {
+        out.push_str(&format!(", not after {}", when(&s["not_after_unix_ms"])));
+    }
+    if let Some(below) = s["when_writes_below"].as_u64() {
+        out.push_str(&format!(", at a moment under {below} writes/s with no MULTI open"));
+        if let Some(rate) = s["writes_per_s"].as_f64() {
+            out.push_str(&format!(" (now {rate:.0}/s)"));
+        }
+    }
+    out.push('\n');
+    if let Some(blocked) = s["blocked"].as_str() {
+        out.push_str(&format!("BLOCKED: {blocked}\n"));
+    }
+    if let Some(reason) = s["reason"].as_str() {
+        out.push_str(&format!("reason: {reason}\n"));
+    }
+    out
 }
 
 /// Starts a handover (or a rollback) and, with `wait`, follows it to its end.
@@ -328,6 +442,9 @@ fn render_status(s: &Value) -> String {
         out.push_str(&format!("fence        {}\n", text(&s["fence"])));
     }
     out.push_str(&render_window(&s["rollback_window"]));
+    if !s["scheduled"].is_null() {
+        out.push_str(&format!("scheduled    {}", render_schedule(&s["scheduled"])));
+    }
     let fleet = &s["fleet"];
     if let Some(peers) = fleet["peers"].as_array().filter(|p| !p.is_empty()) {
         out.push_str(&format!(

@@ -20,6 +20,7 @@ pub mod moves;
 pub mod net;
 pub mod primary;
 pub mod protocol;
+pub mod readiness;
 pub mod scripts;
 pub mod server;
 pub mod session;

@@ -44,6 +44,8 @@ pub struct Shared {
     pub looks: Looks,
     /// Sessions holding replies back until a look (see [`crate::session::state::Parked`]).
     pub parked_sessions: AtomicUsize,
+    /// Sessions with a MULTI open (a scheduled handover waits for a moment with none).
+    pub transactions_open: AtomicUsize,
 }
 
 /// The handover's looks at whether the primary was fenced by a handover this proxy took no part in.
@@ -95,6 +97,7 @@ impl Shared {
             resolve_now: tokio::sync::Notify::new(),
             looks: Looks::default(),
             parked_sessions: AtomicUsize::new(0),
+            transactions_open: AtomicUsize::new(0),
         })
     }
 }

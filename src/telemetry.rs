@@ -10,7 +10,7 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
-use crate::command::Command;
+use crate::command::{Command, CommandId};
 use crate::primary::Side;
 
 /// The command families metrics are kept by.
@@ -96,6 +96,10 @@ pub struct Telemetry {
     /// Sessions that left the shared links for a connection of their own.
     pins: Counter,
     unpins: Counter,
+    /// The commands clients sent, by name, for the readiness report.
+    pub census: crate::readiness::census::CommandCensus,
+    /// Write commands received from clients (a scheduled handover waits for a quiet moment).
+    pub writes_received: AtomicU64,
 }
 
 impl Telemetry {
@@ -134,6 +138,8 @@ impl Telemetry {
             )
         };
         Telemetry {
+            census: Default::default(),
+            writes_received: AtomicU64::new(0),
             pins: counter(
                 &recorder,
                 "redis_handover_session_pins_total",
@@ -204,6 +210,9 @@ impl Telemetry {
     /// Counts `n` commands of a family received from clients.
     pub fn commands(&self, family: Family, n: u64) {
         self.commands[family as usize].increment(n);
+        if family == Family::Write {
+            self.writes_received.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     /// Records `n` replies of a family whose latencies fell in one bucket (see [`Tally`]), `errors` of them errors.
@@ -303,6 +312,8 @@ impl Latency {
 #[derive(Debug, Default)]
 pub struct Tally {
     commands: Option<(Family, u64)>,
+    /// A run of requests of one command, for the census.
+    names: Option<(CommandId, u64)>,
     replies: Option<Run>,
 }
 
@@ -324,6 +335,18 @@ impl Tally {
             run => {
                 if let Some((f, n)) = run.replace((family, 1)) {
                     telemetry.commands(f, n);
+                }
+            }
+        }
+    }
+
+    /// A request of the command `id` received (see [`crate::readiness::census`]).
+    pub fn name(&mut self, telemetry: &Telemetry, id: CommandId) {
+        match &mut self.names {
+            Some((i, n)) if *i == id => *n += 1,
+            run => {
+                if let Some((i, n)) = run.replace((id, 1)) {
+                    telemetry.census.add(i, n);
                 }
             }
         }
@@ -361,6 +384,9 @@ impl Tally {
     pub fn flush(&mut self, telemetry: &Telemetry) {
         if let Some((family, n)) = self.commands.take() {
             telemetry.commands(family, n);
+        }
+        if let Some((id, n)) = self.names.take() {
+            telemetry.census.add(id, n);
         }
         if let Some(run) = self.replies.take() {
             telemetry.replies(run.family, run.bucket, run.count, run.sum, run.errors);

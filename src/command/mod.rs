@@ -53,9 +53,15 @@ impl Command {
     /// Classifies a command by its name, in any letter case: the name is upper-cased once into a stack buffer, then
     /// found in a hash index of the table (one hash and, mostly, one comparison: this runs for every request).
     pub fn classify(name: &[u8]) -> Command {
+        Command::lookup(name).0
+    }
+
+    /// [`Command::classify`], with the command's place in the table (for the census of commands sent).
+    pub fn lookup(name: &[u8]) -> (Command, CommandId) {
+        let unknown = (Command::Unknown, CommandId::UNKNOWN);
         let mut upper = [0u8; 32];
         let Some(upper) = upper.get_mut(..name.len()) else {
-            return Command::Unknown;
+            return unknown;
         };
         for (to, from) in upper.iter_mut().zip(name) {
             *to = from.to_ascii_uppercase();
@@ -65,11 +71,11 @@ impl Command {
         let mut slot = slot_of(upper);
         loop {
             match index[slot] {
-                EMPTY => return Command::Unknown,
+                EMPTY => return unknown,
                 i => {
                     let (known, command) = table::COMMANDS[usize::from(i)];
                     if known == upper {
-                        return command;
+                        return (command, CommandId(i));
                     }
                 }
             }
@@ -94,6 +100,51 @@ impl Command {
     /// Whether the command may block its connection until data arrives or a timeout passes.
     pub fn is_blocking(self) -> bool {
         matches!(self, Command::BlockingRead | Command::BlockingWrite)
+    }
+}
+
+/// A command's place in the table of Redis 7.0's commands, or [`CommandId::UNKNOWN`] for any other name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandId(u16);
+
+impl CommandId {
+    /// A name outside the table (a module's command, a newer version's, a typo).
+    pub const UNKNOWN: CommandId = CommandId(u16::MAX);
+    /// How many commands the table has: every id but [`CommandId::UNKNOWN`] is below.
+    pub const COUNT: usize = table::COMMANDS.len();
+
+    /// The id's position in the table, `None` for [`CommandId::UNKNOWN`].
+    pub fn index(self) -> Option<usize> {
+        (self != CommandId::UNKNOWN).then_some(usize::from(self.0))
+    }
+
+    /// The command at `index` of the table, upper case.
+    pub fn name_at(index: usize) -> Option<&'static str> {
+        let (name, _) = table::COMMANDS.get(index)?;
+        std::str::from_utf8(name).ok()
+    }
+
+    /// Whether the command's first argument names a subcommand whose behaviour is its own (`CONFIG GET`,
+    /// `CLIENT KILL`, `XINFO STREAM`, ...): the census counts those by subcommand.
+    pub fn has_subcommands(self) -> bool {
+        const CONTAINERS: &[&[u8]] = &[
+            b"ACL",
+            b"CLIENT",
+            b"CLUSTER",
+            b"COMMAND",
+            b"CONFIG",
+            b"FUNCTION",
+            b"LATENCY",
+            b"MEMORY",
+            b"MODULE",
+            b"OBJECT",
+            b"PUBSUB",
+            b"SCRIPT",
+            b"SLOWLOG",
+            b"XGROUP",
+            b"XINFO",
+        ];
+        self.index().is_some_and(|i| CONTAINERS.contains(&table::COMMANDS[i].0))
     }
 }
 
@@ -133,6 +184,18 @@ mod tests {
         for (name, command) in table::COMMANDS {
             assert_eq!(Command::classify(name), *command, "{}", String::from_utf8_lossy(name));
         }
+    }
+
+    #[test]
+    fn a_command_s_id_names_it_and_says_whether_it_has_subcommands() {
+        let (command, id) = Command::lookup(b"config");
+        assert_eq!(command, Command::Read);
+        assert_eq!(id.index().and_then(CommandId::name_at), Some("CONFIG"));
+        assert!(id.has_subcommands());
+        assert!(!Command::lookup(b"GET").1.has_subcommands());
+        assert_eq!(Command::lookup(b"my.module"), (Command::Unknown, CommandId::UNKNOWN));
+        assert_eq!(CommandId::UNKNOWN.index(), None);
+        assert!(!CommandId::UNKNOWN.has_subcommands());
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! So no proxy writes to NEW while another still reads from OLD. Before the pause, a CLAIM renewed by the driver
 //! keeps every peer from starting or joining another handover. Safety does not rest on the peers: OLD's fence
 //! refuses whatever a peer that missed a step still sends it, and the servers keep the record, so a peer whose
-//! lease runs out without a word from the driver finds the outcome there (see [`super::resolve`]).
+//! lease runs out without a word from the driver finds the outcome there (see `handover::resolve`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

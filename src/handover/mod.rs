@@ -10,9 +10,12 @@
 pub mod fleet;
 mod resolve;
 mod run;
+pub mod schedule;
 mod stream;
 mod switch;
 pub mod window;
+
+pub use run::PreflightFound;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -202,6 +205,9 @@ pub struct Handover {
     window_watch: Mutex<Option<(CancellationToken, tokio::task::JoinHandle<()>)>>,
     /// Windows closed since start, by cause.
     windows_closed: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// The scheduled handover (or the last one, once it started, was missed or cancelled), and what cancels it.
+    /// Lock order: `schedule` before `progress`.
+    schedule: Mutex<Option<(schedule::Scheduled, CancellationToken)>>,
 }
 
 impl Handover {
@@ -220,6 +226,7 @@ impl Handover {
             window: Mutex::new(None),
             window_watch: Mutex::new(None),
             windows_closed: Mutex::new(std::collections::BTreeMap::new()),
+            schedule: Mutex::new(None),
         })
     }
 
@@ -279,6 +286,35 @@ impl Handover {
             this.running.store(false, Ordering::SeqCst);
         });
         Ok(())
+    }
+
+    /// The readiness report: the pre-flight's checks of a handover now (changing nothing), the census of
+    /// clients and commands, and the verdict.
+    pub async fn readiness(self: &Arc<Self>) -> crate::readiness::Report {
+        let primary = self.shared.primary.current().server.clone();
+        let from = format!("{} {}", primary.side.name(), primary.addr);
+        let (to, preflight) = match self.servers() {
+            None => (None, None),
+            Some((source, target)) => {
+                let to = format!("{} {}", target.side.name(), target.addr);
+                let run = run::Run::new(
+                    self.clone(),
+                    source,
+                    target,
+                    Request::default(),
+                    CancellationToken::new(),
+                    false,
+                );
+                (Some(to), Some(run.check(true).await))
+            }
+        };
+        let inputs = crate::readiness::Inputs {
+            from,
+            to,
+            preflight,
+            resp3_mode: self.shared.resp3_mode(),
+        };
+        crate::readiness::Report::build(inputs, &self.shared.directory, &self.shared.telemetry.census)
     }
 
     /// `POST /rollback`: a handover back to the former primary over the open rollback window; refused when the
@@ -345,6 +381,8 @@ impl Handover {
 
     /// Everything `GET /status` shows.
     pub fn status(&self) -> serde_json::Value {
+        // Before `progress`: a scheduled handover starts under the schedule's lock.
+        let scheduled = self.scheduled();
         let progress = self.lock();
         let primary = self.shared.primary.current();
         let gate = &self.shared.gate;
@@ -383,6 +421,7 @@ impl Handover {
             "resp3": self.shared.resp3_mode().name(),
             "handover": progress.current,
             "last_handover": progress.last,
+            "scheduled": scheduled,
         })
     }
 

@@ -88,7 +88,27 @@ pub(super) struct Run {
     /// OLD's offset when the pre-flight began, for the write rate; the target's backlog size.
     rate_from: Option<(Instant, i64)>,
     target_backlog: Option<u64>,
+    /// Only look (the readiness report's pre-flight): nothing is changed on the servers, and what the checks
+    /// find goes to `found` rather than to the handover's report.
+    check_only: bool,
+    found: PreflightFound,
 }
+
+/// What a pre-flight found besides a refusal: its warnings and the settings that differ.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct PreflightFound {
+    pub source_version: String,
+    pub target_version: String,
+    pub warnings: Vec<String>,
+    pub config_differences: Vec<String>,
+    /// The target's `repl-backlog-size`, as the handover would leave it (raised to `rollback_backlog_bytes`).
+    pub target_backlog_bytes: Option<u64>,
+    /// The source's replication stream over the checks (at least a second), bytes/s.
+    pub write_rate_bytes_per_s: Option<f64>,
+}
+
+/// The least time over which a check measures the source's write rate.
+const RATE_SPAN: Duration = Duration::from_secs(1);
 
 /// The driver's side of a fleet handover: the other proxies, told each step.
 #[derive(Default)]
@@ -131,7 +151,27 @@ impl Run {
             uses_window,
             rate_from: None,
             target_backlog: None,
+            check_only: false,
+            found: PreflightFound::default(),
         }
+    }
+
+    /// Runs the pre-flight's checks only, changing nothing: what they found, or why the handover would be
+    /// refused. With `measure_rate`, the source's write rate too, over at least [`RATE_SPAN`].
+    pub(super) async fn check(mut self, measure_rate: bool) -> Result<PreflightFound, String> {
+        self.check_only = true;
+        self.preflight().await.map_err(|Abort(reason)| reason)?;
+        self.found.target_backlog_bytes = self.target_backlog;
+        if let Some((since, from)) = self.rate_from.filter(|_| measure_rate) {
+            tokio::time::sleep_until((since + RATE_SPAN).into()).await;
+            let replication = self.source().info("replication", CALL_TIMEOUT).await;
+            if let Ok(replication) = replication
+                && let Ok(to) = offset(&replication, "master_repl_offset")
+            {
+                self.found.write_rate_bytes_per_s = Some((to - from).max(0) as f64 / since.elapsed().as_secs_f64());
+            }
+        }
+        Ok(self.found)
     }
 
     /// Runs the handover to its end and records the outcome.
@@ -498,10 +538,23 @@ impl Run {
         }
     }
 
-    fn warn(&self, warning: String) {
+    fn warn(&mut self, warning: String) {
+        if self.check_only {
+            self.found.warnings.push(warning);
+            return;
+        }
         tracing::warn!(%warning, "handover");
         if let Some(report) = self.handover.lock().current.as_mut() {
             report.warnings.push(warning);
+        }
+    }
+
+    /// Records a setting that differs between the servers (or that the handover changes).
+    fn config_difference(&mut self, line: String) {
+        if self.check_only {
+            self.found.config_differences.push(line);
+        } else if let Some(report) = self.handover.lock().current.as_mut() {
+            report.config_differences.push(line);
         }
     }
 
@@ -546,6 +599,8 @@ impl Run {
         let target_info = self.target().info("server", CALL_TIMEOUT).await?;
         let source_version_text = source_info.get("redis_version").cloned().unwrap_or_default();
         let target_version_text = target_info.get("redis_version").cloned().unwrap_or_default();
+        self.found.source_version = source_version_text.clone();
+        self.found.target_version = target_version_text.clone();
         self.source_version = parse_version(&source_version_text).unwrap_or_default();
         self.target_version = parse_version(&target_version_text).unwrap_or_default();
         {
@@ -630,6 +685,9 @@ impl Run {
 
         self.compare_settings().await?;
         self.size_backlog().await?;
+        if self.check_only {
+            return Ok(());
+        }
         self.copy_users().await?;
 
         // NEW needs OLD's credentials to replicate from it.
@@ -696,7 +754,7 @@ impl Run {
                         "{line}; NEW must have at least as many databases (a restart setting)"
                     )));
                 }
-            } else if self.request.copy_config {
+            } else if self.request.copy_config && !self.check_only {
                 self.target()
                     .ok(&["CONFIG", "SET", name, &source], CALL_TIMEOUT)
                     .await?;
@@ -704,8 +762,8 @@ impl Run {
             }
             differences.push(line);
         }
-        if let Some(report) = self.handover.lock().current.as_mut() {
-            report.config_differences = differences;
+        for line in differences {
+            self.config_difference(line);
         }
         Ok(())
     }
@@ -744,26 +802,27 @@ impl Run {
         if wanted <= current {
             return Ok(());
         }
-        self.target()
-            .ok(
-                &["CONFIG", "SET", "repl-backlog-size", &wanted.to_string()],
-                CALL_TIMEOUT,
-            )
-            .await?;
+        if !self.check_only {
+            self.target()
+                .ok(
+                    &["CONFIG", "SET", "repl-backlog-size", &wanted.to_string()],
+                    CALL_TIMEOUT,
+                )
+                .await?;
+        }
         self.target_backlog = Some(wanted);
+        let done = if self.check_only { "to be raised" } else { "raised" };
         let line = format!(
-            "repl-backlog-size: {} had {current}, raised to {wanted} (rollback_backlog_bytes) so that the former \
+            "repl-backlog-size: {} had {current}, {done} to {wanted} (rollback_backlog_bytes) so that the former \
              primary can follow it by partial resync",
             self.target_name()
         );
-        if let Some(report) = self.handover.lock().current.as_mut() {
-            report.config_differences.push(line);
-        }
+        self.config_difference(line);
         Ok(())
     }
 
     /// Warns when the target's backlog holds less than [`BACKLOG_SPAN`] of the writes seen since the pre-flight.
-    fn check_backlog_span(&self, source_offset: i64) {
+    fn check_backlog_span(&mut self, source_offset: i64) {
         let (Some((since, from)), Some(backlog)) = (self.rate_from, self.target_backlog) else {
             return;
         };

@@ -4,7 +4,7 @@
 //! The window is open while the follower applies everything the primary sends it. It closes, with the cause, when
 //! the follower restarts, stays cut off, falls out of the primary's backlog, starts a full sync, cannot apply a
 //! command (a newer primary's stream is read by the proxy and checked against the follower's version, see
-//! [`super::stream`]), when its time runs out, or when the operator closes it. On closing, the follower is detached
+//! `handover::stream`), when its time runs out, or when the operator closes it. On closing, the follower is detached
 //! (`REPLICAOF NO ONE`, fenced) before a full sync could empty it: an older Redis flushes its data and then fails
 //! to load a newer RDB (REDIS-FACTS.md, "Rollback window").
 

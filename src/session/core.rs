@@ -7,10 +7,12 @@
 //! directory of sessions, the script cache), and never calls the parts of it that do I/O (the links' registry, the
 //! spare connections): a link to open is named by its key, and the driver opens it.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 
 use super::state::{self, Blocked, Effect, Expect, Ledger};
-use crate::command::Command;
+use crate::command::{Command, CommandId};
 use crate::config::BackendLinks;
 use crate::gate::WriteGate;
 use crate::links::LinkKey;
@@ -115,10 +117,14 @@ pub struct SessionCore {
     pub closing: bool,
     /// The proxy is shutting down: take no new requests, finish the ones in flight.
     pub draining: bool,
+    /// The session's entry in the directory of clients (its card in the census).
+    pub handle: Arc<crate::clients::Handle>,
     /// The generation this session is counted under in the move tracker, if it has state to move.
     mover_counted: Option<u64>,
     /// The generation it last settled on.
     settled_generation: u64,
+    /// Counted in [`Shared::transactions_open`] (a MULTI of its is open).
+    transaction_counted: bool,
     /// Its own connection, registered as blocked in the move tracker.
     blocked_registered: Option<crate::moves::BlockedConn>,
 }
@@ -133,6 +139,7 @@ impl SessionCore {
             ledger.local_reply_mode = true;
         }
         SessionCore {
+            handle: shared.directory.enter(id),
             ledger,
             own_out: BytesMut::new(),
             shared_out: BytesMut::new(),
@@ -154,6 +161,7 @@ impl SessionCore {
             draining: false,
             mover_counted: None,
             settled_generation: 0,
+            transaction_counted: false,
             blocked_registered: None,
         }
     }
@@ -184,14 +192,34 @@ impl SessionCore {
         self.closing = true;
     }
 
-    /// Decides what becomes of one request, and forwards it or answers it.
+    /// Decides what becomes of one request, and forwards it or answers it. A request taken (not left to wait) is
+    /// counted in the census of commands.
     pub fn on_request(&mut self, env: &Shared, links: Links<'_>, request: Request<'_>) -> Verdict {
         if self.ledger.parked.is_some() {
             // Nothing overtakes requests that may be sent again.
             return Verdict::Wait;
         }
+        let name = request.args.get(0).unwrap_or_default();
+        let (command, id) = Command::lookup(name);
+        let verdict = self.decide(env, links, request, command);
+        if !matches!(verdict, Verdict::Wait | Verdict::Connect | Verdict::CloseNow) {
+            if id == CommandId::UNKNOWN {
+                env.telemetry.census.add_detail(name, None);
+            } else {
+                self.ledger.tally.name(&env.telemetry, id);
+                if id.has_subcommands()
+                    && let Some(sub) = request.args.get(1)
+                {
+                    env.telemetry.census.add_detail(name, Some(sub));
+                }
+            }
+        }
+        verdict
+    }
+
+    /// [`SessionCore::on_request`]'s decision.
+    fn decide(&mut self, env: &Shared, links: Links<'_>, request: Request<'_>, command: Command) -> Verdict {
         let args = request.args;
-        let command = Command::classify(args.get(0).unwrap_or_default());
         match command {
             Command::SecurityWarning => {
                 tracing::warn!("possible SECURITY ATTACK detected: HTTP sent to the Redis port; dropped");
@@ -206,8 +234,14 @@ impl SessionCore {
             // whatever follows the 3, and authenticates nobody.
             Command::Hello if env.resp3_pinned.load(std::sync::atomic::Ordering::Relaxed) && args.is(1, "3") => {
                 tracing::debug!("HELLO 3 refused: clients are pinned to RESP2");
+                self.handle.asked_protocol(3);
                 self.ledger.push_local(unknown_command_reply(args));
                 return Verdict::Taken;
+            }
+            Command::Hello => {
+                if let Some(protocol) = args.get(1).and_then(crate::protocol::request::string_to_i64) {
+                    self.handle.asked_protocol(u8::try_from(protocol).unwrap_or(u8::MAX));
+                }
             }
             _ => {}
         }
@@ -217,6 +251,11 @@ impl SessionCore {
         };
         if let AuthVerdict::Answer(reply) = auth {
             self.ledger.push_local(reply);
+            return Verdict::Taken;
+        }
+        if command == Command::Client && args.is(1, "SETINFO") && !self.ledger.multi_open {
+            // Answered here whatever the server's version (Redis has it from 7.2): the census names the library.
+            self.ledger.push_local(self.handle.set_info(args));
             return Verdict::Taken;
         }
         let mut rewritten = None;
@@ -629,7 +668,7 @@ impl SessionCore {
 
     /// Settles replies held back after the primary refused a request as not executed, at the start of a turn:
     /// once the primary was replaced, the requests are sent again (their bytes returned, to go before the client's
-    /// unread input); once a look at the servers found the primary taking writes, or after [`PARK_LIMIT`], the
+    /// unread input); once a look at the servers found the primary taking writes, or after `PARK_LIMIT`, the
     /// replies go to the client as they came. Until then, nothing.
     pub fn settle_parked(&mut self, env: &Shared) -> Option<Bytes> {
         use std::sync::atomic::Ordering;
@@ -719,6 +758,15 @@ impl SessionCore {
             env.moves.shift(self.mover_counted, counted);
             self.mover_counted = counted;
         }
+        if self.ledger.multi_open != self.transaction_counted {
+            let open = &env.transactions_open;
+            if self.ledger.multi_open {
+                open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            } else {
+                open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            self.transaction_counted = self.ledger.multi_open;
+        }
     }
 
     /// Whether the session has nothing left to do. `client_eof`: the client closed its side.
@@ -741,6 +789,9 @@ impl SessionCore {
         }
         env.moves.set_blocked(self.blocked_registered.take(), None);
         env.moves.shift(self.mover_counted.take(), None);
+        if std::mem::take(&mut self.transaction_counted) {
+            env.transactions_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -1620,7 +1671,7 @@ mod tests {
         send(&mut core, &env, Links::default(), &["WATCH", "a"]);
         core.on_own_link(&env, Side::Old, None);
         send(&mut core, &env, own(0), &["WATCH", "a"]);
-        send(&mut core, &env, own(0), &["CLIENT", "SETINFO", "LIB-NAME", "x"]);
+        send(&mut core, &env, own(0), &["READWRITE"]);
         send(&mut core, &env, own(0), &["UNWATCH"]);
         for frame in [":42\r\n", "+OK\r\n", "+OK\r\n", "+OK\r\n"] {
             reply(&mut core, frame);
@@ -1628,11 +1679,46 @@ mod tests {
         assert!(!core.may_unpin(true), "its requests are not written yet");
         own_sent(&mut core);
         assert!(core.may_unpin(true));
-        assert_eq!(
-            core.unpin(&env, Some(0)),
-            None,
-            "CLIENT SETINFO left a library name on it"
-        );
+        assert_eq!(core.unpin(&env, Some(0)), None, "READWRITE was sent on it");
+    }
+
+    #[test]
+    fn client_setinfo_is_answered_by_the_proxy_and_named_in_the_census() {
+        for links in [BackendLinks::Shared, BackendLinks::Dedicated] {
+            let env = env(|config| config.backend_links = links);
+            let mut core = SessionCore::new(&env, 10);
+            let link = key(&env, 0);
+            let on = if links == BackendLinks::Shared {
+                on_link(&link)
+            } else {
+                own(0)
+            };
+            if links == BackendLinks::Dedicated {
+                core.on_own_link(&env, Side::Old, None);
+            }
+            send(&mut core, &env, on, &["CLIENT", "SETINFO", "LIB-NAME", "redis-py"]);
+            send(&mut core, &env, on, &["HELLO", "3"]);
+            assert_eq!(client_sees(&mut core), "+OK\r\n");
+            assert_eq!(
+                own_sent(&mut core) + &shared_sent(&mut core),
+                "*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n"
+            );
+            let card = core.handle.card();
+            assert_eq!(
+                (card.lib_name.as_deref(), card.asked_protocol),
+                (Some("redis-py"), Some(3))
+            );
+            core.ledger.tally.flush(&env.telemetry);
+            let counted = env.telemetry.census.counted();
+            assert!(
+                counted.iter().any(|c| c.command == "CLIENT SETINFO" && c.count == 1),
+                "{counted:?}"
+            );
+            assert!(
+                counted.iter().any(|c| c.command == "HELLO" && c.count == 1),
+                "{counted:?}"
+            );
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWrite;
 use tokio::sync::watch;
 use tokio_util::io::poll_read_buf;
@@ -77,10 +77,10 @@ pub struct Session {
     watchdog: Option<Watchdog>,
     /// The session's id in the proxy's directory (see [`crate::clients`]).
     id: u64,
-    /// Its entry there, with shared links: its id is the one its client sees.
-    handle: Option<Arc<crate::clients::Handle>>,
     /// The server connection id last recorded there.
     published_server_id: Option<i64>,
+    /// The protocol and name last recorded on its card there.
+    published_identity: (u8, Option<Bytes>),
 }
 
 /// A session's use of shared links (see [`crate::links`]).
@@ -160,7 +160,6 @@ impl Session {
         Session {
             watchdog: Watchdog::new(&shared.config),
             sharing: shares.then(Sharing::new),
-            handle: shares.then(|| shared.directory.enter(id)),
             core,
             shared,
             client,
@@ -171,12 +170,14 @@ impl Session {
             link_failure: None,
             id,
             published_server_id: None,
+            published_identity: (2, None),
         }
     }
 
     /// Serves the client (from `peer`) until it leaves, breaks the protocol, or the proxy shuts down.
     pub async fn run(mut self, peer: std::net::SocketAddr) {
         let id = self.id;
+        self.core.handle.set_addr(peer);
         match self.serve().await {
             Ok(()) => tracing::debug!(id, %peer, "session closed"),
             Err(error @ SessionError::Dropped(_)) => tracing::info!(id, %peer, %error, "session ended"),
@@ -306,12 +307,17 @@ impl Session {
     fn reconcile(&mut self) {
         let own = self.link.as_ref().map(|l| (l.generation, l.local_addr));
         self.core.reconcile(&self.shared, own);
-        if let Some(handle) = &self.handle {
+        if self.core.ledger.virtual_id.is_some() {
             let server_id = self.core.server_id(self.link.is_some());
             if server_id != self.published_server_id {
-                handle.set_server_id(server_id);
+                self.core.handle.set_server_id(server_id);
                 self.published_server_id = server_id;
             }
+        }
+        let state = &self.core.ledger.state;
+        if (state.protocol, &state.name) != (self.published_identity.0, &self.published_identity.1) {
+            self.core.handle.set_identity(state.protocol, state.name.as_deref());
+            self.published_identity = (state.protocol, state.name.clone());
         }
     }
 
@@ -579,9 +585,8 @@ impl Session {
                 }
             }
         }
-        if let Some(handle) = &self.handle
-            && handle.poll_killed(cx.waker())
-        {
+        // Only the proxy's own ids can be killed (shared links).
+        if self.core.ledger.virtual_id.is_some() && self.core.handle.poll_killed(cx.waker()) {
             return Poll::Ready(Err(SessionError::Dropped("killed by CLIENT KILL")));
         }
         if let Some(sharing) = self.sharing.as_mut() {
@@ -652,9 +657,7 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.core.ledger.tally.flush(&self.shared.telemetry);
         self.core.release(&self.shared);
-        if self.handle.is_some() {
-            self.shared.directory.leave(self.id);
-        }
+        self.shared.directory.leave(self.id);
     }
 }
 

@@ -1,0 +1,198 @@
+//! The readiness report (`GET /readiness`, `redis-handover ctl check`): the pre-flight's checks run without
+//! changing anything, the census of clients (redis-py naming itself with `CLIENT SETINFO`, a client whose RESP3 a
+//! Redis 5.0 OLD refused) and of commands, what changed in those commands between the two versions, and the
+//! verdict with its exit code.
+
+mod support;
+
+use std::process::{Command, Output};
+
+use support::{Harness, Reply, Version};
+
+/// `redis-handover ctl --admin ADMIN args...`, the real binary.
+fn ctl(admin: std::net::SocketAddr, args: &[&str]) -> Output {
+    let admin = admin.to_string();
+    let mut all = vec!["ctl", "--admin", &admin];
+    all.extend_from_slice(args);
+    Command::new(env!("CARGO_BIN_EXE_redis-handover"))
+        .args(&all)
+        .env_remove("REDIS_HANDOVER_ADMIN")
+        .output()
+        .expect("run redis-handover ctl")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The report as `ctl check --json` prints it, and the exit code.
+fn check_json(admin: std::net::SocketAddr) -> (i32, serde_json::Value) {
+    let out = ctl(admin, &["check", "--json"]);
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "ctl check --json printed no JSON ({e}): {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), report)
+}
+
+#[test]
+fn the_census_names_redis_py_a_client_refused_resp3_by_5_0_and_the_commands_sent() {
+    let h = Harness::start(Version::V5_0, Version::V7_0);
+    let script = support::repo_root().join("tests/clients/python/census_client.py");
+    let out = support::run_tool("python3", &[script.to_str().unwrap(), &h.proxy.addr.port().to_string()]);
+    let printed = text(&out.stdout);
+    assert!(
+        out.status.success() && printed.trim_end().ends_with("ok"),
+        "redis-py through the proxy failed:\n{printed}\n{}",
+        text(&out.stderr)
+    );
+    let redis_py_version = printed.lines().next().unwrap_or_default().to_string();
+
+    // A client that asks for RESP3, as go-redis 9 or Lettuce 6 do: Redis 5.0 refuses, and it stays on RESP2.
+    let mut resp3_client = h.proxy.client();
+    assert!(resp3_client.run("HELLO 3").text().starts_with("ERR unknown command"));
+    assert_eq!(resp3_client.run("CLIENT SETNAME ledger"), Reply::ok());
+    for i in 0..7 {
+        assert_eq!(resp3_client.cmd(&["LPUSH", "queue", &i.to_string()]), Reply::Int(i + 1));
+    }
+    for _ in 0..3 {
+        resp3_client.cmd(&["GETSET", "counter", "0"]);
+    }
+
+    let (code, report) = check_json(h.proxy.admin);
+    assert_eq!(code, 0, "ready: {report:#}");
+    assert_eq!(report["ready"], true);
+    assert_eq!(report["from_version"].as_str().map(|v| &v[..3]), Some("5.0"));
+    assert_eq!(report["to_version"].as_str().map(|v| &v[..3]), Some("7.0"));
+
+    let libraries = report["clients"]["libraries"].as_array().expect("libraries");
+    let redis_py = libraries
+        .iter()
+        .find(|l| l["lib_name"] == "redis-py")
+        .unwrap_or_else(|| panic!("redis-py is named: {libraries:#?}"));
+    assert_eq!(redis_py["lib_ver"].as_str(), Some(redis_py_version.as_str()));
+    assert_eq!(
+        (redis_py["connections"].as_u64(), redis_py["connected"].as_u64()),
+        (Some(1), Some(0))
+    );
+    assert_eq!(redis_py["names"], serde_json::json!(["billing"]));
+    let unnamed = libraries
+        .iter()
+        .find(|l| l["lib_name"].is_null())
+        .unwrap_or_else(|| panic!("the client without a library: {libraries:#?}"));
+    assert_eq!(
+        (unnamed["asked_resp3"].as_u64(), unnamed["got_resp3"].as_u64()),
+        (Some(1), Some(0))
+    );
+    let change = unnamed["protocol_change"].as_str().unwrap_or_default();
+    assert!(change.contains("get RESP3") && change.contains("pin-resp2"), "{change}");
+    assert!(
+        report["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str() == Some(change)),
+        "the RESP3 exposure is a warning: {report:#}"
+    );
+    let connected = report["clients"]["connected"].as_array().expect("connected");
+    let ledger = connected
+        .iter()
+        .find(|c| c["name"] == "ledger")
+        .unwrap_or_else(|| panic!("the client still connected: {connected:#?}"));
+    assert_eq!(
+        (ledger["asked_protocol"].as_u64(), ledger["protocol"].as_u64()),
+        (Some(3), Some(2))
+    );
+    assert!(ledger["addr"].as_str().unwrap_or_default().starts_with("127.0.0.1:"));
+
+    let count = |command: &str| {
+        report["commands"]["counted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["command"] == command)
+            .and_then(|c| c["count"].as_u64())
+    };
+    assert_eq!(count("LPUSH"), Some(7));
+    assert_eq!(count("GETSET"), Some(3));
+    assert_eq!(count("SET"), Some(5));
+    assert_eq!(count("CLIENT SETINFO"), Some(2), "LIB-NAME and LIB-VER");
+    assert_eq!(count("HELLO"), Some(1));
+    let changes = report["commands"]["changes"].as_array().expect("changes");
+    let getset = changes
+        .iter()
+        .find(|c| c["command"] == "GETSET")
+        .unwrap_or_else(|| panic!("GETSET's deprecation in 6.2 is listed: {changes:#?}"));
+    assert_eq!(
+        (getset["sent"].as_u64(), getset["kind"].as_str()),
+        (Some(3), Some("deprecated"))
+    );
+    assert!(getset["source"].as_str().unwrap_or_default().starts_with("https://"));
+    assert!(
+        changes.iter().all(|c| c["command"] != "GET"),
+        "GET did not change: {changes:#?}"
+    );
+
+    let human = ctl(h.proxy.admin, &["check"]);
+    let shown = text(&human.stdout);
+    assert_eq!(human.status.code(), Some(0), "{shown}{}", text(&human.stderr));
+    for expected in ["verdict: READY", "redis-py", "GETSET", "LPUSH", "get RESP3"] {
+        assert!(shown.contains(expected), "{expected:?} in:\n{shown}");
+    }
+}
+
+#[test]
+fn ctl_check_says_not_ready_when_the_pre_flight_would_refuse_and_changes_nothing() {
+    let h = Harness::start(Version::V6_2, Version::V7_0);
+    let mut new = h.new.direct();
+    assert_eq!(new.run("SET stray 1"), Reply::ok());
+    let backlog_before = new.run("CONFIG GET repl-backlog-size");
+
+    let out = ctl(h.proxy.admin, &["check"]);
+    let shown = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "not ready: {shown}");
+    assert!(
+        shown.contains("verdict: NOT READY") && shown.contains("is not empty"),
+        "{shown}"
+    );
+    assert!(
+        text(&out.stderr).contains("not ready: the handover's pre-flight would refuse"),
+        "{}",
+        text(&out.stderr)
+    );
+    let (code, report) = check_json(h.proxy.admin);
+    assert_eq!(code, 1);
+    assert_eq!(report["ready"], false);
+    assert!(
+        report["preflight"]["refusal"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("holds 1 keys"),
+        "{report:#}"
+    );
+
+    assert_eq!(new.run("FLUSHALL"), Reply::ok());
+    let (code, report) = check_json(h.proxy.admin);
+    assert_eq!(code, 0, "ready once NEW is empty: {report:#}");
+    let raised = report["preflight"]["config_differences"].as_array().unwrap();
+    assert!(
+        raised
+            .iter()
+            .any(|d| d.as_str().unwrap_or_default().contains("to be raised")),
+        "the backlog the handover would raise: {raised:?}"
+    );
+    assert!(report["backlog"]["bytes"].as_u64().is_some(), "{report:#}");
+
+    // Only looked: NEW is still an empty master with its own settings, and no handover ran.
+    assert_eq!(new.run("CONFIG GET repl-backlog-size"), backlog_before);
+    assert_eq!(new.run("CONFIG GET masterauth").items()[1], Reply::bulk(""));
+    assert!(new.run("INFO replication").text().contains("role:master"));
+    let status = h.proxy.status();
+    assert!(
+        status["last_handover"].is_null() && status["phase"] == "idle",
+        "{status:#}"
+    );
+}

@@ -1,0 +1,213 @@
+//! Scheduled handovers (`ctl handover --at/--window/--when-writes-below`, `ctl cancel`, `POST
+//! /handover/schedule`): one a few seconds ahead runs then; one waiting for a quiet moment waits while a writer is
+//! busy and while a MULTI is open, and runs once both end; a window that closes first runs nothing and says why;
+//! a blocked one says why at once; cancel.
+
+mod support;
+
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use support::{Harness, Proxy, Reply, Version, wait_for};
+
+/// `redis-handover ctl --admin ADMIN args...`, the real binary.
+fn ctl(proxy: &Proxy, args: &[&str]) -> Output {
+    let admin = proxy.admin.to_string();
+    let mut all = vec!["ctl", "--admin", &admin];
+    all.extend_from_slice(args);
+    Command::new(env!("CARGO_BIN_EXE_redis-handover"))
+        .args(&all)
+        .env_remove("REDIS_HANDOVER_ADMIN")
+        .output()
+        .expect("run redis-handover ctl")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A client writing through the proxy as fast as it can, until dropped.
+struct BusyWriter {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl BusyWriter {
+    fn start(proxy: &Proxy) -> BusyWriter {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut client = proxy.client();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !flag.load(Ordering::Relaxed) {
+                assert_eq!(client.cmd(&["SET", "busy", &n.to_string()]), Reply::ok());
+                n += 1;
+            }
+            n
+        });
+        BusyWriter {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops it; how many writes it made.
+    fn stop(&mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .map_or(0, |t| t.join().expect("the writer's writes succeed"))
+    }
+}
+
+impl Drop for BusyWriter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Waits until the schedule in `GET /status` satisfies `condition`; the status then.
+fn wait_for_schedule(proxy: &Proxy, what: &str, condition: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    wait_for(what, Duration::from_secs(60), || {
+        let status = proxy.status();
+        if condition(&status["scheduled"]) {
+            Ok(status)
+        } else {
+            Err(format!("{:#}", status["scheduled"]))
+        }
+    })
+}
+
+#[test]
+fn a_handover_scheduled_a_few_seconds_ahead_runs_then() {
+    let h = Harness::start(Version::V6_2, Version::V7_0);
+    assert_eq!(h.proxy.client().run("SET before 1"), Reply::ok());
+    let out = ctl(&h.proxy, &["handover", "--at", "+3s", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    let scheduled: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(scheduled["state"], "waiting");
+    assert!(scheduled["blocked"].is_null(), "{scheduled:#}");
+    let not_before = scheduled["not_before_unix_ms"].as_u64().unwrap();
+    let asked_at = scheduled["scheduled_at_unix_ms"].as_u64().unwrap();
+    assert!((2_900..=3_100).contains(&(not_before - asked_at)), "{scheduled:#}");
+
+    let status = h.proxy.status();
+    if status["scheduled"]["state"] == "waiting" {
+        assert!(
+            status["last_handover"].is_null() && status["handover"].is_null(),
+            "{status:#}"
+        );
+        let shown = text(&ctl(&h.proxy, &["status"]).stdout);
+        assert!(shown.contains("scheduled    handover waiting: not before"), "{shown}");
+    }
+    let report = h.proxy.wait_for_handover_end(Duration::from_secs(60));
+    assert_eq!(report["outcome"], "switched", "{report:#}");
+    assert!(
+        report["started_at_unix_ms"].as_u64().unwrap() >= not_before,
+        "{report:#}"
+    );
+    let status = h.proxy.status();
+    assert_eq!(status["scheduled"]["state"], "started");
+    assert_eq!(h.proxy.client().run("GET before"), Reply::bulk("1"));
+    assert_eq!(status["primary"]["side"], "new");
+}
+
+#[test]
+fn a_handover_for_a_quiet_moment_waits_for_the_writer_and_the_open_multi() {
+    let h = Harness::start(Version::V6_2, Version::V7_0);
+    let mut writer = BusyWriter::start(&h.proxy);
+    let (code, scheduled) = h.proxy.post("/handover/schedule", json!({ "when_writes_below": 50 }));
+    assert_eq!(code, 202, "{scheduled:#}");
+    let busy = wait_for_schedule(&h.proxy, "the busy writer measured", |s| {
+        s["state"] == "watching" && s["writes_per_s"].as_f64().is_some_and(|r| r >= 50.0)
+    });
+    assert!(
+        busy["last_handover"].is_null() && busy["handover"].is_null(),
+        "{busy:#}"
+    );
+
+    // A transaction stays open after the writer stops: still no quiet moment.
+    let mut transaction = h.proxy.client();
+    assert_eq!(transaction.run("MULTI"), Reply::ok());
+    assert_eq!(transaction.run("SET in-multi 1"), Reply::Status("QUEUED".into()));
+    assert!(writer.stop() > 0);
+    let quiet_but_open = wait_for_schedule(&h.proxy, "no writes, one MULTI open", |s| {
+        s["writes_per_s"].as_f64().is_some_and(|r| r < 50.0) && s["transactions_open"] == 1
+    });
+    assert_eq!(quiet_but_open["scheduled"]["state"], "watching", "{quiet_but_open:#}");
+    assert!(quiet_but_open["last_handover"].is_null(), "{quiet_but_open:#}");
+
+    assert_eq!(transaction.run("EXEC"), Reply::Array(vec![Reply::ok()]));
+    let report = h.proxy.wait_for_handover_end(Duration::from_secs(60));
+    assert_eq!(report["outcome"], "switched", "{report:#}");
+    let status = h.proxy.status();
+    assert_eq!(status["scheduled"]["state"], "started", "{status:#}");
+    assert_eq!(h.proxy.client().run("GET in-multi"), Reply::bulk("1"));
+}
+
+#[test]
+fn a_window_that_closes_before_a_quiet_moment_runs_nothing_and_says_why() {
+    let h = Harness::start(Version::V6_2, Version::V7_0);
+    let _writer = BusyWriter::start(&h.proxy);
+    // A window from now to four seconds from now, in UTC.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let clock = |s: u64| format!("{:02}:{:02}:{:02}", s / 3600 % 24, s / 60 % 60, s % 60);
+    let window = format!("{}-{}", clock(now), clock(now + 4));
+    let out = ctl(
+        &h.proxy,
+        &["handover", "--window", &window, "--when-writes-below", "50", "--wait"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("scheduled handover missed")
+            && said.contains(&format!(
+                "the window {window} passed without a moment under 50 writes/s"
+            )),
+        "{said}"
+    );
+    let status = h.proxy.status();
+    assert_eq!(status["scheduled"]["state"], "missed");
+    assert!(status["last_handover"].is_null(), "nothing ran: {status:#}");
+    assert_eq!(status["primary"]["side"], "old");
+}
+
+#[test]
+fn a_blocked_schedule_says_why_at_once_and_cancel_drops_it() {
+    let h = Harness::start(Version::V6_2, Version::V7_0);
+    assert_eq!(h.new.direct().run("SET stray 1"), Reply::ok());
+    let out = ctl(&h.proxy, &["handover", "--at", "+1h"]);
+    let shown = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{shown}{}", text(&out.stderr));
+    assert!(
+        shown.contains("BLOCKED: the pre-flight would refuse the handover now")
+            && shown.contains("is not empty")
+            && shown.contains("ctl check"),
+        "{shown}"
+    );
+    let again = ctl(&h.proxy, &["handover", "--at", "+2h"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        text(&again.stderr).contains("a handover is scheduled already"),
+        "{}",
+        text(&again.stderr)
+    );
+    let bad = ctl(&h.proxy, &["handover", "--window", "Someday 03:00-04:00"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(text(&bad.stderr).contains("expected a window"), "{}", text(&bad.stderr));
+
+    let cancelled = ctl(&h.proxy, &["cancel"]);
+    assert_eq!(cancelled.status.code(), Some(0), "{}", text(&cancelled.stderr));
+    let status = h.proxy.status();
+    assert_eq!(status["scheduled"]["state"], "cancelled");
+    assert_eq!(status["scheduled"]["reason"], "cancelled by the operator");
+    let none = ctl(&h.proxy, &["cancel"]);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(text(&none.stderr).contains("no handover is scheduled"));
+}
