@@ -27,6 +27,8 @@ pub async fn serve(listener: TcpListener, handover: Arc<Handover>, shutdown: tok
     let app = Router::new()
         .route("/status", get(status))
         .route("/readiness", get(readiness))
+        .route("/shadow", post(start_shadow).get(shadow_results))
+        .route("/shadow/stop", post(stop_shadow))
         .route("/metrics", get(metrics))
         .route("/handover", post(start_handover))
         .route("/handover/abort", post(abort_handover))
@@ -58,6 +60,61 @@ async fn readiness(State(handover): State<Arc<Handover>>) -> Json<crate::readine
     Json(handover.readiness().await)
 }
 
+/// `POST /shadow` with `{"fraction": 0.05, "for_s": 60}` (the fraction defaults to `shadow_reads`): starts shadow reads (see [`crate::readiness::shadow`]);
+/// 202 with the run, 400 for bad options, 409 while a handover or shadow reads run.
+async fn start_shadow(State(handover): State<Arc<Handover>>, body: Bytes) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Options {
+        fraction: Option<f64>,
+        for_s: f64,
+    }
+    let options: Options = match serde_json::from_slice(&body) {
+        Ok(options) => options,
+        Err(error) => return refuse(StatusCode::BAD_REQUEST, format!("invalid shadow options: {error}")),
+    };
+    if !options.for_s.is_finite() || options.for_s <= 0.0 {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "for_s must be a positive number of seconds".into(),
+        );
+    }
+    let duration = std::time::Duration::from_secs_f64(options.for_s.min(86_400.0));
+    let fraction = match options.fraction {
+        Some(fraction) => fraction,
+        None if handover.shared().config.shadow_reads > 0.0 => handover.shared().config.shadow_reads,
+        None => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "name a fraction of the reads to shadow (\"fraction\": 0.05), or set shadow_reads".into(),
+            );
+        }
+    };
+    match handover.start_shadow(fraction, duration) {
+        Ok(report) => (StatusCode::ACCEPTED, Json(report)).into_response(),
+        Err(reason) if reason.contains("must") || reason.contains("last from") => {
+            refuse(StatusCode::BAD_REQUEST, reason)
+        }
+        Err(reason) => refuse(StatusCode::CONFLICT, reason),
+    }
+}
+
+/// `GET /shadow`: the current or last shadow reads' results (404 when none ran).
+async fn shadow_results(State(handover): State<Arc<Handover>>) -> Response {
+    match handover.shared().shadow.report() {
+        Some(report) => Json(report).into_response(),
+        None => refuse(StatusCode::NOT_FOUND, "no shadow reads have run".into()),
+    }
+}
+
+/// `POST /shadow/stop`: ends the running shadow reads; what was sampled is still compared.
+async fn stop_shadow(State(handover): State<Arc<Handover>>) -> Response {
+    match handover.stop_shadow() {
+        Ok(()) => (StatusCode::ACCEPTED, Json(json!({ "stopping": true }))).into_response(),
+        Err(reason) => refuse(StatusCode::CONFLICT, reason),
+    }
+}
+
 /// `GET /metrics`: Prometheus text format.
 async fn metrics(State(handover): State<Arc<Handover>>) -> Response {
     let shared = handover.shared();
@@ -65,6 +122,7 @@ async fn metrics(State(handover): State<Arc<Handover>>) -> Response {
     let mut text = shared.telemetry.render(clients, shared.gate.held_now());
     text.push_str(&handover.fleet_metrics());
     text.push_str(&handover.window_metrics());
+    text.push_str(&shared.shadow.metrics());
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// Everything the proxy can be told at start.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Where clients connect (`host:port`).
@@ -85,6 +85,9 @@ pub struct Config {
     /// the former primary can miss (a restart with persistence, a broken link) and still resynchronize partially.
     /// 0 leaves the target's setting alone.
     pub rollback_backlog_bytes: u64,
+    /// The share of reads shadow reads send to NEW as well (`0.05` is 5%) when `ctl check --for` (or `POST
+    /// /shadow`) names none; 0, the default, means they must name one.
+    pub shadow_reads: f64,
 }
 
 /// What the proxy does with `HELLO 3`.
@@ -164,6 +167,7 @@ impl Default for Config {
             proxy_id: None,
             rollback_window_s: 3600,
             rollback_backlog_bytes: 64 << 20,
+            shadow_reads: 0.0,
         }
     }
 }
@@ -297,6 +301,9 @@ pub struct Overrides {
     /// The least repl-backlog-size a handover gives its target (0: leave it) [default: 67108864].
     #[arg(long, env = "REDIS_HANDOVER_ROLLBACK_BACKLOG_BYTES", value_name = "BYTES")]
     pub rollback_backlog_bytes: Option<u64>,
+    /// The share of reads shadow reads use when ctl check --for names none (0.05 is 5%) [default: 0].
+    #[arg(long, env = "REDIS_HANDOVER_SHADOW_READS", value_name = "FRACTION")]
+    pub shadow_reads: Option<f64>,
 }
 
 impl Overrides {
@@ -361,7 +368,8 @@ impl Config {
             admin_allowed_hosts,
             fleet_peers,
             rollback_window_s,
-            rollback_backlog_bytes
+            rollback_backlog_bytes,
+            shadow_reads
         );
         set_option!(
             new,
@@ -428,6 +436,15 @@ impl Config {
         }
         for peer in &self.fleet_peers {
             check_address("fleet_peers", peer)?;
+        }
+        if !(0.0..=1.0).contains(&self.shadow_reads) {
+            return Err(ConfigError::Invalid {
+                key: "shadow_reads",
+                reason: format!(
+                    "a share of the reads from 0 to 1 (0.05 is 5%), not {}",
+                    self.shadow_reads
+                ),
+            });
         }
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
             let reason = "tls_cert_file and tls_key_file go together".to_string();

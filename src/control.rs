@@ -191,6 +191,45 @@ impl ControlConn {
         self.broken
     }
 
+    /// One request as the client sent it (RESP or inline); its reply frame as the server sent it, in whatever
+    /// protocol the connection speaks.
+    pub async fn call_raw(&mut self, request: &[u8], timeout: Duration) -> Result<bytes::Bytes, ControlError> {
+        if self.broken {
+            return Err(ControlError::Unusable {
+                side: self.label,
+                addr: self.addr.to_string(),
+            });
+        }
+        let work = async {
+            self.stream.write_all(request).await.map_err(|e| self.io(e))?;
+            loop {
+                match self.scanner.scan(&self.input) {
+                    Scanned::Frame { len, .. } => return Ok(self.input.split_to(len).freeze()),
+                    Scanned::Invalid => return Err(self.protocol()),
+                    Scanned::Incomplete => {
+                        self.input.reserve(16 * 1024);
+                        let n = self.stream.read_buf(&mut self.input).await.map_err(|e| self.io(e))?;
+                        if n == 0 {
+                            let closed = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed");
+                            return Err(self.io(closed));
+                        }
+                    }
+                }
+            }
+        };
+        let result = match tokio::time::timeout(timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(ControlError::Timeout {
+                side: self.label,
+                addr: self.addr.to_string(),
+                command: String::from_utf8_lossy(&request[..request.len().min(40)]).into_owned(),
+                timeout_ms: timeout.as_millis() as u64,
+            }),
+        };
+        self.broken = result.is_err();
+        result
+    }
+
     /// One command; its reply, which may be an error value.
     pub async fn call(&mut self, args: &[&str], timeout: Duration) -> Result<Value, ControlError> {
         Ok(self.pipeline(&[args], timeout).await?.remove(0))

@@ -46,8 +46,17 @@ pub enum CtlCommand {
         watch: bool,
     },
     /// Is a handover ready? The pre-flight's checks (changing nothing), the clients and commands seen, what
-    /// changes for them on NEW; exit 0 ready, 1 not ready (with the reasons).
-    Check,
+    /// changes for them on NEW, the shadow reads; exit 0 ready, 1 not ready (with the reasons).
+    Check {
+        /// First send this share of the reads (0.05 is 5%) to NEW as well and compare the replies; NEW is synced
+        /// first if it does not follow OLD yet (no switch).
+        #[arg(long, value_name = "FRACTION", requires = "for_")]
+        shadow: Option<f64>,
+        /// Run shadow reads this long, once NEW follows (`60s`, `5m`); the share is --shadow's, or the proxy's
+        /// shadow_reads setting.
+        #[arg(long = "for", id = "for_", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        for_: Option<Duration>,
+    },
     /// Start a handover to the server that is not the primary.
     Handover {
         #[command(flatten)]
@@ -166,7 +175,12 @@ pub fn run(args: CtlArgs) -> i32 {
             0
         }),
         CtlCommand::Status { watch: true } => watch(&client, args.json),
-        CtlCommand::Check => check(&client, args.json),
+        CtlCommand::Check { shadow, for_ } => match for_ {
+            Some(duration) => {
+                shadow_reads(&client, *shadow, *duration, args.json).and_then(|()| check(&client, args.json))
+            }
+            None => check(&client, args.json),
+        },
         CtlCommand::Handover {
             options,
             allow_nonempty,
@@ -229,6 +243,32 @@ pub fn run(args: CtlArgs) -> i32 {
             eprintln!("redis-handover ctl: {message}");
             code
         }
+    }
+}
+
+/// Runs shadow reads and waits for their end, with a line of progress now and then (not with `--json`).
+fn shadow_reads(client: &Admin, fraction: Option<f64>, duration: Duration, json: bool) -> Result<(), Failure> {
+    let body = json!({ "fraction": fraction, "for_s": duration.as_secs_f64() });
+    client.send("POST", "/shadow", body)?;
+    let mut last_line = String::new();
+    loop {
+        let report = client.get("/shadow")?;
+        let state = text(&report["state"]);
+        let line = match state.as_str() {
+            "syncing" => "shadow reads: syncing NEW with OLD first".to_string(),
+            _ => format!(
+                "shadow reads: {state}, {} compared, {} different",
+                report["compared"], report["mismatched"]
+            ),
+        };
+        if line != last_line && !json {
+            eprintln!("{line}");
+            last_line = line;
+        }
+        if matches!(state.as_str(), "finished" | "stopped") {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 

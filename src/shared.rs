@@ -46,6 +46,8 @@ pub struct Shared {
     pub parked_sessions: AtomicUsize,
     /// Sessions with a MULTI open (a scheduled handover waits for a moment with none).
     pub transactions_open: AtomicUsize,
+    /// Where sessions hand the reads they sampled for shadow reads.
+    pub shadow: crate::readiness::shadow::Tap,
 }
 
 /// The handover's looks at whether the primary was fenced by a handover this proxy took no part in.
@@ -98,6 +100,7 @@ impl Shared {
             looks: Looks::default(),
             parked_sessions: AtomicUsize::new(0),
             transactions_open: AtomicUsize::new(0),
+            shadow: Default::default(),
         })
     }
 }

@@ -181,7 +181,7 @@ impl Telemetry {
             handover_phase: gauge(
                 &recorder,
                 "redis_handover_phase",
-                "Handover phase: 0 idle, 1 preflight, 2 syncing, 3 catching_up, 4 paused, 5 switched, 6 aborted, 7 in_doubt.",
+                "Handover phase: 0 idle, 1 preflight, 2 syncing, 3 catching_up, 4 paused, 5 switched, 6 aborted, 7 in_doubt, 8 synced (NEW follows OLD, no switch).",
                 &[],
             ),
             lag_bytes: gauge(

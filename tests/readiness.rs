@@ -196,3 +196,122 @@ fn ctl_check_says_not_ready_when_the_pre_flight_would_refuse_and_changes_nothing
         "{status:#}"
     );
 }
+
+#[test]
+fn shadow_reads_find_a_real_difference_between_6_2_and_7_0_and_none_for_ordinary_reads() {
+    let h = Harness::start(Version::V6_2, Version::V7_0);
+    let mut app = h.proxy.client();
+    for i in 0..20 {
+        assert_eq!(app.cmd(&["SET", &format!("k{i}"), &i.to_string()]), Reply::ok());
+        app.cmd(&["HSET", &format!("h{i}"), "a", "1", "b", "2", "c", "3"]);
+        app.cmd(&["RPUSH", &format!("l{i}"), "x", "y", "z"]);
+    }
+    app.cmd(&["XADD", "events", "*", "kind", "signup"]);
+
+    // Every read is shadowed; NEW is synced first (it does not follow OLD yet).
+    let (code, started) = h
+        .proxy
+        .post("/shadow", serde_json::json!({ "fraction": 1.0, "for_s": 300 }));
+    assert_eq!(code, 202, "{started:#}");
+    support::wait_for("shadow reads running", std::time::Duration::from_secs(60), || {
+        let (_, shadow) = h.proxy.get("/shadow");
+        (shadow["state"] == "running")
+            .then_some(())
+            .ok_or(format!("{shadow:#}"))
+    });
+    assert_eq!(
+        h.proxy.status()["last_handover"]["outcome"],
+        "synced",
+        "a sync with no switch"
+    );
+
+    // A writer keeps changing a key the reads look at: a difference that is only NEW's lag must not count.
+    let mut writer = h.proxy.client();
+    for round in 0..100 {
+        writer.cmd(&["INCR", "hot"]);
+        app.cmd(&["GET", "hot"]);
+        app.cmd(&["GET", &format!("k{}", round % 20)]);
+        assert!(matches!(
+            app.cmd(&["HGETALL", &format!("h{}", round % 20)]),
+            Reply::Array(_)
+        ));
+        app.cmd(&["LRANGE", &format!("l{}", round % 20), "0", "-1"]);
+        if round % 10 == 0 {
+            // Redis 7.0 added fields to XINFO STREAM's reply: a real difference.
+            app.cmd(&["XINFO", "STREAM", "events"]);
+        }
+    }
+    let (code, _) = h.proxy.post("/shadow/stop", serde_json::json!({}));
+    assert_eq!(code, 202);
+    let shadow = support::wait_for("shadow reads ended", std::time::Duration::from_secs(60), || {
+        let (_, shadow) = h.proxy.get("/shadow");
+        (shadow["state"] == "stopped")
+            .then_some(shadow.clone())
+            .ok_or(format!("{shadow:#}"))
+    });
+    let line = |command: &str| {
+        shadow["by_command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["command"] == command)
+            .cloned()
+            .unwrap_or_else(|| panic!("{command} was shadowed: {shadow:#}"))
+    };
+    for ordinary in ["GET", "HGETALL", "LRANGE"] {
+        let counts = line(ordinary);
+        assert_eq!(counts["mismatched"], 0, "{counts:#}");
+        assert!(counts["matched"].as_u64().unwrap() >= 90, "{counts:#}");
+    }
+    assert_eq!(
+        line("GET")["matched"].as_u64().unwrap() + line("GET")["lagged"].as_u64().unwrap(),
+        200
+    );
+    let xinfo = line("XINFO");
+    assert_eq!(xinfo["mismatched"], 10, "{xinfo:#}");
+    let example = &xinfo["examples"][0];
+    assert_eq!(example["request"], "XINFO STREAM events", "{example:#}");
+    assert_eq!(
+        xinfo["examples"].as_array().unwrap().len(),
+        1,
+        "one example per distinct request"
+    );
+    let (primary, follower) = (
+        example["primary"].as_str().unwrap(),
+        example["follower"].as_str().unwrap(),
+    );
+    assert!(
+        follower.contains("entries-added") && !primary.contains("entries-added"),
+        "{example:#}"
+    );
+    assert_eq!(shadow["dropped"], 0);
+    assert!(
+        h.proxy
+            .metrics()
+            .contains("redis_handover_shadow_reads_total{command=\"XINFO\",result=\"mismatch\"} 10")
+    );
+
+    // The verdict: not ready, naming the command; the report lists what shadow reads leave out.
+    let out = ctl(h.proxy.admin, &["check"]);
+    let shown = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("shadow reads: 10 of") && shown.contains("XINFO (10 of 10"),
+        "{shown}"
+    );
+    assert!(shown.contains("left out: RANDOMKEY"), "{shown}");
+
+    // ctl check --shadow: NEW follows already; a run with nothing to compare finds no difference.
+    let out = ctl(h.proxy.admin, &["check", "--shadow", "0.5", "--for", "1s"]);
+    let shown = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{shown}{}", text(&out.stderr));
+    assert!(
+        shown.contains("verdict: READY") && shown.contains("shadow reads (50% of reads"),
+        "{shown}"
+    );
+    assert!(
+        text(&out.stderr).contains("shadow reads: finished"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -68,6 +68,9 @@ pub struct Request {
     /// Fleet peers (admin addresses, as in `fleet_peers`) to leave out: ones gone for good, which would otherwise
     /// stop every handover. One that is alive after all meets OLD's fence with its writes.
     pub exclude_peers: Vec<String>,
+    /// Only sync NEW and leave it following OLD, caught up: no pause, no switch (what `ctl check --shadow`
+    /// starts when NEW does not follow OLD yet).
+    pub sync_only: bool,
 }
 
 impl Default for Request {
@@ -79,6 +82,7 @@ impl Default for Request {
             allow_nonempty: false,
             copy_config: false,
             exclude_peers: Vec::new(),
+            sync_only: false,
         }
     }
 }
@@ -96,6 +100,8 @@ pub enum Phase {
     InDoubt = 7,
     Switched = 5,
     Aborted = 6,
+    /// A sync-only run ended (`ctl check --shadow`): NEW follows OLD, caught up, and nothing was switched.
+    Synced = 8,
 }
 
 impl Phase {
@@ -109,6 +115,7 @@ impl Phase {
             Phase::InDoubt => "in_doubt",
             Phase::Switched => "switched",
             Phase::Aborted => "aborted",
+            Phase::Synced => "synced",
         }
     }
 }
@@ -208,6 +215,8 @@ pub struct Handover {
     /// The scheduled handover (or the last one, once it started, was missed or cancelled), and what cancels it.
     /// Lock order: `schedule` before `progress`.
     schedule: Mutex<Option<(schedule::Scheduled, CancellationToken)>>,
+    /// Stops the running shadow reads.
+    shadow_stop: Mutex<Option<CancellationToken>>,
 }
 
 impl Handover {
@@ -227,6 +236,7 @@ impl Handover {
             window_watch: Mutex::new(None),
             windows_closed: Mutex::new(std::collections::BTreeMap::new()),
             schedule: Mutex::new(None),
+            shadow_stop: Mutex::new(None),
         })
     }
 
@@ -313,8 +323,108 @@ impl Handover {
             to,
             preflight,
             resp3_mode: self.shared.resp3_mode(),
+            shadow: self.shared.shadow.report(),
         };
         crate::readiness::Report::build(inputs, &self.shared.directory, &self.shared.telemetry.census)
+    }
+
+    /// `POST /shadow`: shadow reads of `fraction` of the reads for `duration` (see [`crate::readiness::shadow`]).
+    /// The other server is synced first, as a handover's first phases do (a sync-only run; nothing is switched),
+    /// and the duration counts from then. Refused while a handover or shadow reads run.
+    pub fn start_shadow(
+        self: &Arc<Self>,
+        fraction: f64,
+        duration: Duration,
+    ) -> Result<crate::readiness::shadow::ShadowReport, String> {
+        use crate::readiness::shadow::{self, ShadowReport, ShadowState};
+        if !(fraction > 0.0 && fraction <= 1.0) {
+            return Err(format!(
+                "the shadow fraction must be above 0 and at most 1, not {fraction}"
+            ));
+        }
+        if duration.is_zero() || duration > Duration::from_secs(86_400) {
+            return Err("shadow reads last from 1 s to 24 h".into());
+        }
+        let (source, target) = self.servers().ok_or_else(|| StartError::NoTarget.to_string())?;
+        let describe = |s: &Server| format!("{} {}", s.side.name(), s.addr);
+        let report = ShadowReport::new(fraction, describe(&source), describe(&target), duration);
+        let tap = &self.shared.shadow;
+        if !tap.begin(report.clone()) {
+            return Err("shadow reads are running already".into());
+        }
+        let sync = Request {
+            sync_only: true,
+            ..Request::default()
+        };
+        if let Err(error) = self.start(sync) {
+            tap.update(|r| {
+                r.state = ShadowState::Stopped;
+                r.stopped_because = Some(format!("could not sync the follower first: {error}"));
+            });
+            return Err(error.to_string());
+        }
+        let stop = CancellationToken::new();
+        *self.shadow_stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(stop.clone());
+        let this = self.clone();
+        tokio::spawn(async move {
+            let tap = &this.shared.shadow;
+            // The sync-only run ends as `synced`, or aborted with its reason.
+            while this.running.load(Ordering::SeqCst) {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+            let last = this.lock().last.clone();
+            let synced = last.as_ref().is_some_and(|r| r.outcome == Phase::Synced);
+            if !synced || stop.is_cancelled() {
+                let why = match last.and_then(|r| r.reason) {
+                    Some(reason) if !synced => format!("the follower could not be synced: {reason}"),
+                    _ => "stopped by the operator".to_string(),
+                };
+                if stop.is_cancelled() {
+                    this.abort(false).ok();
+                }
+                tap.update(|r| {
+                    r.state = ShadowState::Stopped;
+                    r.stopped_because = Some(why);
+                });
+                return;
+            }
+            let now = schedule::now_ms();
+            tap.update(|r| {
+                r.started_at_unix_ms = now;
+                r.until_unix_ms = now + duration.as_millis() as u64;
+            });
+            let servers = shadow::Servers {
+                primary_credentials: this.credentials(source.side),
+                follower_credentials: this.credentials(target.side),
+                primary: source,
+                follower: target,
+                tls: this.shared.backend_tls.clone(),
+            };
+            let shared = this.shared.clone();
+            let until = std::time::Instant::now() + duration;
+            shadow::run(tap, servers, fraction, until, stop, || shared.primary.generation()).await;
+        });
+        Ok(report)
+    }
+
+    /// `POST /shadow/stop`: ends the shadow reads (what was sampled is still compared).
+    pub fn stop_shadow(&self) -> Result<(), String> {
+        let running = self.shared.shadow.report().is_some_and(|r| {
+            matches!(
+                r.state,
+                crate::readiness::shadow::ShadowState::Syncing | crate::readiness::shadow::ShadowState::Running
+            )
+        });
+        match self.shadow_stop.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(stop) if running => {
+                stop.cancel();
+                Ok(())
+            }
+            _ => Err("no shadow reads are running".into()),
+        }
     }
 
     /// `POST /rollback`: a handover back to the former primary over the open rollback window; refused when the

@@ -185,6 +185,9 @@ impl Run {
             self.sync().await?;
             self.enter(Phase::CatchingUp);
             self.catch_up().await?;
+            if self.request.sync_only {
+                return Ok(());
+            }
             self.enter(Phase::Paused);
             let paused_at = Instant::now();
             let budget = Duration::from_millis(self.request.max_pause_ms);
@@ -211,6 +214,7 @@ impl Run {
             outcome => outcome,
         };
         match outcome {
+            Ok(()) if self.request.sync_only => self.enter(Phase::Synced),
             Ok(()) => {
                 self.enter(Phase::Switched);
                 let pause = self.handover.lock().current.as_ref().and_then(|r| r.pause_ms);
@@ -521,7 +525,7 @@ impl Run {
                 last.ended_ms.get_or_insert(at);
             }
             report.outcome = phase;
-            let finished = matches!(phase, Phase::Switched | Phase::Aborted);
+            let finished = matches!(phase, Phase::Switched | Phase::Aborted | Phase::Synced);
             report.timeline.push(PhaseSpan {
                 phase,
                 started_ms: at,

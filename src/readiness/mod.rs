@@ -9,6 +9,7 @@
 
 pub mod census;
 pub mod changes;
+pub mod shadow;
 
 use std::fmt;
 
@@ -36,6 +37,9 @@ pub struct Report {
     pub clients: Clients,
     pub commands: Commands,
     pub backlog: Option<Backlog>,
+    /// The current or last shadow reads, and the reads the application sent that they leave out.
+    pub shadow: Option<shadow::ShadowReport>,
+    pub not_shadowed: std::collections::BTreeMap<String, u64>,
     /// When the report was made (Unix time, ms).
     pub generated_at_unix_ms: u64,
 }
@@ -155,6 +159,7 @@ pub struct Inputs {
     /// The pre-flight's findings, or why it would refuse (`None` when there is no NEW to check).
     pub preflight: Option<Result<crate::handover::PreflightFound, String>>,
     pub resp3_mode: crate::config::Resp3Mode,
+    pub shadow: Option<shadow::ShadowReport>,
 }
 
 impl Report {
@@ -205,6 +210,10 @@ impl Report {
         let clients = census_of_clients(directory, inputs.resp3_mode, versions, &mut warnings);
 
         let counted = census.counted();
+        let shadow = inputs.shadow;
+        if let Some(shadow) = &shadow {
+            shadow_verdict(shadow, &mut reasons, &mut warnings);
+        }
         let total = counted
             .iter()
             .filter(|c| !c.command.contains(' '))
@@ -230,16 +239,71 @@ impl Report {
             to_version,
             preflight,
             clients,
+            not_shadowed: if shadow.is_some() {
+                shadow::not_shadowed(&counted)
+            } else {
+                Default::default()
+            },
             commands: Commands {
                 total,
                 counted,
                 changes,
             },
             backlog,
+            shadow,
             generated_at_unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
         }
+    }
+}
+
+/// What shadow reads say for the verdict: a reply that differed is a reason not to switch yet.
+fn shadow_verdict(shadow: &shadow::ShadowReport, reasons: &mut Vec<String>, warnings: &mut Vec<String>) {
+    if shadow.mismatched > 0 {
+        let commands: Vec<String> = shadow
+            .by_command
+            .iter()
+            .filter(|c| c.mismatched > 0)
+            .map(|c| match c.examples.first() {
+                Some(e) => format!(
+                    "{} ({} of {}; e.g. `{}`: {} answered `{}`, {} answered `{}`)",
+                    c.command,
+                    c.mismatched,
+                    c.matched + c.lagged + c.mismatched,
+                    e.request,
+                    shadow.primary,
+                    e.primary,
+                    shadow.follower,
+                    e.follower
+                ),
+                None => format!("{} ({})", c.command, c.mismatched),
+            })
+            .collect();
+        reasons.push(format!(
+            "shadow reads: {} of {} replies differed between {} and {}, after a second look: {}",
+            shadow.mismatched,
+            shadow.compared,
+            shadow.primary,
+            shadow.follower,
+            commands.join("; ")
+        ));
+    }
+    match shadow.state {
+        shadow::ShadowState::Syncing | shadow::ShadowState::Running => {
+            warnings.push("shadow reads are still running: the figures are partial".into())
+        }
+        shadow::ShadowState::Stopped => warnings.push(format!(
+            "shadow reads stopped early: {}",
+            shadow.stopped_because.as_deref().unwrap_or("no reason given")
+        )),
+        shadow::ShadowState::Finished => {}
+    }
+    if shadow.dropped > 0 {
+        warnings.push(format!(
+            "shadow reads: {} sampled reads were not compared (the comparing task was behind); use a smaller fraction",
+            shadow.dropped
+        ));
     }
 }
 
@@ -379,6 +443,43 @@ impl fmt::Display for Report {
         }
         if self.commands.counted.len() > 15 {
             writeln!(f, "  ... {} more (--json lists all)", self.commands.counted.len() - 15)?;
+        }
+        if let Some(shadow) = &self.shadow {
+            writeln!(
+                f,
+                "\nshadow reads ({}% of reads, {} -> {}): {}, {} compared, {} equal, {} equal on a second look \
+                 (lag), {} different, {} dropped",
+                shadow.fraction * 100.0,
+                shadow.primary,
+                shadow.follower,
+                shadow.state.name(),
+                shadow.compared,
+                shadow.matched,
+                shadow.lagged,
+                shadow.mismatched,
+                shadow.dropped
+            )?;
+            for command in &shadow.by_command {
+                writeln!(
+                    f,
+                    "  {:<16} {:>8} equal {:>6} lag {:>6} different",
+                    command.command, command.matched, command.lagged, command.mismatched
+                )?;
+                for example in &command.examples {
+                    writeln!(
+                        f,
+                        "      `{}`\n        primary:  {}\n        follower: {}",
+                        example.request, example.primary, example.follower
+                    )?;
+                }
+            }
+            if !self.not_shadowed.is_empty() {
+                let list: Vec<String> = self.not_shadowed.iter().map(|(c, n)| format!("{c} ({n})")).collect();
+                writeln!(f, "  reads sent but never shadowed: {}", list.join(", "))?;
+            }
+            for left_out in &shadow.left_out {
+                writeln!(f, "  left out: {left_out}")?;
+            }
         }
         if !self.commands.changes.is_empty() {
             writeln!(f, "\nchanged between the two versions, in commands sent:")?;

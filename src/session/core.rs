@@ -125,6 +125,8 @@ pub struct SessionCore {
     settled_generation: u64,
     /// Counted in [`Shared::transactions_open`] (a MULTI of its is open).
     transaction_counted: bool,
+    /// The state of its generator of draws for shadow reads.
+    shadow_draws: u64,
     /// Its own connection, registered as blocked in the move tracker.
     blocked_registered: Option<crate::moves::BlockedConn>,
 }
@@ -162,6 +164,7 @@ impl SessionCore {
             mover_counted: None,
             settled_generation: 0,
             transaction_counted: false,
+            shadow_draws: id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
             blocked_registered: None,
         }
     }
@@ -201,7 +204,7 @@ impl SessionCore {
         }
         let name = request.args.get(0).unwrap_or_default();
         let (command, id) = Command::lookup(name);
-        let verdict = self.decide(env, links, request, command);
+        let verdict = self.decide(env, links, request, command, id);
         if !matches!(verdict, Verdict::Wait | Verdict::Connect | Verdict::CloseNow) {
             if id == CommandId::UNKNOWN {
                 env.telemetry.census.add_detail(name, None);
@@ -218,7 +221,14 @@ impl SessionCore {
     }
 
     /// [`SessionCore::on_request`]'s decision.
-    fn decide(&mut self, env: &Shared, links: Links<'_>, request: Request<'_>, command: Command) -> Verdict {
+    fn decide(
+        &mut self,
+        env: &Shared,
+        links: Links<'_>,
+        request: Request<'_>,
+        command: Command,
+        id: CommandId,
+    ) -> Verdict {
         let args = request.args;
         match command {
             Command::SecurityWarning => {
@@ -350,6 +360,7 @@ impl SessionCore {
                     .map(crate::links::link_name)
             })
             .flatten();
+        let shadow = command == Command::Read && !in_transaction && self.shadow_sample(env, id);
         let output = if self.on_shared {
             self.shared_count += 1 + usize::from(link_name.is_some());
             &mut self.shared_out
@@ -395,6 +406,12 @@ impl SessionCore {
         let queued = self.ledger.pending.len();
         self.ledger.plan(command, args, write, blocked);
         let planned = self.ledger.pending.len() > queued;
+        if shadow
+            && planned
+            && let Some(pending) = self.ledger.pending.back_mut()
+        {
+            pending.shadow = Some(Box::new(Bytes::copy_from_slice(request.raw)));
+        }
         if let Some(rewritten) = &rewritten {
             let args: Vec<&[u8]> = rewritten.iter().map(|a| &a[..]).collect();
             write_command(output, &args);
@@ -417,6 +434,26 @@ impl SessionCore {
                 .push_internal(output, &[b"CLIENT", b"SETNAME", name.as_bytes()]);
         }
         taken
+    }
+
+    /// Whether this read is one of the share sampled for shadow reads (a draw of the session's own generator, made
+    /// only while shadow reads are on).
+    fn shadow_sample(&mut self, env: &Shared, id: CommandId) -> bool {
+        let per_million = env.shadow.per_million();
+        if per_million == 0
+            || !crate::readiness::shadow::shadowed(id)
+            || self.ledger.reply_mode != state::ReplyMode::On
+            || self.ledger.state.subscribed()
+        {
+            return false;
+        }
+        // xorshift64: a fair enough draw, with no lock and no system call.
+        let mut x = self.shadow_draws;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.shadow_draws = x;
+        x % 1_000_000 < u64::from(per_million)
     }
 
     /// The shared link a request goes to (see [`request_key`]).
@@ -1680,6 +1717,35 @@ mod tests {
         own_sent(&mut core);
         assert!(core.may_unpin(true));
         assert_eq!(core.unpin(&env, Some(0)), None, "READWRITE was sent on it");
+    }
+
+    #[test]
+    fn shadow_reads_sample_plain_reads_only_and_hand_on_the_reply() {
+        let env = env(dedicated);
+        let mut core = SessionCore::new(&env, 10);
+        core.on_own_link(&env, Side::Old, None);
+        send(&mut core, &env, own(0), &["GET", "k"]);
+        reply(&mut core, "$1\r\nv\r\n");
+        assert!(core.ledger.shadowed.is_empty(), "off: nothing sampled");
+        let mut samples = env.shadow.open(1.0);
+        send(&mut core, &env, own(0), &["GET", "k"]);
+        send(&mut core, &env, own(0), &["SET", "k", "w"]);
+        send(&mut core, &env, own(0), &["INFO"]);
+        for frame in ["$1\r\nv\r\n", "+OK\r\n", "$2\r\nxx\r\n"] {
+            reply(&mut core, frame);
+        }
+        let sampled: Vec<_> = core.ledger.shadowed.drain(..).collect();
+        assert_eq!(sampled.len(), 1, "a write and server information are never shadowed");
+        assert_eq!(&sampled[0].request[..], resp(&["GET", "k"]).as_slice());
+        assert_eq!(&sampled[0].reply[..], b"$1\r\nv\r\n");
+        send(&mut core, &env, own(0), &["MULTI"]);
+        send(&mut core, &env, own(0), &["GET", "k"]);
+        assert!(
+            core.ledger.pending.iter().all(|p| p.shadow.is_none()),
+            "not inside a transaction"
+        );
+        env.shadow.send(sampled.into_iter());
+        assert!(samples.try_recv().is_ok(), "handed to the comparing task");
     }
 
     #[test]

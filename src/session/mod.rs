@@ -207,6 +207,9 @@ impl Session {
             self.reconcile();
             // The turn's metrics, before the client can see the replies they count.
             self.core.ledger.tally.flush(&self.shared.telemetry);
+            if !self.core.ledger.shadowed.is_empty() {
+                self.shared.shadow.send(self.core.ledger.shadowed.drain(..));
+            }
             if self.core.finished(self.client_eof) {
                 return Ok(());
             }

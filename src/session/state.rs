@@ -261,6 +261,8 @@ pub struct Pending {
     pub raw_len: usize,
     /// Sent again elsewhere: its reply from here is dropped.
     pub void: bool,
+    /// A read sampled for shadow reads: the request, handed on with its reply.
+    pub shadow: Option<Box<Bytes>>,
 }
 
 impl Pending {
@@ -277,6 +279,7 @@ impl Pending {
             sent_at,
             raw_len: 0,
             void: false,
+            shadow: None,
         }
     }
 }
@@ -411,6 +414,8 @@ pub struct Ledger {
     tx_incomplete: bool,
     /// Requests sent again whose replies the client had already: their replies now are not shown.
     hide_next: usize,
+    /// Reads sampled for shadow reads, with their replies, to hand on at the turn's end.
+    pub shadowed: Vec<crate::readiness::shadow::Sample>,
 }
 
 impl Ledger {
@@ -438,6 +443,7 @@ impl Ledger {
             tx_answered_bytes: 0,
             tx_incomplete: false,
             hide_next: 0,
+            shadowed: Vec::new(),
         }
     }
 
@@ -511,6 +517,7 @@ impl Ledger {
                 sent_at,
                 raw_len: 0,
                 void: false,
+                shadow: None,
             });
         }
     }
@@ -648,7 +655,7 @@ impl Ledger {
             parked.frames.push(Bytes::copy_from_slice(frame));
             return None;
         }
-        let Some(head) = self.pending.pop_front() else {
+        let Some(mut head) = self.pending.pop_front() else {
             // A reply to nothing: Redis does not do this, but forwarding it keeps the client's view honest.
             tracing::warn!("reply from the backend with no request pending");
             self.client_out.extend_from_slice(frame);
@@ -702,6 +709,14 @@ impl Ledger {
                 None => self.client_out.extend_from_slice(frame),
             },
             _ => self.client_out.extend_from_slice(frame),
+        }
+        if let Some(request) = head.shadow.take() {
+            self.shadowed.push(crate::readiness::shadow::Sample {
+                request: *request,
+                reply: Bytes::copy_from_slice(frame),
+                db: self.state.db,
+                protocol: self.state.protocol,
+            });
         }
         match head.effect {
             Effect::ClientId => {

@@ -732,6 +732,20 @@ impl AdminPort {
             .unwrap()
     }
 
+    /// `GET path`; the HTTP status and the JSON answer.
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let mut response = agent
+            .get(&self.admin_url(path))
+            .call()
+            .expect("GET from the admin port");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.body_mut().read_json().unwrap_or(serde_json::Value::Null),
+        )
+    }
+
     /// `POST path` with a JSON body; the HTTP status and the JSON answer.
     pub fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
         let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
