@@ -8,7 +8,11 @@ and prints the median of each with its ratio to direct Redis, p50/p99 latency, a
 target's process (and of Redis behind it), read from /proc. Variants run SET and GET as clients that negotiated
 RESP3, selected db 3, or authenticated as an ACL user (twemproxy supports none of these, so it is left out of them).
 Then it measures the memory each target holds per idle client (RSS growth over 1000 connections that sent a PING).
-Every process it starts is stopped when it ends.
+With --shadow FRACTION, one more target: a shared-links proxy whose NEW (a second Redis 7.0, synced from the first)
+gets that share of the reads as shadow reads for the whole run; its results (compared, different, dropped) are
+printed at the end. The replica then receives the writes of every target's run, alike. With --baseline BINARY,
+one more target: that build of redis-handover (shared links), to measure a change on the same machine in the same
+run. Every process it starts is stopped when it ends.
 """
 import argparse
 import csv
@@ -85,6 +89,15 @@ def bench(port, test, pipeline, requests, options, pids):
             "redis_cpu_us": cpu_us[-1]}
 
 
+def admin(port, path, body=None):
+    """GET (or, with a body, POST) on a proxy's admin port; the JSON answer."""
+    import urllib.request
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method="POST" if data else "GET")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -93,6 +106,8 @@ def main():
     parser.add_argument("--binary", default=os.path.join(ROOT, "target/release/redis-handover"))
     parser.add_argument("--workloads", help="comma-separated subset, e.g. 'GET -P 1,GET -P 16'")
     parser.add_argument("--variants", default="resp3,db,acl", help="comma-separated subset of resp3,db,acl, or ''")
+    parser.add_argument("--shadow", type=float, help="also a proxy shadowing this share of reads to a replica (0.05)")
+    parser.add_argument("--baseline", help="also this build of redis-handover (shared links), as 'proxy baseline'")
     args = parser.parse_args()
     workloads = [(test, pipeline, "") for test, pipeline in WORKLOADS]
     if args.workloads:
@@ -143,6 +158,35 @@ def main():
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"}))
             wait_port(proxy_port, "redis-handover")
             targets.append((f"proxy {mode}", proxy_port, processes[-1].pid))
+        if args.baseline:
+            proxy_port = free_port()
+            processes.append(subprocess.Popen(
+                [args.baseline, "--listen", f"127.0.0.1:{proxy_port}", "--old", f"127.0.0.1:{redis_port}",
+                 "--admin", f"127.0.0.1:{free_port()}", "--backend-links", "shared"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"}))
+            wait_port(proxy_port, "redis-handover (baseline)")
+            targets.append(("proxy baseline", proxy_port, processes[-1].pid))
+        shadow_admin = None
+        if args.shadow:
+            new_port, proxy_port, shadow_admin = free_port(), free_port(), free_port()
+            new_dir = os.path.join(work, "new")
+            os.mkdir(new_dir)
+            processes.append(subprocess.Popen(
+                ["redis-server", "--port", str(new_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--dir", new_dir], stdout=subprocess.DEVNULL))
+            wait_port(new_port, "redis-server (NEW)")
+            processes.append(subprocess.Popen(
+                [args.binary, "--listen", f"127.0.0.1:{proxy_port}", "--old", f"127.0.0.1:{redis_port}",
+                 "--new", f"127.0.0.1:{new_port}", "--admin", f"127.0.0.1:{shadow_admin}", "--backend-links",
+                 "shared"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"}))
+            wait_port(proxy_port, "redis-handover (shadow)")
+            admin(shadow_admin, "/shadow", {"fraction": args.shadow, "for_s": 86400})
+            deadline = time.time() + 120
+            while admin(shadow_admin, "/shadow")["state"] != "running":
+                if time.time() > deadline:
+                    sys.exit("shadow reads did not start within 120 s")
+                time.sleep(0.2)
+            targets.append((f"proxy shadow {args.shadow:g}", proxy_port, processes[-1].pid))
 
         def targets_of(workload):
             # twemproxy has no RESP3, no SELECT and no ACL users.
@@ -180,6 +224,16 @@ def main():
                 results.append(row)
                 print(f"{label:<22}{name:<17}{rps:>10.0f}{row['ratio']:>9.2f}{row['p50_ms']:>8.3f}{row['p99_ms']:>8.3f}"
                       f"{row['cpu_us_per_request']:>11.1f}{row['redis_cpu_us_per_request']:>13.1f}")
+
+        if shadow_admin:
+            shadow = admin(shadow_admin, "/shadow")
+            print(f"\nshadow reads ({args.shadow:g} of reads): {shadow['compared']} compared, {shadow['matched']} equal, "
+                  f"{shadow['lagged']} equal on a second look, {shadow['mismatched']} different, "
+                  f"{shadow['inconclusive']} undecided, "
+                  f"{shadow['dropped']} dropped (the comparing task was behind)")
+            for line in shadow["by_command"]:
+                print(f"  {line['command']:<12}{line['matched']:>9} equal{line['lagged']:>7} lag"
+                      f"{line['mismatched']:>7} different")
 
         print(f"\nmemory per idle client (RSS growth over {IDLE_CLIENTS} connections; silent, then having sent a PING):")
         memory = {}

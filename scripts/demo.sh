@@ -73,6 +73,33 @@ for pipeline in 1 16; do
   bench "$proxy_port" "proxy" "$pipeline"
 done
 
+echo "== readiness: an application's clients (redis-py naming itself), then ctl check with 5% shadow reads on NEW"
+python3 - "$proxy_port" <<'APP'
+import sys, redis
+for name in ("billing", "search"):
+    r = redis.Redis(port=int(sys.argv[1]), protocol=2, client_name=name)
+    r.hset(f"user:{name}", mapping={"plan": "pro", "seats": 3})
+    r.rpush(f"recent:{name}", "a", "b", "c")
+    r.xadd("events", {"kind": "signup", "who": name})
+    assert r.hgetall(f"user:{name}")[b"plan"] == b"pro"
+APP
+shadow_for=$([ "$requests" -gt 20000 ] && echo 10s || echo 4s)
+(
+  end=$((SECONDS + 30))
+  while [ $SECONDS -lt $end ]; do
+    for _ in $(seq 50); do echo "XINFO STREAM events"; echo "HGETALL user:billing"; done |
+      redis-cli -p "$proxy_port" >/dev/null
+    redis-benchmark -p "$proxy_port" -t get,lrange_100 -n 2000 -c 10 -r "$keys" -q >/dev/null 2>&1 || true
+  done
+) &
+readers=$!
+"$proxy_bin" ctl --admin "127.0.0.1:$admin_port" check --shadow 0.05 --for "$shadow_for" >"$work/readiness.txt" \
+  2>"$work/readiness.err" || true
+kill "$readers" 2>/dev/null || true
+wait "$readers" 2>/dev/null || true
+"$proxy_bin" ctl --admin "127.0.0.1:$admin_port" check --json >"$work/readiness.json" 2>/dev/null || true
+sed 's/^/   /' "$work/readiness.txt"
+
 # The consistency checker writes through the first proxy for the whole live part, and checks every write it was
 # told succeeded once it is stopped, after both moves.
 "$proxy_bin" check-consistency --addr "127.0.0.1:$proxy_port" --clients 4 --rate 5000 --seconds 3600 --prefix demo --json \
@@ -178,5 +205,15 @@ try:
 except (OSError, ValueError, KeyError) as error:
     print(f"   consistency:        no report ({error}): {open(f'{work}/consistency.err').read().strip()}")
     ok = False
+readiness = json.load(open(f"{work}/readiness.json"))
+shadow = readiness.get("shadow") or {}
+print(f"   readiness:          {'READY' if readiness['ready'] else 'NOT READY'} before the handover "
+      f"({len(readiness['reasons'])} reason(s), {len(readiness['warnings'])} warning(s); report above)")
+print(f"   shadow reads:       {shadow.get('compared', 0)} compared, {shadow.get('mismatched', 0)} different "
+      f"({', '.join(c['command'] for c in shadow.get('by_command', []) if c['mismatched']) or 'none'}), "
+      f"{shadow.get('lagged', 0)} equal on a second look, {shadow.get('inconclusive', 0)} undecided, "
+      f"{shadow.get('dropped', 0)} dropped")
+plain = [c for c in shadow.get("by_command", []) if c["command"] in ("GET", "LRANGE", "HGETALL") and c["mismatched"]]
+ok &= shadow.get("compared", 0) > 0 and not plain
 sys.exit(0 if ok and errors == 0 else 1)
 REPORT

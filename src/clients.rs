@@ -67,6 +67,12 @@ pub struct Library {
 
 /// How many client names a [`Library`] lists.
 const NAMES_LISTED: usize = 5;
+/// The longest library name or version the census keeps.
+const MAX_ATTRIBUTE: usize = 128;
+/// How many distinct libraries and versions the census of past clients keeps; the others are summed as one.
+const MAX_LIBRARIES: usize = 200;
+/// The name under which the libraries beyond [`MAX_LIBRARIES`] are summed.
+const OTHER_LIBRARIES: &str = "(other libraries)";
 
 impl Library {
     fn add(&mut self, card: &Card, open: bool) {
@@ -154,7 +160,9 @@ impl Handle {
                 "{shown} cannot contain spaces, newlines or special characters."
             ));
         }
-        *field = (!value.is_empty()).then(|| String::from_utf8_lossy(value).into_owned());
+        // Kept for the census cut at MAX_ATTRIBUTE (Redis keeps any length; the census must stay small).
+        *field =
+            (!value.is_empty()).then(|| String::from_utf8_lossy(&value[..value.len().min(MAX_ATTRIBUTE)]).into_owned());
         bytes::Bytes::from_static(b"+OK\r\n")
     }
 
@@ -191,7 +199,11 @@ impl Directory {
         };
         let card = handle.card();
         let mut past = crate::links::lock(&self.past);
-        past.entry(card.library()).or_default().add(&card, false);
+        let mut key = card.library();
+        if past.len() >= MAX_LIBRARIES && !past.contains_key(&key) {
+            key = (OTHER_LIBRARIES.to_string(), String::new());
+        }
+        past.entry(key).or_default().add(&card, false);
     }
 
     /// The cards of the clients connected now, oldest first.

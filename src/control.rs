@@ -194,6 +194,16 @@ impl ControlConn {
     /// One request as the client sent it (RESP or inline); its reply frame as the server sent it, in whatever
     /// protocol the connection speaks.
     pub async fn call_raw(&mut self, request: &[u8], timeout: Duration) -> Result<bytes::Bytes, ControlError> {
+        let mut replies = self.call_raw_many(&[request], timeout).await?;
+        Ok(replies.remove(0))
+    }
+
+    /// Several requests as clients sent them, in one write; their reply frames, in order.
+    pub async fn call_raw_many(
+        &mut self,
+        requests: &[&[u8]],
+        timeout: Duration,
+    ) -> Result<Vec<bytes::Bytes>, ControlError> {
         if self.broken {
             return Err(ControlError::Unusable {
                 side: self.label,
@@ -201,10 +211,15 @@ impl ControlConn {
             });
         }
         let work = async {
-            self.stream.write_all(request).await.map_err(|e| self.io(e))?;
+            let out: Vec<u8> = requests.concat();
+            self.stream.write_all(&out).await.map_err(|e| self.io(e))?;
+            let mut replies = Vec::with_capacity(requests.len());
             loop {
+                if replies.len() == requests.len() {
+                    return Ok(replies);
+                }
                 match self.scanner.scan(&self.input) {
-                    Scanned::Frame { len, .. } => return Ok(self.input.split_to(len).freeze()),
+                    Scanned::Frame { len, .. } => replies.push(self.input.split_to(len).freeze()),
                     Scanned::Invalid => return Err(self.protocol()),
                     Scanned::Incomplete => {
                         self.input.reserve(16 * 1024);
@@ -222,7 +237,10 @@ impl ControlConn {
             Err(_) => Err(ControlError::Timeout {
                 side: self.label,
                 addr: self.addr.to_string(),
-                command: String::from_utf8_lossy(&request[..request.len().min(40)]).into_owned(),
+                command: requests
+                    .first()
+                    .map(|r| String::from_utf8_lossy(&r[..r.len().min(40)]).into_owned())
+                    .unwrap_or_default(),
                 timeout_ms: timeout.as_millis() as u64,
             }),
         };

@@ -314,6 +314,8 @@ pub struct Tally {
     commands: Option<(Family, u64)>,
     /// A run of requests of one command, for the census.
     names: Option<(CommandId, u64)>,
+    /// A run of requests of one subcommand or unknown name, for the census.
+    details: Option<(crate::readiness::census::DetailKey, u64)>,
     replies: Option<Run>,
 }
 
@@ -347,6 +349,19 @@ impl Tally {
             run => {
                 if let Some((i, n)) = run.replace((id, 1)) {
                     telemetry.census.add(i, n);
+                }
+            }
+        }
+    }
+
+    /// A request of a container command's subcommand, or of a name outside the table (see
+    /// [`crate::readiness::census`]).
+    pub fn detail(&mut self, telemetry: &Telemetry, key: crate::readiness::census::DetailKey) {
+        match &mut self.details {
+            Some((k, n)) if *k == key => *n += 1,
+            run => {
+                if let Some((k, n)) = run.replace((key, 1)) {
+                    telemetry.census.add_detail(&k, n);
                 }
             }
         }
@@ -387,6 +402,9 @@ impl Tally {
         }
         if let Some((id, n)) = self.names.take() {
             telemetry.census.add(id, n);
+        }
+        if let Some((key, n)) = self.details.take() {
+            telemetry.census.add_detail(&key, n);
         }
         if let Some(run) = self.replies.take() {
             telemetry.replies(run.family, run.bucket, run.count, run.sum, run.errors);

@@ -25,11 +25,35 @@ fn ctl(proxy: &Proxy, args: &[&str]) -> Output {
         .expect("run redis-handover ctl")
 }
 
+/// `ctl` with a bound on how long it may take: it is killed, and the test fails, past `timeout`.
+fn ctl_within(proxy: &Proxy, args: &[&str], timeout: Duration) -> Output {
+    let admin = proxy.admin.to_string();
+    let mut all = vec!["ctl", "--admin", &admin];
+    all.extend_from_slice(args);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_redis-handover"))
+        .args(&all)
+        .env_remove("REDIS_HANDOVER_ADMIN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run redis-handover ctl");
+    let deadline = std::time::Instant::now() + timeout;
+    while child.try_wait().expect("ctl's status").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("ctl's output");
+            panic!("ctl {args:?} did not end within {timeout:?}: {}", text(&out.stdout));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("ctl's output")
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// A client writing through the proxy as fast as it can, until dropped.
+/// A client writing through the proxy as fast as it can (pipelines of 20 SETs), until dropped.
 struct BusyWriter {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<u64>>,
@@ -43,8 +67,13 @@ impl BusyWriter {
         let thread = std::thread::spawn(move || {
             let mut n = 0u64;
             while !flag.load(Ordering::Relaxed) {
-                assert_eq!(client.cmd(&["SET", "busy", &n.to_string()]), Reply::ok());
-                n += 1;
+                for i in 0..20 {
+                    client.send(&["SET", "busy", &(n + i).to_string()]);
+                }
+                for _ in 0..20 {
+                    assert_eq!(client.read(), Reply::ok());
+                }
+                n += 20;
             }
             n
         });
@@ -152,16 +181,17 @@ fn a_handover_for_a_quiet_moment_waits_for_the_writer_and_the_open_multi() {
 fn a_window_that_closes_before_a_quiet_moment_runs_nothing_and_says_why() {
     let h = Harness::start(Version::V6_2, Version::V7_0);
     let _writer = BusyWriter::start(&h.proxy);
-    // A window from now to four seconds from now, in UTC.
+    // A window from now to eight seconds from now, in UTC.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
     let clock = |s: u64| format!("{:02}:{:02}:{:02}", s / 3600 % 24, s / 60 % 60, s % 60);
-    let window = format!("{}-{}", clock(now), clock(now + 4));
-    let out = ctl(
+    let window = format!("{}-{}", clock(now), clock(now + 8));
+    let out = ctl_within(
         &h.proxy,
         &["handover", "--window", &window, "--when-writes-below", "50", "--wait"],
+        Duration::from_secs(120),
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     let said = text(&out.stderr);

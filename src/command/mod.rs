@@ -127,26 +127,32 @@ impl CommandId {
     /// Whether the command's first argument names a subcommand whose behaviour is its own (`CONFIG GET`,
     /// `CLIENT KILL`, `XINFO STREAM`, ...): the census counts those by subcommand.
     pub fn has_subcommands(self) -> bool {
-        const CONTAINERS: &[&[u8]] = &[
-            b"ACL",
-            b"CLIENT",
-            b"CLUSTER",
-            b"COMMAND",
-            b"CONFIG",
-            b"FUNCTION",
-            b"LATENCY",
-            b"MEMORY",
-            b"MODULE",
-            b"OBJECT",
-            b"PUBSUB",
-            b"SCRIPT",
-            b"SLOWLOG",
-            b"XGROUP",
-            b"XINFO",
-        ];
-        self.index().is_some_and(|i| CONTAINERS.contains(&table::COMMANDS[i].0))
+        self.index().is_some_and(|i| CONTAINERS[i])
     }
 }
+
+/// Whether each command of the table is a container of subcommands (see [`CommandId::has_subcommands`]), by
+/// position: built on first use, as it is asked for every request.
+static CONTAINERS: std::sync::LazyLock<Vec<bool>> = std::sync::LazyLock::new(|| {
+    const NAMES: &[&[u8]] = &[
+        b"ACL",
+        b"CLIENT",
+        b"CLUSTER",
+        b"COMMAND",
+        b"CONFIG",
+        b"FUNCTION",
+        b"LATENCY",
+        b"MEMORY",
+        b"MODULE",
+        b"OBJECT",
+        b"PUBSUB",
+        b"SCRIPT",
+        b"SLOWLOG",
+        b"XGROUP",
+        b"XINFO",
+    ];
+    table::COMMANDS.iter().map(|(name, _)| NAMES.contains(name)).collect()
+});
 
 /// Slots of the command index: a power of two over four times the table's size, so that probes are short.
 const SLOTS: usize = 1024;

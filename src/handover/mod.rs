@@ -257,14 +257,16 @@ impl Handover {
                 let phase = self.lock().phase.unwrap_or(Phase::Idle);
                 return Err(StartError::Running(phase.name()));
             }
-            *own = (!self.shared.config.fleet_peers.is_empty()).then(|| fleet::OwnClaim {
+            // A sync-only run pauses nothing and claims nothing of the fleet (see `Run::execute`).
+            *own = (!self.shared.config.fleet_peers.is_empty() && !request.sync_only).then(|| fleet::OwnClaim {
                 epoch: format!("{}@{started_at_unix_ms}", self.proxy_id()),
                 yielded: false,
             });
         }
         let cancel = CancellationToken::new();
         *self.cancel.lock().unwrap_or_else(|e| e.into_inner()) = Some(cancel.clone());
-        let uses_window = self.use_window();
+        // A sync-only run leaves the rollback window as it is.
+        let uses_window = !request.sync_only && self.use_window();
         let report = Report {
             outcome: Phase::Preflight,
             reason: None,
@@ -349,9 +351,13 @@ impl Handover {
         let describe = |s: &Server| format!("{} {}", s.side.name(), s.addr);
         let report = ShadowReport::new(fraction, describe(&source), describe(&target), duration);
         let tap = &self.shared.shadow;
+        // Under this lock, so that a stop finds this run's token, never the last run's.
+        let mut stop_slot = self.shadow_stop.lock().unwrap_or_else(|e| e.into_inner());
         if !tap.begin(report.clone()) {
             return Err("shadow reads are running already".into());
         }
+        let stop = CancellationToken::new();
+        *stop_slot = Some(stop.clone());
         let sync = Request {
             sync_only: true,
             ..Request::default()
@@ -363,28 +369,37 @@ impl Handover {
             });
             return Err(error.to_string());
         }
-        let stop = CancellationToken::new();
-        *self.shadow_stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(stop.clone());
+        drop(stop_slot);
+        // The sync-only run, known by its start time among the handovers that may follow it.
+        let sync_started = self.lock().current.as_ref().map(|r| r.started_at_unix_ms);
         let this = self.clone();
         tokio::spawn(async move {
             let tap = &this.shared.shadow;
+            let ours = |r: &Option<Report>| r.as_ref().map(|r| r.started_at_unix_ms) == sync_started;
             // The sync-only run ends as `synced`, or aborted with its reason.
-            while this.running.load(Ordering::SeqCst) {
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            let last = loop {
+                let ended = {
+                    let progress = this.lock();
+                    (!ours(&progress.current)).then(|| progress.last.clone().filter(|r| ours(&Some(r.clone()))))
+                };
+                if let Some(last) = ended {
+                    break last;
                 }
-            }
-            let last = this.lock().last.clone();
+                if stop.is_cancelled() {
+                    // Only the sync this run started is aborted, never a handover that came after it.
+                    if ours(&this.lock().current) {
+                        this.abort(false).ok();
+                    }
+                    break None;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
             let synced = last.as_ref().is_some_and(|r| r.outcome == Phase::Synced);
             if !synced || stop.is_cancelled() {
                 let why = match last.and_then(|r| r.reason) {
                     Some(reason) if !synced => format!("the follower could not be synced: {reason}"),
                     _ => "stopped by the operator".to_string(),
                 };
-                if stop.is_cancelled() {
-                    this.abort(false).ok();
-                }
                 tap.update(|r| {
                     r.state = ShadowState::Stopped;
                     r.stopped_because = Some(why);

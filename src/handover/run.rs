@@ -179,7 +179,10 @@ impl Run {
         tracing::info!(from = %self.source.addr, to = %self.target.addr, request = ?self.request, "handover started");
         let outcome = async {
             self.enter(Phase::Preflight);
-            self.claim_fleet().await?;
+            // A sync-only run pauses nothing, so the other proxies of a fleet have no part in it.
+            if !self.request.sync_only {
+                self.claim_fleet().await?;
+            }
             self.preflight().await?;
             self.enter(Phase::Syncing);
             self.sync().await?;

@@ -18,6 +18,10 @@ use super::Request;
 
 /// How far back the write rate of a quiet moment is measured.
 pub const QUIET_SPAN: Duration = Duration::from_secs(3);
+/// How long a schedule with no window tries again while another handover runs.
+const RETRY_RUNNING: Duration = Duration::from_secs(600);
+/// How far in the past an `--at` time may be (a clock's second, a slow command line) before it is refused.
+const PAST_SLACK_MS: u64 = 5_000;
 /// How often a watching schedule samples the writes.
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 
@@ -181,6 +185,16 @@ pub fn rfc3339(ms: u64) -> String {
 /// When a plan may start and must have started by: `(not_before, not_after)`.
 pub fn bounds(plan: &Plan, now: u64) -> Result<(u64, Option<u64>), String> {
     let at = plan.at.as_deref().map(|a| parse_at(a, now)).transpose()?;
+    if let Some(at) = at.filter(|&at| at + PAST_SLACK_MS < now) {
+        return Err(format!(
+            "--at {} is in the past ({}); nothing was scheduled",
+            plan.at.as_deref().unwrap_or_default(),
+            rfc3339(at)
+        ));
+    }
+    if plan.when_writes_below == Some(0) {
+        return Err("--when-writes-below 0 can never be met: give at least 1 (writes per second)".into());
+    }
     let window = plan
         .window
         .as_deref()
@@ -265,7 +279,7 @@ impl super::Handover {
         );
         if let Err(refusal) = run.check(false).await {
             let blocked = format!(
-                "the pre-flight would refuse the handover now: {refusal}. It will run only if that is fixed before                  its time (ctl check shows the checks; ctl cancel drops it)"
+                "the pre-flight would refuse the handover now: {refusal}. It will run only if that is fixed before its time (ctl check shows the checks; ctl cancel drops it)"
             );
             tracing::warn!(%blocked, "scheduled handover blocked");
             self.update_schedule(id, |s| s.blocked = Some(blocked));
@@ -377,23 +391,38 @@ impl super::Handover {
             });
             return;
         }
-        // Under the schedule's lock, so that a cancel either comes first (nothing starts) or finds it started.
-        let mut slot = lock(&self.schedule);
-        let Some((scheduled, _)) = slot
-            .as_mut()
-            .filter(|(s, _)| s.id == id && matches!(s.state, ScheduleState::Waiting | ScheduleState::Watching))
-        else {
-            return;
-        };
-        match self.start(plan.handover) {
-            Ok(()) => {
-                scheduled.state = ScheduleState::Started;
-                scheduled.started_at_unix_ms = Some(now_ms());
+        // Another handover (or the sync of shadow reads) may be running: tried again each second, until the
+        // window closes, or for RETRY_RUNNING without one.
+        let retry_until = not_after.unwrap_or_else(|| now_ms() + RETRY_RUNNING.as_millis() as u64);
+        loop {
+            {
+                // Under the schedule's lock, so that a cancel either comes first (nothing starts) or finds it
+                // started.
+                let mut slot = lock(&self.schedule);
+                let Some((scheduled, _)) = slot
+                    .as_mut()
+                    .filter(|(s, _)| s.id == id && matches!(s.state, ScheduleState::Waiting | ScheduleState::Watching))
+                else {
+                    return;
+                };
+                let error = match self.start(plan.handover.clone()) {
+                    Ok(()) => {
+                        scheduled.state = ScheduleState::Started;
+                        scheduled.started_at_unix_ms = Some(now_ms());
+                        return;
+                    }
+                    Err(error) => error,
+                };
+                if !matches!(error, super::StartError::Running(_)) || now_ms() >= retry_until {
+                    tracing::warn!(%error, "the scheduled handover could not start");
+                    scheduled.state = ScheduleState::Missed;
+                    scheduled.reason = Some(format!("it could not start when due: {error}"));
+                    return;
+                }
             }
-            Err(error) => {
-                tracing::warn!(%error, "the scheduled handover could not start");
-                scheduled.state = ScheduleState::Missed;
-                scheduled.reason = Some(format!("it could not start when due: {error}"));
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
     }
@@ -477,6 +506,15 @@ mod tests {
             ..Plan::default()
         };
         assert_eq!(bounds(&plan(None, None), NOW), Ok((NOW, None)));
+        assert!(
+            bounds(&plan(Some("2026-11-29T20:00:00Z"), None), NOW).is_err_and(|e| e.contains("in the past")),
+            "a typo in the date must not start a handover at once"
+        );
+        let never = Plan {
+            when_writes_below: Some(0),
+            ..Plan::default()
+        };
+        assert!(bounds(&never, NOW).is_err());
         assert_eq!(bounds(&plan(Some("+1m"), None), NOW), Ok((NOW + 60_000, None)));
         assert_eq!(
             bounds(&plan(Some("+1m"), Some("22:30-23:00")), NOW),

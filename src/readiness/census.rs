@@ -10,11 +10,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::command::CommandId;
 
-/// At most this many distinct names outside the table are kept; the rest are counted together.
-const MAX_OTHER_NAMES: usize = 200;
-/// The name under which the names beyond [`MAX_OTHER_NAMES`] are counted.
+/// At most this many distinct subcommands and names outside the table are kept; the rest are counted together
+/// (clients choose these names: the census must not grow with them).
+const MAX_DETAIL: usize = 500;
+/// The name under which the names beyond [`MAX_DETAIL`] are counted.
 const TOO_MANY: &str = "(other names)";
-/// The longest name kept as it is; longer ones are cut.
+/// The longest name (and subcommand) kept as it is; longer ones are cut, and end in `~`.
 const MAX_NAME: usize = 40;
 
 /// Counts of the commands clients sent.
@@ -23,8 +24,6 @@ pub struct CommandCensus {
     counts: Box<[AtomicU64]>,
     /// `COMMAND SUBCOMMAND` of container commands and names outside the table, upper case.
     detail: Mutex<BTreeMap<String, u64>>,
-    /// Names outside the table kept in `detail`.
-    other_names: Mutex<usize>,
 }
 
 impl Default for CommandCensus {
@@ -32,8 +31,57 @@ impl Default for CommandCensus {
         CommandCensus {
             counts: (0..CommandId::COUNT).map(|_| AtomicU64::new(0)).collect(),
             detail: Mutex::default(),
-            other_names: Mutex::default(),
         }
+    }
+}
+
+/// A subcommand or unknown name as the census keeps it, built on the stack: upper case, printable ASCII (`?` for
+/// anything else), each word cut at `MAX_NAME` (40).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct DetailKey {
+    bytes: [u8; 2 * MAX_NAME + 3],
+    len: usize,
+}
+
+impl std::fmt::Debug for DetailKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl DetailKey {
+    /// The key of `name` (with `subcommand`, for a container command).
+    pub fn new(name: &[u8], subcommand: Option<&[u8]>) -> DetailKey {
+        let mut key = DetailKey {
+            bytes: [0; 2 * MAX_NAME + 3],
+            len: 0,
+        };
+        key.push_word(name);
+        if let Some(sub) = subcommand {
+            key.bytes[key.len] = b' ';
+            key.len += 1;
+            key.push_word(sub);
+        }
+        key
+    }
+
+    fn push_word(&mut self, word: &[u8]) {
+        for &b in &word[..word.len().min(MAX_NAME)] {
+            self.bytes[self.len] = if b.is_ascii_graphic() {
+                b.to_ascii_uppercase()
+            } else {
+                b'?'
+            };
+            self.len += 1;
+        }
+        if word.len() > MAX_NAME {
+            self.bytes[self.len] = b'~';
+            self.len += 1;
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or("?")
     }
 }
 
@@ -56,29 +104,16 @@ impl CommandCensus {
         }
     }
 
-    /// Counts a request of a container command by its subcommand (`CONFIG GET`), or of a name outside the table.
-    /// `name` is the command as sent; `subcommand` is given for a known container command.
-    pub fn add_detail(&self, name: &[u8], subcommand: Option<&[u8]>) {
-        let mut key = upper(name);
-        let known = subcommand.is_some();
-        if let Some(sub) = subcommand {
-            key.push(' ');
-            key.push_str(&upper(sub));
-        }
+    /// Adds `n` requests of a container command's subcommand (`CONFIG GET`), or of a name outside the table.
+    pub fn add_detail(&self, key: &DetailKey, n: u64) {
         let mut detail = crate::links::lock(&self.detail);
-        if let Some(count) = detail.get_mut(&key) {
-            *count += 1;
-            return;
+        if let Some(count) = detail.get_mut(key.as_str()) {
+            *count += n;
+        } else if detail.len() >= MAX_DETAIL {
+            *detail.entry(TOO_MANY.to_string()).or_default() += n;
+        } else {
+            detail.insert(key.as_str().to_string(), n);
         }
-        if !known {
-            let mut kept = crate::links::lock(&self.other_names);
-            if *kept >= MAX_OTHER_NAMES {
-                *detail.entry(TOO_MANY.to_string()).or_default() += 1;
-                return;
-            }
-            *kept += 1;
-        }
-        detail.insert(key, 1);
     }
 
     /// Every command counted, most sent first (then by name): top-level commands, then subcommands beside them.
@@ -99,7 +134,7 @@ impl CommandCensus {
             .collect();
         for (name, &count) in crate::links::lock(&self.detail).iter() {
             all.push(Counted {
-                unknown: !name.contains(' '),
+                unknown: !name.contains(' ') && name != TOO_MANY,
                 command: name.clone(),
                 count,
             });
@@ -107,19 +142,6 @@ impl CommandCensus {
         all.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.command.cmp(&b.command)));
         all
     }
-}
-
-/// A name as the census keeps it: upper case, printable, cut at [`MAX_NAME`] characters.
-fn upper(name: &[u8]) -> String {
-    let cut = &name[..name.len().min(MAX_NAME)];
-    let mut text: String = String::from_utf8_lossy(cut)
-        .chars()
-        .map(|c| if c.is_control() { '?' } else { c.to_ascii_uppercase() })
-        .collect();
-    if name.len() > MAX_NAME {
-        text.push('…');
-    }
-    text
 }
 
 #[cfg(test)]
@@ -133,8 +155,8 @@ mod tests {
         census.add(Command::lookup(b"get").1, 5);
         census.add(Command::lookup(b"SET").1, 2);
         census.add(Command::lookup(b"config").1, 1);
-        census.add_detail(b"config", Some(b"get"));
-        census.add_detail(b"my.module\r\n", None);
+        census.add_detail(&DetailKey::new(b"config", Some(b"get")), 1);
+        census.add_detail(&DetailKey::new(b"my.module\r\n", None), 1);
         census.add(CommandId::UNKNOWN, 9);
         let counted = census.counted();
         let line = |name: &str| counted.iter().find(|c| c.command == name).cloned();
@@ -147,18 +169,19 @@ mod tests {
     }
 
     #[test]
-    fn names_outside_the_table_are_bounded() {
+    fn names_chosen_by_clients_are_bounded() {
         let census = CommandCensus::default();
-        for i in 0..MAX_OTHER_NAMES + 50 {
-            census.add_detail(format!("x{i}").as_bytes(), None);
+        for i in 0..MAX_DETAIL + 50 {
+            census.add_detail(&DetailKey::new(b"config", Some(format!("x{i}").as_bytes())), 1);
         }
-        census.add_detail(b"x0", None);
+        census.add_detail(&DetailKey::new(b"config", Some(b"x0")), 1);
         let counted = census.counted();
-        assert_eq!(counted.len(), MAX_OTHER_NAMES + 1);
-        assert_eq!(counted[0].command, TOO_MANY);
-        assert_eq!(counted[0].count, 50);
-        assert_eq!(counted[1].command, "X0");
-        assert_eq!(counted[1].count, 2);
-        assert_eq!(upper(&[b'a'; 50]).chars().count(), MAX_NAME + 1);
+        assert_eq!(counted.len(), MAX_DETAIL + 1);
+        assert_eq!((counted[0].command.as_str(), counted[0].count), (TOO_MANY, 50));
+        assert!(!counted[0].unknown);
+        assert_eq!((counted[1].command.as_str(), counted[1].count), ("CONFIG X0", 2));
+        let long = DetailKey::new(&[b'a'; 50], Some(&[b'b'; 50]));
+        assert_eq!(long.as_str().len(), 2 * MAX_NAME + 3);
+        assert!(long.as_str().ends_with("B~"));
     }
 }

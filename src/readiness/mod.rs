@@ -299,6 +299,13 @@ fn shadow_verdict(shadow: &shadow::ShadowReport, reasons: &mut Vec<String>, warn
         )),
         shadow::ShadowState::Finished => {}
     }
+    if shadow.inconclusive > 0 {
+        warnings.push(format!(
+            "shadow reads: {} replies differed at first and could not be looked at again with both servers at one \
+             replication offset (writes kept landing between the looks); they are not counted as differences",
+            shadow.inconclusive
+        ));
+    }
     if shadow.dropped > 0 {
         warnings.push(format!(
             "shadow reads: {} sampled reads were not compared (the comparing task was behind); use a smaller fraction",
@@ -393,7 +400,8 @@ impl fmt::Display for Report {
         }
         if let Some(backlog) = &self.backlog {
             let holds = backlog.holds_s.map_or("any time (no writes seen)".to_string(), |s| {
-                format!("{s:.0} s of writes")
+                let span = std::time::Duration::from_secs(s.round() as u64);
+                format!("{} of writes", humantime::format_duration(span))
             });
             writeln!(
                 f,
@@ -448,7 +456,7 @@ impl fmt::Display for Report {
             writeln!(
                 f,
                 "\nshadow reads ({}% of reads, {} -> {}): {}, {} compared, {} equal, {} equal on a second look \
-                 (lag), {} different, {} dropped",
+                 (lag), {} different, {} undecided (writes kept landing between the looks), {} dropped",
                 shadow.fraction * 100.0,
                 shadow.primary,
                 shadow.follower,
@@ -457,13 +465,14 @@ impl fmt::Display for Report {
                 shadow.matched,
                 shadow.lagged,
                 shadow.mismatched,
+                shadow.inconclusive,
                 shadow.dropped
             )?;
             for command in &shadow.by_command {
                 writeln!(
                     f,
-                    "  {:<16} {:>8} equal {:>6} lag {:>6} different",
-                    command.command, command.matched, command.lagged, command.mismatched
+                    "  {:<16} {:>8} equal {:>6} lag {:>6} different {:>6} undecided",
+                    command.command, command.matched, command.lagged, command.mismatched, command.inconclusive
                 )?;
                 for example in &command.examples {
                     writeln!(

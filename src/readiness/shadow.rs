@@ -68,7 +68,6 @@ const SHADOWED: &[&str] = &[
     "TYPE",
     "XINFO",
     "XLEN",
-    "XPENDING",
     "XRANGE",
     "XREVRANGE",
     "ZCARD",
@@ -102,11 +101,25 @@ pub const LEFT_OUT: &[(&str, &str)] = &[
         "server information",
     ),
     ("SCAN, SSCAN, HSCAN, ZSCAN, KEYS", "cursors and hash-table order"),
+    (
+        "XINFO CONSUMERS, XINFO GROUPS, XINFO STREAM FULL, XPENDING",
+        "idle and delivery times",
+    ),
     ("DUMP", "the payload carries each version's RDB format"),
     (
         "writes, blocking calls, scripts, commands inside MULTI",
         "they change data or wait: never sent twice",
     ),
+];
+
+/// Errors that say the server could not answer now, not what it answers: a sample with one is not compared.
+const TRANSIENT: &[&[u8]] = &[
+    b"-NOPERM",
+    b"-NOAUTH",
+    b"-BUSY",
+    b"-LOADING",
+    b"-MASTERDOWN",
+    b"-TRYAGAIN",
 ];
 
 /// Commands whose reply order Redis leaves open: compared as sets.
@@ -123,9 +136,16 @@ static SHADOWABLE: std::sync::LazyLock<Vec<bool>> = std::sync::LazyLock::new(|| 
     table
 });
 
-/// Whether the command `id` is one shadow reads may send to the follower.
+/// Whether the command `id` is one shadow reads may send to the follower (for XINFO, only `XINFO STREAM key`).
 pub fn shadowed(id: CommandId) -> bool {
     id.index().is_some_and(|i| SHADOWABLE[i])
+}
+
+/// Whether this request may be sent to the follower: a shadowed command, and of XINFO only `XINFO STREAM key`
+/// (the other forms show idle and delivery times, which differ on every call).
+pub fn shadowed_request(id: CommandId, args: crate::protocol::request::Args<'_>) -> bool {
+    static XINFO: std::sync::LazyLock<CommandId> = std::sync::LazyLock::new(|| Command::lookup(b"XINFO").1);
+    shadowed(id) && (id != *XINFO || (args.len() == 3 && args.is(1, "STREAM")))
 }
 
 /// A read the primary answered, to send to the follower.
@@ -141,8 +161,10 @@ pub struct Sample {
 
 /// How many samples may wait for the comparing task; more are dropped (and counted).
 const QUEUE: usize = 4096;
-/// How many times a difference is checked again before it counts.
-const RECHECKS: usize = 3;
+/// The most samples compared in one go (the follower gets them pipelined).
+const BATCH: usize = 256;
+/// How many times a difference is looked at again, for a look with both servers at one offset.
+const RECHECKS: usize = 5;
 /// The longest a recheck waits for the follower to apply what the primary had.
 const RECHECK_WAIT: Duration = Duration::from_secs(1);
 /// Examples kept per command, and the longest text of a request or reply in one.
@@ -293,11 +315,13 @@ pub struct ShadowReport {
     pub follower: String,
     pub started_at_unix_ms: u64,
     pub until_unix_ms: u64,
-    /// Replies compared, equal at once, equal on a second look (the follower lagged), and different.
+    /// Replies compared, equal at once, equal on a second look (the follower lagged), different, and different
+    /// at first with no later look at one offset on both (writes kept landing in between).
     pub compared: u64,
     pub matched: u64,
     pub lagged: u64,
     pub mismatched: u64,
+    pub inconclusive: u64,
     /// Samples not compared: the primary refused the client (NOPERM, NOAUTH), or the follower could not be asked.
     pub skipped: u64,
     pub dropped: u64,
@@ -314,6 +338,7 @@ pub struct ShadowCommand {
     pub matched: u64,
     pub lagged: u64,
     pub mismatched: u64,
+    pub inconclusive: u64,
     /// A few of the differences.
     pub examples: Vec<Example>,
 }
@@ -341,6 +366,7 @@ impl ShadowReport {
             matched: 0,
             lagged: 0,
             mismatched: 0,
+            inconclusive: 0,
             skipped: 0,
             dropped: 0,
             by_command: Vec::new(),
@@ -370,6 +396,8 @@ enum Verdict {
     Match,
     Lagged,
     Mismatch(Example),
+    /// Different, and writes kept landing between the looks: no look saw both servers at one offset.
+    Inconclusive,
     Skipped,
 }
 
@@ -402,8 +430,8 @@ impl Pool {
         }
     }
 
-    /// Sends `request` on the connection of `db` and `protocol` (opened, or opened again after a failure).
-    async fn call(&mut self, db: i64, protocol: u8, request: &[u8]) -> Result<Bytes, String> {
+    /// Sends `requests` in one write on the connection of `db` and `protocol`; their replies, in order.
+    async fn call_many(&mut self, db: i64, protocol: u8, requests: &[&[u8]]) -> Result<Vec<Bytes>, String> {
         let key = (db, protocol);
         if self.conns.get(&key).is_none_or(ControlConn::is_broken) {
             let mut conn = ControlConn::connect(&self.server, &self.credentials, CALL_TIMEOUT, self.tls.as_ref())
@@ -422,7 +450,9 @@ impl Pool {
             self.conns.insert(key, conn);
         }
         let conn = self.conns.get_mut(&key).expect("inserted above");
-        conn.call_raw(request, CALL_TIMEOUT).await.map_err(|e| e.to_string())
+        conn.call_raw_many(requests, CALL_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// The server's replication offset: what a primary has written, or what a follower has applied.
@@ -466,24 +496,28 @@ pub async fn run(
     let mut samples = tap.open(fraction);
     tap.update(|r| r.state = ShadowState::Running);
     tracing::info!(fraction, "shadow reads started");
+    let mut batch = Vec::with_capacity(BATCH);
     let stopped = loop {
-        let sample = tokio::select! {
-            sample = samples.recv() => sample,
+        let received = tokio::select! {
+            n = samples.recv_many(&mut batch, BATCH) => n,
             () = tokio::time::sleep_until(until.into()) => break None,
             () = stop.cancelled() => break Some("stopped by the operator".to_string()),
         };
-        let Some(sample) = sample else { break None };
+        if received == 0 {
+            break None;
+        }
         if primary_generation() != generation {
             break Some("the primary changed (a handover switched): the follower no longer follows".into());
         }
-        compare_and_count(tap, &mut primary, &mut follower, &sample).await;
+        compare_batch(tap, &mut primary, &mut follower, &mut batch).await;
     };
     tap.close();
     // What was sampled before the end is still compared (at most the queue's length).
     if primary_generation() == generation {
         while let Ok(sample) = samples.try_recv() {
-            compare_and_count(tap, &mut primary, &mut follower, &sample).await;
+            batch.push(sample);
         }
+        compare_batch(tap, &mut primary, &mut follower, &mut batch).await;
     }
     tap.update(|report| {
         report.state = if stopped.is_some() {
@@ -499,20 +533,45 @@ pub async fn run(
     tracing::info!("shadow reads ended");
 }
 
-/// Compares one sample and adds the outcome to the run's results.
-async fn compare_and_count(tap: &Tap, primary: &mut Pool, follower: &mut Pool, sample: &Sample) {
-    let name = command_name(&sample.request);
-    let verdict = compare_sample(primary, follower, sample, &name).await;
+/// Compares a batch of samples (emptying it): the follower gets each db and protocol's requests in one write, and
+/// the outcomes are added to the run's results.
+async fn compare_batch(tap: &Tap, primary: &mut Pool, follower: &mut Pool, batch: &mut Vec<Sample>) {
+    let mut groups: BTreeMap<(i64, u8), Vec<usize>> = BTreeMap::new();
+    for (i, sample) in batch.iter().enumerate() {
+        groups.entry((sample.db, sample.protocol)).or_default().push(i);
+    }
+    let mut replies: Vec<Option<Bytes>> = vec![None; batch.len()];
+    for ((db, protocol), indexes) in groups {
+        let requests: Vec<&[u8]> = indexes.iter().map(|&i| &batch[i].request[..]).collect();
+        if let Ok(got) = follower.call_many(db, protocol, &requests).await {
+            for (&i, reply) in indexes.iter().zip(got) {
+                replies[i] = Some(reply);
+            }
+        }
+    }
+    for (sample, reply) in batch.drain(..).zip(replies) {
+        let name = command_name(&sample.request);
+        let verdict = match reply {
+            Some(reply) => judge(primary, follower, &sample, &name, reply).await,
+            None => Verdict::Skipped,
+        };
+        count(tap, &name, verdict);
+    }
+}
+
+/// Adds one sample's outcome to the run's results.
+fn count(tap: &Tap, name: &str, verdict: Verdict) {
     tap.update(|report| {
         if verdict == Verdict::Skipped {
             report.skipped += 1;
             return;
         }
         report.compared += 1;
-        let line = report.command(&name);
+        let line = report.command(name);
         match verdict {
             Verdict::Match => line.matched += 1,
             Verdict::Lagged => line.lagged += 1,
+            Verdict::Inconclusive => line.inconclusive += 1,
             Verdict::Mismatch(example) => {
                 line.mismatched += 1;
                 if line.examples.len() < EXAMPLES && !line.examples.iter().any(|e| e.request == example.request) {
@@ -521,51 +580,99 @@ async fn compare_and_count(tap: &Tap, primary: &mut Pool, follower: &mut Pool, s
             }
             Verdict::Skipped => {}
         }
-        let (matched, lagged, mismatched) = report.by_command.iter().fold((0, 0, 0), |(m, l, x), c| {
-            (m + c.matched, l + c.lagged, x + c.mismatched)
+        let sums = report.by_command.iter().fold((0, 0, 0, 0), |(m, l, x, i), c| {
+            (m + c.matched, l + c.lagged, x + c.mismatched, i + c.inconclusive)
         });
-        (report.matched, report.lagged, report.mismatched) = (matched, lagged, mismatched);
+        (report.matched, report.lagged, report.mismatched, report.inconclusive) = sums;
     });
 }
 
-/// Sends one sample to the follower and compares; a difference is looked at again before it counts.
-async fn compare_sample(primary: &mut Pool, follower: &mut Pool, sample: &Sample, name: &str) -> Verdict {
-    if sample.reply.starts_with(b"-NOPERM") || sample.reply.starts_with(b"-NOAUTH") {
+/// Compares a sample's reply from the primary with the follower's; a difference is looked at again before it
+/// counts.
+async fn judge(primary: &mut Pool, follower: &mut Pool, sample: &Sample, name: &str, reply: Bytes) -> Verdict {
+    let transient = |frame: &[u8]| TRANSIENT.iter().any(|t| frame.starts_with(t));
+    if transient(&sample.reply) || transient(&reply) {
         return Verdict::Skipped;
     }
-    let Ok(reply) = follower.call(sample.db, sample.protocol, &sample.request).await else {
-        return Verdict::Skipped;
-    };
     if same(name, sample.protocol, &sample.reply, &reply) {
         return Verdict::Match;
     }
-    let mut last = (sample.reply.clone(), reply);
     for _ in 0..RECHECKS {
-        let Ok(again) = recheck(primary, follower, sample).await else {
+        let Ok((primary_reply, written)) = pinned(primary, sample).await else {
             return Verdict::Skipped;
         };
-        if same(name, sample.protocol, &again.0, &again.1) {
+        let deadline = Instant::now() + RECHECK_WAIT;
+        loop {
+            match follower.offset().await {
+                Ok(applied) if applied >= written => break,
+                Ok(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(5)).await,
+                _ => return Verdict::Skipped,
+            }
+        }
+        let Ok((follower_reply, applied)) = pinned(follower, sample).await else {
+            return Verdict::Skipped;
+        };
+        if applied != written {
+            // A write landed in between: this look does not compare one dataset with itself.
+            continue;
+        }
+        if same(name, sample.protocol, &primary_reply, &follower_reply) {
             return Verdict::Lagged;
         }
-        last = again;
+        return Verdict::Mismatch(Example {
+            request: request_text(&sample.request),
+            primary: reply_text(&primary_reply, sample.protocol),
+            follower: reply_text(&follower_reply, sample.protocol),
+        });
     }
-    Verdict::Mismatch(Example {
-        request: request_text(&sample.request),
-        primary: reply_text(&last.0, sample.protocol),
-        follower: reply_text(&last.1, sample.protocol),
-    })
+    Verdict::Inconclusive
 }
 
-/// Asks the primary again, then the follower once it has applied everything the primary had by then.
-async fn recheck(primary: &mut Pool, follower: &mut Pool, sample: &Sample) -> Result<(Bytes, Bytes), String> {
-    let primary_reply = primary.call(sample.db, sample.protocol, &sample.request).await?;
-    let written = primary.offset().await?;
-    let deadline = Instant::now() + RECHECK_WAIT;
-    while follower.offset().await? < written && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let follower_reply = follower.call(sample.db, sample.protocol, &sample.request).await?;
-    Ok((primary_reply, follower_reply))
+/// The sample's request answered in a transaction with `INFO replication`: the reply, and the server's replication
+/// offset at that very point (what a primary had written, or a follower had applied).
+async fn pinned(pool: &mut Pool, sample: &Sample) -> Result<(Bytes, i64), String> {
+    const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
+    const INFO: &[u8] = b"*2\r\n$4\r\nINFO\r\n$11\r\nreplication\r\n";
+    const EXEC: &[u8] = b"*1\r\n$4\r\nEXEC\r\n";
+    let replies = pool
+        .call_many(sample.db, sample.protocol, &[MULTI, &sample.request, INFO, EXEC])
+        .await?;
+    let exec = replies.last().ok_or("no EXEC reply")?;
+    let (reply, info) =
+        exec_parts(exec).ok_or_else(|| format!("EXEC answered {}", reply_text(exec, sample.protocol)))?;
+    let text = match Value::decode(&info, sample.protocol) {
+        Some(Value::Str(text)) => text,
+        _ => return Err("INFO replication did not answer a string".into()),
+    };
+    let info = crate::control::parse_info(&text);
+    let key = if info.get("role").map(String::as_str) == Some("slave") {
+        "slave_repl_offset"
+    } else {
+        "master_repl_offset"
+    };
+    let offset = info
+        .get(key)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("no {key} in INFO replication"))?;
+    Ok((reply, offset))
+}
+
+/// The two reply frames inside an EXEC reply of two commands (`*2\r\n<frame><frame>`).
+fn exec_parts(frame: &[u8]) -> Option<(Bytes, Bytes)> {
+    let body = frame.strip_prefix(b"*2\r\n")?;
+    let mut scanner = crate::protocol::reply::ReplyScanner::new();
+    let crate::protocol::reply::Scanned::Frame { len: first, .. } = scanner.scan(body) else {
+        return None;
+    };
+    let crate::protocol::reply::Scanned::Frame { len: second, .. } = scanner.scan(&body[first..]) else {
+        return None;
+    };
+    (first + second == body.len()).then(|| {
+        (
+            Bytes::copy_from_slice(&body[..first]),
+            Bytes::copy_from_slice(&body[first..]),
+        )
+    })
 }
 
 /// Whether two replies to `name` say the same: byte for byte, or as sets where the order is open.
@@ -737,9 +844,39 @@ mod tests {
             "BLPOP",
             "EVAL",
             "KEYS",
+            "XPENDING",
         ] {
             assert!(!shadowed(Command::lookup(name.as_bytes()).1), "{name}");
         }
+        let request = |words: &[&str]| {
+            let mut raw = bytes::BytesMut::new();
+            let words: Vec<&[u8]> = words.iter().map(|w| w.as_bytes()).collect();
+            crate::protocol::request::write_command(&mut raw, &words);
+            raw
+        };
+        for (words, expected) in [
+            (&["XINFO", "STREAM", "s"][..], true),
+            (&["XINFO", "STREAM", "s", "FULL"][..], false),
+            (&["XINFO", "GROUPS", "s"][..], false),
+            (&["GET", "k"][..], true),
+        ] {
+            let raw = request(words);
+            let mut parser = crate::protocol::request::RequestParser::new();
+            parser.parse(&raw);
+            let args = parser.args(&raw);
+            let id = Command::lookup(args.get(0).unwrap()).1;
+            assert_eq!(shadowed_request(id, args), expected, "{words:?}");
+        }
+    }
+
+    #[test]
+    fn a_transaction_s_reply_is_split_into_the_read_s_and_info_s() {
+        let exec = b"*2\r\n$1\r\nv\r\n$28\r\n# Replication\r\nrole:master\r\n\r\n";
+        let (reply, info) = exec_parts(exec).unwrap();
+        assert_eq!(&reply[..], b"$1\r\nv\r\n");
+        assert!(info.starts_with(b"$28\r\n"));
+        assert_eq!(exec_parts(b"-EXECABORT Transaction discarded\r\n"), None);
+        assert_eq!(exec_parts(b"*2\r\n$1\r\nv\r\n"), None);
     }
 
     #[test]

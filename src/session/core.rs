@@ -206,14 +206,16 @@ impl SessionCore {
         let (command, id) = Command::lookup(name);
         let verdict = self.decide(env, links, request, command, id);
         if !matches!(verdict, Verdict::Wait | Verdict::Connect | Verdict::CloseNow) {
+            use crate::readiness::census::DetailKey;
+            let tally = &mut self.ledger.tally;
             if id == CommandId::UNKNOWN {
-                env.telemetry.census.add_detail(name, None);
+                tally.detail(&env.telemetry, DetailKey::new(name, None));
             } else {
-                self.ledger.tally.name(&env.telemetry, id);
+                tally.name(&env.telemetry, id);
                 if id.has_subcommands()
                     && let Some(sub) = request.args.get(1)
                 {
-                    env.telemetry.census.add_detail(name, Some(sub));
+                    tally.detail(&env.telemetry, DetailKey::new(name, Some(sub)));
                 }
             }
         }
@@ -360,7 +362,7 @@ impl SessionCore {
                     .map(crate::links::link_name)
             })
             .flatten();
-        let shadow = command == Command::Read && !in_transaction && self.shadow_sample(env, id);
+        let shadow = command == Command::Read && !in_transaction && self.shadow_sample(env, id, args);
         let output = if self.on_shared {
             self.shared_count += 1 + usize::from(link_name.is_some());
             &mut self.shared_out
@@ -438,10 +440,10 @@ impl SessionCore {
 
     /// Whether this read is one of the share sampled for shadow reads (a draw of the session's own generator, made
     /// only while shadow reads are on).
-    fn shadow_sample(&mut self, env: &Shared, id: CommandId) -> bool {
+    fn shadow_sample(&mut self, env: &Shared, id: CommandId, args: Args<'_>) -> bool {
         let per_million = env.shadow.per_million();
         if per_million == 0
-            || !crate::readiness::shadow::shadowed(id)
+            || !crate::readiness::shadow::shadowed_request(id, args)
             || self.ledger.reply_mode != state::ReplyMode::On
             || self.ledger.state.subscribed()
         {
