@@ -214,23 +214,11 @@ impl ControlConn {
             let out: Vec<u8> = requests.concat();
             self.stream.write_all(&out).await.map_err(|e| self.io(e))?;
             let mut replies = Vec::with_capacity(requests.len());
-            loop {
-                if replies.len() == requests.len() {
-                    return Ok(replies);
-                }
-                match self.scanner.scan(&self.input) {
-                    Scanned::Frame { len, .. } => replies.push(self.input.split_to(len).freeze()),
-                    Scanned::Invalid => return Err(self.protocol()),
-                    Scanned::Incomplete => {
-                        self.input.reserve(16 * 1024);
-                        let n = self.stream.read_buf(&mut self.input).await.map_err(|e| self.io(e))?;
-                        if n == 0 {
-                            let closed = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed");
-                            return Err(self.io(closed));
-                        }
-                    }
-                }
+            while replies.len() < requests.len() {
+                let len = self.read_frame().await?;
+                replies.push(self.input.split_to(len).freeze());
             }
+            Ok(replies)
         };
         let result = match tokio::time::timeout(timeout, work).await {
             Ok(result) => result,
@@ -299,13 +287,17 @@ impl ControlConn {
     }
 
     async fn read_reply(&mut self) -> Result<Value, ControlError> {
+        let len = self.read_frame().await?;
+        let value = Value::decode(&self.input[..len], 2).ok_or_else(|| self.protocol())?;
+        self.input.advance(len);
+        Ok(value)
+    }
+
+    /// Reads until a whole reply frame is at the start of the input; its length.
+    async fn read_frame(&mut self) -> Result<usize, ControlError> {
         loop {
             match self.scanner.scan(&self.input) {
-                Scanned::Frame { len, .. } => {
-                    let value = Value::decode(&self.input[..len], 2).ok_or_else(|| self.protocol())?;
-                    self.input.advance(len);
-                    return Ok(value);
-                }
+                Scanned::Frame { len, .. } => return Ok(len),
                 Scanned::Invalid => return Err(self.protocol()),
                 Scanned::Incomplete => {
                     self.input.reserve(16 * 1024);

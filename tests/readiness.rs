@@ -5,21 +5,7 @@
 
 mod support;
 
-use std::process::{Command, Output};
-
-use support::{Harness, Reply, Version};
-
-/// `redis-handover ctl --admin ADMIN args...`, the real binary.
-fn ctl(admin: std::net::SocketAddr, args: &[&str]) -> Output {
-    let admin = admin.to_string();
-    let mut all = vec!["ctl", "--admin", &admin];
-    all.extend_from_slice(args);
-    Command::new(env!("CARGO_BIN_EXE_redis-handover"))
-        .args(&all)
-        .env_remove("REDIS_HANDOVER_ADMIN")
-        .output()
-        .expect("run redis-handover ctl")
-}
+use support::{Harness, Reply, Version, ctl};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

@@ -13,16 +13,9 @@ use std::time::Duration;
 use serde_json::json;
 use support::{Harness, Proxy, Reply, Version, wait_for};
 
-/// `redis-handover ctl --admin ADMIN args...`, the real binary.
+/// `redis-handover ctl` against `proxy`'s admin port.
 fn ctl(proxy: &Proxy, args: &[&str]) -> Output {
-    let admin = proxy.admin.to_string();
-    let mut all = vec!["ctl", "--admin", &admin];
-    all.extend_from_slice(args);
-    Command::new(env!("CARGO_BIN_EXE_redis-handover"))
-        .args(&all)
-        .env_remove("REDIS_HANDOVER_ADMIN")
-        .output()
-        .expect("run redis-handover ctl")
+    support::ctl(proxy.admin, args)
 }
 
 /// `ctl` with a bound on how long it may take: it is killed, and the test fails, past `timeout`.

@@ -420,6 +420,19 @@ impl Drop for Proxy {
     }
 }
 
+/// `redis-handover ctl --admin ADMIN args...`, the real binary (built for the tests), with no admin address from
+/// the environment.
+pub fn ctl(admin: SocketAddr, args: &[&str]) -> std::process::Output {
+    let admin = admin.to_string();
+    let mut all = vec!["ctl", "--admin", &admin];
+    all.extend_from_slice(args);
+    std::process::Command::new(env!("CARGO_BIN_EXE_redis-handover"))
+        .args(&all)
+        .env_remove("REDIS_HANDOVER_ADMIN")
+        .output()
+        .expect("run redis-handover ctl")
+}
+
 /// A reply, decoded by redis-protocol (not by the proxy's own code).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
