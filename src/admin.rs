@@ -40,6 +40,19 @@ pub async fn serve(listener: TcpListener, handover: Arc<Handover>, shutdown: tok
         .route("/fleet/{step}", post(fleet_step))
         .route_layer(axum::middleware::from_fn_with_state(handover.clone(), require_token))
         .route("/healthz", get(|| async { "ok\n" }))
+        // The page and its script and style need no token: they hold no data, and the page asks for the token.
+        .route(
+            "/",
+            get(|| async { page("text/html; charset=utf-8", include_str!("page/index.html")) }),
+        )
+        .route(
+            "/page.js",
+            get(|| async { page("text/javascript; charset=utf-8", include_str!("page/page.js")) }),
+        )
+        .route(
+            "/page.css",
+            get(|| async { page("text/css; charset=utf-8", include_str!("page/page.css")) }),
+        )
         .layer(axum::middleware::from_fn_with_state(Arc::new(own), refuse_other_sites))
         .with_state(handover);
     if let Err(error) = axum::serve(listener, app)
@@ -113,6 +126,12 @@ async fn stop_shadow(State(handover): State<Arc<Handover>>) -> Response {
         Ok(()) => (StatusCode::ACCEPTED, Json(json!({ "stopping": true }))).into_response(),
         Err(reason) => refuse(StatusCode::CONFLICT, reason),
     }
+}
+
+/// A part of the admin page (`GET /`): one self-contained page, its script and its style, built into the binary;
+/// everything it shows comes from the JSON API.
+fn page(content_type: &'static str, body: &'static str) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 /// `GET /metrics`: Prometheus text format.

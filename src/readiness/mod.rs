@@ -211,8 +211,17 @@ impl Report {
 
         let counted = census.counted();
         let shadow = inputs.shadow;
-        if let Some(shadow) = &shadow {
-            shadow_verdict(shadow, &mut reasons, &mut warnings);
+        match &shadow {
+            // Shadow reads of this handover's two servers, in its direction, count for the verdict.
+            Some(shadow) if shadow.primary == inputs.from && Some(&shadow.follower) == inputs.to.as_ref() => {
+                shadow_verdict(shadow, &mut reasons, &mut warnings)
+            }
+            Some(shadow) => warnings.push(format!(
+                "the last shadow reads compared {} with {}, not this handover's servers in its direction: run them \
+                 again (ctl check --shadow 0.05 --for 60s)",
+                shadow.primary, shadow.follower
+            )),
+            None => {}
         }
         let total = counted
             .iter()
@@ -512,6 +521,40 @@ impl fmt::Display for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shadow_reads_count_only_for_the_handover_they_tried() {
+        let mut shadow = shadow::ShadowReport::new(
+            0.05,
+            "old 127.0.0.1:1".into(),
+            "new 127.0.0.1:2".into(),
+            std::time::Duration::from_secs(1),
+        );
+        shadow.state = shadow::ShadowState::Finished;
+        shadow.compared = 10;
+        shadow.mismatched = 1;
+        let report = |from: &str, to: &str| {
+            let inputs = Inputs {
+                from: from.into(),
+                to: Some(to.into()),
+                preflight: Some(Ok(crate::handover::PreflightFound::default())),
+                resp3_mode: crate::config::Resp3Mode::Allow,
+                shadow: Some(shadow.clone()),
+            };
+            Report::build(inputs, &Default::default(), &Default::default())
+        };
+        let forward = report("old 127.0.0.1:1", "new 127.0.0.1:2");
+        assert!(
+            !forward.ready && forward.reasons[0].starts_with("shadow reads: 1 of 10"),
+            "{forward:?}"
+        );
+        let back = report("new 127.0.0.1:2", "old 127.0.0.1:1");
+        assert!(back.ready, "{back:?}");
+        assert!(
+            back.warnings.iter().any(|w| w.contains("not this handover's servers")),
+            "{back:?}"
+        );
+    }
 
     #[test]
     fn libraries_are_known_by_the_name_they_give() {
