@@ -61,7 +61,29 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// A free TCP port on 127.0.0.1 (free when asked; the caller binds it at once).
+///
+/// Taken below Linux's ephemeral range (32768-60999), from a counter this process walks: a port handed out here
+/// and bound a moment later cannot meanwhile become the local port of some connection (every outgoing connection
+/// takes an ephemeral port), nor be handed to another test of this process. Port 0 would be: a test that chose
+/// its fleet's admin ports in advance once found one taken by a connection.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // Each test process starts at its own place, so that two running at once rarely meet.
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % COUNT,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..COUNT {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % COUNT) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
