@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -136,32 +136,12 @@ impl ControlConn {
             write_command(&mut out, &args);
         }
         let name = commands.first().map(|c| c.join(" ")).unwrap_or_default();
-        if self.broken {
-            return Err(ControlError::Unusable {
-                side: self.label,
-                addr: self.addr.to_string(),
-            });
-        }
-        let work = async {
-            self.stream.write_all(&out).await.map_err(|e| self.io(e))?;
-            let mut replies = Vec::with_capacity(commands.len());
-            while replies.len() < commands.len() {
-                replies.push(self.read_reply().await?);
-            }
-            Ok(replies)
-        };
-        let result = match tokio::time::timeout(timeout, work).await {
-            Ok(result) => result,
-            Err(_) => Err(ControlError::Timeout {
-                side: self.label,
-                addr: self.addr.to_string(),
-                command: name,
-                timeout_ms: timeout.as_millis() as u64,
-            }),
-        };
-        // A reply that comes after a timeout, or after a broken read, would be taken for the next command's.
-        self.broken = result.is_err();
-        result
+        let frames = self.exchange(&out, commands.len(), name, timeout).await?;
+        let values: Option<Vec<Value>> = frames.iter().map(|frame| Value::decode(frame, 2)).collect();
+        values.ok_or_else(|| {
+            self.broken = true;
+            self.protocol()
+        })
     }
 
     /// Names the connection [`CONTROL_NAME`] and learns its id on the server. A server that refuses either (an
@@ -204,6 +184,22 @@ impl ControlConn {
         requests: &[&[u8]],
         timeout: Duration,
     ) -> Result<Vec<bytes::Bytes>, ControlError> {
+        let name = requests
+            .first()
+            .map(|r| String::from_utf8_lossy(&r[..r.len().min(40)]).into_owned())
+            .unwrap_or_default();
+        self.exchange(&requests.concat(), requests.len(), name, timeout).await
+    }
+
+    /// Writes `out` (`count` requests, the first named `name` for errors) and reads `count` reply frames, all
+    /// within `timeout`.
+    async fn exchange(
+        &mut self,
+        out: &[u8],
+        count: usize,
+        name: String,
+        timeout: Duration,
+    ) -> Result<Vec<bytes::Bytes>, ControlError> {
         if self.broken {
             return Err(ControlError::Unusable {
                 side: self.label,
@@ -211,10 +207,9 @@ impl ControlConn {
             });
         }
         let work = async {
-            let out: Vec<u8> = requests.concat();
-            self.stream.write_all(&out).await.map_err(|e| self.io(e))?;
-            let mut replies = Vec::with_capacity(requests.len());
-            while replies.len() < requests.len() {
+            self.stream.write_all(out).await.map_err(|e| self.io(e))?;
+            let mut replies = Vec::with_capacity(count);
+            while replies.len() < count {
                 let len = self.read_frame().await?;
                 replies.push(self.input.split_to(len).freeze());
             }
@@ -225,13 +220,11 @@ impl ControlConn {
             Err(_) => Err(ControlError::Timeout {
                 side: self.label,
                 addr: self.addr.to_string(),
-                command: requests
-                    .first()
-                    .map(|r| String::from_utf8_lossy(&r[..r.len().min(40)]).into_owned())
-                    .unwrap_or_default(),
+                command: name,
                 timeout_ms: timeout.as_millis() as u64,
             }),
         };
+        // A reply that comes after a timeout, or after a broken read, would be taken for the next command's.
         self.broken = result.is_err();
         result
     }
@@ -284,13 +277,6 @@ impl ControlConn {
     /// follow a replication stream.
     pub fn into_parts(self) -> (Stream, BytesMut) {
         (self.stream, self.input)
-    }
-
-    async fn read_reply(&mut self) -> Result<Value, ControlError> {
-        let len = self.read_frame().await?;
-        let value = Value::decode(&self.input[..len], 2).ok_or_else(|| self.protocol())?;
-        self.input.advance(len);
-        Ok(value)
     }
 
     /// Reads until a whole reply frame is at the start of the input; its length.
