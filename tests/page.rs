@@ -5,7 +5,7 @@ mod support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::{Harness, Proxy, Version};
 
@@ -19,7 +19,8 @@ fn page(url: &str) -> String {
         "Chromium is not installed: run scripts/install-redis.sh (apt-get install chromium)"
     );
     let profile = tempdir();
-    let mut child = Command::new(CHROMIUM)
+    let mut command = Command::new(CHROMIUM);
+    command
         .args([
             "--headless",
             "--no-sandbox",
@@ -31,20 +32,8 @@ fn page(url: &str) -> String {
             url,
         ])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start chromium");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().expect("chromium's status").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = std::fs::remove_dir_all(&profile);
-            panic!("chromium did not render {url} within a minute");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().expect("chromium's output");
+        .stderr(Stdio::null());
+    let out = support::output_within(&mut command, Duration::from_secs(60));
     let _ = std::fs::remove_dir_all(&profile);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

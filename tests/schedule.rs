@@ -21,25 +21,14 @@ fn ctl(proxy: &Proxy, args: &[&str]) -> Output {
 /// `ctl` with a bound on how long it may take: it is killed, and the test fails, past `timeout`.
 fn ctl_within(proxy: &Proxy, args: &[&str], timeout: Duration) -> Output {
     let admin = proxy.admin.to_string();
-    let mut all = vec!["ctl", "--admin", &admin];
-    all.extend_from_slice(args);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_redis-handover"))
-        .args(&all)
+    let mut command = Command::new(env!("CARGO_BIN_EXE_redis-handover"));
+    command
+        .args(["ctl", "--admin", &admin])
+        .args(args)
         .env_remove("REDIS_HANDOVER_ADMIN")
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run redis-handover ctl");
-    let deadline = std::time::Instant::now() + timeout;
-    while child.try_wait().expect("ctl's status").is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("ctl's output");
-            panic!("ctl {args:?} did not end within {timeout:?}: {}", text(&out.stdout));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("ctl's output")
+        .stderr(std::process::Stdio::piped());
+    support::output_within(&mut command, timeout)
 }
 
 fn text(bytes: &[u8]) -> String {

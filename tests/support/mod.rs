@@ -442,6 +442,26 @@ impl Drop for Proxy {
     }
 }
 
+/// Runs `command` (its output piped as the caller set it: a pipe must stay small, as it is read at the end) to
+/// its end and returns its output; past `timeout` it is killed and the test fails. (Its exit is polled: the
+/// standard library has no wait with a bound.)
+pub fn output_within(command: &mut Command, timeout: Duration) -> std::process::Output {
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("start {command:?}: {e}"));
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().expect("the child's status").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("the child's output");
+            panic!(
+                "{command:?} did not end within {timeout:?}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("the child's output")
+}
+
 /// `redis-handover ctl --admin ADMIN args...`, the real binary (built for the tests), with no admin address from
 /// the environment.
 pub fn ctl(admin: SocketAddr, args: &[&str]) -> std::process::Output {
