@@ -63,7 +63,7 @@ pub async fn serve(listener: TcpListener, handover: Arc<Handover>, shutdown: tok
     }
 }
 
-async fn status(State(handover): State<Arc<Handover>>) -> Json<serde_json::Value> {
+async fn status(State(handover): State<Arc<Handover>>) -> Json<crate::handover::Status> {
     Json(handover.status())
 }
 

@@ -6,7 +6,16 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+
+use crate::handover::Status;
+use crate::handover::schedule::{ScheduleState, Scheduled};
+use crate::handover::status::RollbackWindow;
+use crate::handover::window::WindowState;
+use crate::primary::Side;
+use crate::readiness::shadow::{ShadowReport, ShadowState};
 
 /// Exit code: the operation was refused or failed.
 pub const EXIT_FAILED: i32 = 1;
@@ -170,7 +179,7 @@ pub fn run(args: CtlArgs) -> i32 {
     };
     let client = Admin::new(&args.admin, token);
     let result = match &args.command {
-        CtlCommand::Status { watch: false } => client.get("/status").map(|status| {
+        CtlCommand::Status { watch: false } => client.get::<Status>("/status").map(|status| {
             print_or_json(&status, args.json, render_status);
             0
         }),
@@ -209,28 +218,30 @@ pub fn run(args: CtlArgs) -> i32 {
                 start(&client, "/handover", body, *wait, args.json)
             }
         }
-        CtlCommand::Cancel => client.send("POST", "/handover/cancel", json!({})).map(|answer| {
-            print_or_json(&answer, args.json, |_| "scheduled handover cancelled\n".into());
-            0
-        }),
-        CtlCommand::Rollback { close: true, .. } => client.send("POST", "/rollback/close", json!({})).map(|window| {
-            print_or_json(&window, args.json, |w| {
-                format!("rollback window closed: {}\n", text(&w["reason"]))
-            });
-            0
-        }),
+        CtlCommand::Cancel => client
+            .send::<Scheduled>("POST", "/handover/cancel", json!({}))
+            .map(|answer| {
+                print_or_json(&answer, args.json, |_| "scheduled handover cancelled\n".into());
+                0
+            }),
+        CtlCommand::Rollback { close: true, .. } => client
+            .send::<crate::handover::window::Window>("POST", "/rollback/close", json!({}))
+            .map(|window| {
+                print_or_json(&window, args.json, |w| {
+                    format!("rollback window closed: {}\n", or_dash(&w.reason))
+                });
+                0
+            }),
         CtlCommand::Rollback { options, wait, .. } => start(&client, "/rollback", options.body(), *wait, args.json),
-        CtlCommand::Abort { force } => {
-            client
-                .send("POST", "/handover/abort", json!({ "force": force }))
-                .map(|answer| {
-                    print_or_json(&answer, args.json, |_| "abort requested\n".into());
-                    0
-                })
-        }
+        CtlCommand::Abort { force } => client
+            .send::<Value>("POST", "/handover/abort", json!({ "force": force }))
+            .map(|answer| {
+                print_or_json(&answer, args.json, |_| "abort requested\n".into());
+                0
+            }),
         CtlCommand::Config {
             setting: ConfigSetting::Resp3 { mode },
-        } => client.send("PUT", "/config/resp3", json!(mode)).map(|answer| {
+        } => client.send::<Value>("PUT", "/config/resp3", json!(mode)).map(|answer| {
             print_or_json(&answer, args.json, |a| {
                 format!("resp3 = {}\n", a["resp3"].as_str().unwrap_or("?"))
             });
@@ -249,23 +260,24 @@ pub fn run(args: CtlArgs) -> i32 {
 /// Runs shadow reads and waits for their end, with a line of progress now and then (not with `--json`).
 fn shadow_reads(client: &Admin, fraction: Option<f64>, duration: Duration, json: bool) -> Result<(), Failure> {
     let body = json!({ "fraction": fraction, "for_s": duration.as_secs_f64() });
-    client.send("POST", "/shadow", body)?;
+    client.send::<Value>("POST", "/shadow", body)?;
     let mut last_line = String::new();
     loop {
-        let report = client.get("/shadow")?;
-        let state = text(&report["state"]);
-        let line = match state.as_str() {
-            "syncing" => "shadow reads: syncing NEW with OLD first".to_string(),
-            _ => format!(
-                "shadow reads: {state}, {} compared, {} different",
-                report["compared"], report["mismatched"]
+        let report: ShadowReport = client.get("/shadow")?;
+        let line = match report.state {
+            ShadowState::Syncing => "shadow reads: syncing NEW with OLD first".to_string(),
+            state => format!(
+                "shadow reads: {}, {} compared, {} different",
+                state.name(),
+                report.compared,
+                report.mismatched
             ),
         };
         if line != last_line && !json {
             eprintln!("{line}");
             last_line = line;
         }
-        if matches!(state.as_str(), "finished" | "stopped") {
+        if matches!(report.state, ShadowState::Finished | ShadowState::Stopped) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -274,18 +286,8 @@ fn shadow_reads(client: &Admin, fraction: Option<f64>, duration: Duration, json:
 
 /// Prints the readiness report; 0 when it says ready, 1 when not.
 fn check(client: &Admin, json: bool) -> Result<i32, Failure> {
-    let answer = client.get("/readiness")?;
-    let report: crate::readiness::Report = serde_json::from_value(answer.clone()).map_err(|error| {
-        Failure(
-            EXIT_FAILED,
-            format!("the admin port's readiness report did not parse: {error}"),
-        )
-    })?;
-    if json {
-        println!("{answer}");
-    } else {
-        print!("{report}");
-    }
+    let report: crate::readiness::Report = client.get("/readiness")?;
+    print_or_json(&report, json, |r| r.to_string());
     if report.ready {
         Ok(0)
     } else {
@@ -298,53 +300,50 @@ fn check(client: &Admin, json: bool) -> Result<i32, Failure> {
 
 /// Schedules a handover; with `wait`, waits for it to start and follows it to its end.
 fn schedule(client: &Admin, plan: Value, wait: bool, json: bool) -> Result<i32, Failure> {
-    let scheduled = client.send("POST", "/handover/schedule", plan)?;
+    let scheduled: Scheduled = client.send("POST", "/handover/schedule", plan)?;
     print_or_json(&scheduled, json, render_schedule);
     if !wait {
         return Ok(0);
     }
-    let id = scheduled["id"].clone();
     loop {
-        let status = client.get("/status")?;
-        let now = &status["scheduled"];
-        if now["id"] != id {
+        let status: Status = client.get("/status")?;
+        let Some(now) = status.scheduled.filter(|now| now.id == scheduled.id) else {
             return Err(Failure(EXIT_FAILED, "the schedule was replaced".into()));
-        }
-        match now["state"].as_str() {
-            Some("started") => return watch(client, json),
-            Some("missed" | "cancelled") => {
+        };
+        match now.state {
+            ScheduleState::Started => return watch(client, json),
+            ScheduleState::Missed | ScheduleState::Cancelled => {
                 return Err(Failure(
                     EXIT_FAILED,
-                    format!("scheduled handover {}: {}", text(&now["state"]), text(&now["reason"])),
+                    format!("scheduled handover {}: {}", now.state.name(), or_dash(&now.reason)),
                 ));
             }
-            _ => std::thread::sleep(Duration::from_millis(200)),
+            ScheduleState::Waiting | ScheduleState::Watching => std::thread::sleep(Duration::from_millis(200)),
         }
     }
 }
 
 /// A scheduled handover, for a person.
-fn render_schedule(s: &Value) -> String {
-    let when = |ms: &Value| ms.as_u64().map_or("-".to_string(), crate::handover::schedule::rfc3339);
+fn render_schedule(s: &Scheduled) -> String {
     let mut out = format!(
         "handover {}: not before {}",
-        text(&s["state"]),
-        when(&s["not_before_unix_ms"])
+        s.state.name(),
+        crate::handover::schedule::rfc3339(s.not_before_unix_ms)
     );
-    if !s["not_after_unix_ms"].is_null() {
-        out.push_str(&format!(", not after {}", when(&s["not_after_unix_ms"])));
+    if let Some(after) = s.not_after_unix_ms {
+        out.push_str(&format!(", not after {}", crate::handover::schedule::rfc3339(after)));
     }
-    if let Some(below) = s["when_writes_below"].as_u64() {
+    if let Some(below) = s.when_writes_below {
         out.push_str(&format!(", at a moment under {below} writes/s with no MULTI open"));
-        if let Some(rate) = s["writes_per_s"].as_f64() {
+        if let Some(rate) = s.writes_per_s {
             out.push_str(&format!(" (now {rate:.0}/s)"));
         }
     }
     out.push('\n');
-    if let Some(blocked) = s["blocked"].as_str() {
+    if let Some(blocked) = &s.blocked {
         out.push_str(&format!("BLOCKED: {blocked}\n"));
     }
-    if let Some(reason) = s["reason"].as_str() {
+    if let Some(reason) = &s.reason {
         out.push_str(&format!("reason: {reason}\n"));
     }
     out
@@ -358,23 +357,25 @@ fn start(
     wait: bool,
     json: bool,
 ) -> Result<i32, Failure> {
-    let started = client.send("POST", path, Value::Object(body))?;
+    let started: Status = client.send("POST", path, Value::Object(body))?;
     if wait {
         return watch(client, json);
     }
-    print_or_json(&started, json, |s| {
-        format!("handover started: {}\n", s["phase"].as_str().unwrap_or("?"))
-    });
+    print_or_json(&started, json, |s| format!("handover started: {}\n", s.phase.name()));
     Ok(0)
 }
 
-fn text(v: &Value) -> String {
-    v.as_str().map(str::to_string).unwrap_or_else(|| "-".into())
+/// An optional text, or `-`.
+fn or_dash(text: &Option<String>) -> &str {
+    text.as_deref().unwrap_or("-")
 }
 
-fn print_or_json(value: &Value, json: bool, render: impl Fn(&Value) -> String) {
+fn print_or_json<T: Serialize>(value: &T, json: bool, render: impl Fn(&T) -> String) {
     if json {
-        println!("{value}");
+        match serde_json::to_string(value) {
+            Ok(text) => println!("{text}"),
+            Err(error) => eprintln!("redis-handover ctl: cannot write the answer as JSON: {error}"),
+        }
     } else {
         print!("{}", render(value));
     }
@@ -394,24 +395,22 @@ fn watch(client: &Admin, json: bool) -> Result<i32, Failure> {
     sync_bar.set_prefix("sync");
     let mut last_line = String::new();
     let status = loop {
-        let status = client.get("/status")?;
-        let running = !status["handover"].is_null();
-        let phase = status["phase"].as_str().unwrap_or("?").to_string();
-        let lag = status["lag_bytes"].as_i64();
-        let (read, total) = (
-            status["sync"]["bytes_read"].as_u64(),
-            status["sync"]["bytes_total"].as_u64(),
-        );
+        let status: Status = client.get("/status")?;
+        let running = status.handover.is_some();
+        let (read, total) = (status.sync.bytes_read, status.sync.bytes_total);
         let line = format!(
-            "phase {phase}{}{}, clients {}, writes held {}",
+            "phase {}{}{}, clients {}, writes held {}",
+            status.phase.name(),
             match (read, total) {
                 (Some(r), Some(t)) if running => format!(", sync {} of {}", bytes(r), bytes(t)),
                 _ => String::new(),
             },
-            lag.map(|l| format!(", lag {}", bytes(l.max(0) as u64)))
+            status
+                .lag_bytes
+                .map(|l| format!(", lag {}", bytes(l.max(0) as u64)))
                 .unwrap_or_default(),
-            status["clients"],
-            status["writes_held"]
+            status.clients,
+            status.writes_held
         );
         if terminal {
             phase_line.set_message(line.clone());
@@ -433,12 +432,12 @@ fn watch(client: &Admin, json: bool) -> Result<i32, Failure> {
     phase_line.finish_and_clear();
     sync_bar.finish_and_clear();
     print_or_json(&status, json, render_status);
-    match status["last_handover"]["outcome"].as_str() {
-        Some("aborted") => Err(Failure(
+    match &status.last_handover {
+        Some(last) if last.outcome == crate::handover::Phase::Aborted => Err(Failure(
             EXIT_FAILED,
             format!(
                 "handover aborted: {}",
-                status["last_handover"]["reason"].as_str().unwrap_or("no reason given")
+                last.reason.as_deref().unwrap_or("no reason given")
             ),
         )),
         _ => Ok(0),
@@ -446,83 +445,85 @@ fn watch(client: &Admin, json: bool) -> Result<i32, Failure> {
 }
 
 /// The one-screen status.
-fn render_status(s: &Value) -> String {
+fn render_status(s: &Status) -> String {
     let mut out = String::new();
-    out.push_str(&format!("phase        {}\n", text(&s["phase"])));
+    out.push_str(&format!("phase        {}\n", s.phase.name()));
     out.push_str(&format!(
         "primary      {} {} (Redis {}), generation {}\n",
-        text(&s["primary"]["side"]).to_uppercase(),
-        text(&s["primary"]["addr"]),
-        text(&s["primary"]["version"]),
-        s["primary"]["generation"]
+        s.primary.side.name().to_uppercase(),
+        s.primary.addr,
+        or_dash(&s.primary.version),
+        s.primary.generation
     ));
-    for side in ["old", "new"] {
-        let server = &s["servers"][side];
+    for side in [Side::Old, Side::New] {
+        let server = s.servers.side(side);
         out.push_str(&format!(
             "{:<12} {:<22} {:<8} {}\n",
-            side.to_uppercase(),
-            text(&server["addr"]),
-            text(&server["role"]),
-            text(&server["version"])
+            side.name().to_uppercase(),
+            server.addr,
+            server.role,
+            or_dash(&server.version)
         ));
     }
-    if let (Some(read), Some(total)) = (s["sync"]["bytes_read"].as_u64(), s["sync"]["bytes_total"].as_u64()) {
+    if let (Some(read), Some(total)) = (s.sync.bytes_read, s.sync.bytes_total) {
         out.push_str(&format!("sync         {} of {}\n", bytes(read), bytes(total)));
     }
-    if let Some(lag) = s["lag_bytes"].as_i64() {
+    if let Some(lag) = s.lag_bytes {
         out.push_str(&format!("lag          {}\n", bytes(lag.max(0) as u64)));
     }
-    out.push_str(&format!("clients      {}\n", s["clients"]));
-    out.push_str(&format!("writes held  {}\n", s["writes_held"]));
-    out.push_str(&format!("resp3        {}\n", text(&s["resp3"])));
-    if !s["in_doubt"].is_null() {
-        out.push_str(&format!("in doubt     {}\n", text(&s["in_doubt"])));
+    out.push_str(&format!("clients      {}\n", s.clients));
+    out.push_str(&format!("writes held  {}\n", s.writes_held));
+    out.push_str(&format!("resp3        {}\n", s.resp3.name()));
+    if let Some(in_doubt) = &s.in_doubt {
+        out.push_str(&format!("in doubt     {in_doubt}\n"));
     }
-    if !s["fence"].is_null() {
-        out.push_str(&format!("fence        {}\n", text(&s["fence"])));
+    if let Some(fence) = &s.fence {
+        out.push_str(&format!("fence        {fence}\n"));
     }
-    out.push_str(&render_window(&s["rollback_window"]));
-    if !s["scheduled"].is_null() {
-        out.push_str(&format!("scheduled    {}", render_schedule(&s["scheduled"])));
+    if let Some(window) = &s.rollback_window {
+        out.push_str(&render_window(window));
     }
-    let fleet = &s["fleet"];
-    if let Some(peers) = fleet["peers"].as_array().filter(|p| !p.is_empty()) {
+    if let Some(scheduled) = &s.scheduled {
+        out.push_str(&format!("scheduled    {}", render_schedule(scheduled)));
+    }
+    let fleet = &s.fleet;
+    if !fleet.peers.is_empty() {
         out.push_str(&format!(
             "fleet        this proxy {}, {}{}\n",
-            text(&fleet["proxy_id"]),
-            text(&fleet["part"]),
-            fleet["driver"]
-                .as_str()
+            fleet.proxy_id,
+            fleet.part,
+            fleet
+                .driver
+                .as_ref()
                 .map(|d| format!(" (driven by {d})"))
                 .unwrap_or_default()
         ));
-        for peer in peers {
-            let state = if peer["reachable"] == true {
+        for peer in &fleet.peers {
+            let state = if peer.reachable {
                 format!(
                     "{} phase {}, {}, primary {}",
-                    text(&peer["proxy_id"]),
-                    text(&peer["phase"]),
-                    text(&peer["part"]),
-                    text(&peer["primary"])
+                    or_dash(&peer.proxy_id),
+                    or_dash(&peer.phase),
+                    or_dash(&peer.part),
+                    or_dash(&peer.primary)
                 )
             } else {
                 "unreachable".to_string()
             };
-            out.push_str(&format!("  peer       {:<22} {state}\n", text(&peer["addr"])));
+            out.push_str(&format!("  peer       {:<22} {state}\n", peer.addr));
         }
     }
-    let last = &s["last_handover"];
-    if !last.is_null() {
+    if let Some(last) = &s.last_handover {
         out.push_str(&format!(
             "last         {} ({} -> {})",
-            text(&last["outcome"]),
-            text(&last["from"]),
-            text(&last["to"])
+            last.outcome.name(),
+            last.from,
+            last.to
         ));
-        if let Some(pause) = last["pause_ms"].as_f64() {
-            out.push_str(&format!(", pause {pause:.1} ms, {} writes held", last["writes_held"]));
+        if let Some(pause) = last.pause_ms {
+            out.push_str(&format!(", pause {pause:.1} ms, {} writes held", last.writes_held));
         }
-        if let Some(reason) = last["reason"].as_str() {
+        if let Some(reason) = &last.reason {
             out.push_str(&format!(", reason: {reason}"));
         }
         out.push('\n');
@@ -530,39 +531,35 @@ fn render_status(s: &Value) -> String {
     out
 }
 
-/// The rollback window's line: open (until when, lag) or closed (why).
-fn render_window(w: &Value) -> String {
-    let when = |ms: &Value| {
-        ms.as_u64().map_or("-".into(), |ms| {
-            let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
-            humantime::format_rfc3339_seconds(at).to_string()
-        })
+/// The rollback window's line: open (until when, lag), closed (why), or off.
+fn render_window(window: &RollbackWindow) -> String {
+    let when = |ms: u64| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms));
+    let Some(w) = window.window() else {
+        return "rollback     off (rollback_window_s = 0)\n".into();
     };
-    match w["state"].as_str() {
-        None => String::new(),
-        Some("off") => "rollback     off (rollback_window_s = 0)\n".into(),
-        Some("closed") => format!(
+    match w.state {
+        WindowState::Closed => format!(
             "rollback     closed at {}: {}{}\n",
-            when(&w["closed_at_unix_ms"]),
-            text(&w["reason"]),
-            if w["detached"] == true {
+            w.closed_at_unix_ms.map_or("-".into(), |ms| when(ms).to_string()),
+            or_dash(&w.reason),
+            if w.detached == Some(true) {
                 " (the former primary was detached, its data kept)"
             } else {
                 ""
             }
         ),
-        Some(state) => format!(
+        WindowState::Open | WindowState::InUse => format!(
             "rollback     {} since {} until {}: {} {} follows, lag {}, link {}{}\n",
-            if state == "open" { "open" } else { "in use" },
-            when(&w["opened_at_unix_ms"]),
-            when(&w["until_unix_ms"]),
-            text(&w["follower"]).to_uppercase(),
-            text(&w["follower_addr"]),
-            w["lag_bytes"].as_i64().map_or("-".into(), |l| bytes(l.max(0) as u64)),
-            if w["link_up"] == true { "up" } else { "down" },
-            match w["commands_checked"].as_u64() {
-                Some(n) if n > 0 => format!(", {n} commands of the primary's stream checked"),
-                _ => String::new(),
+            if w.state == WindowState::Open { "open" } else { "in use" },
+            when(w.opened_at_unix_ms),
+            when(w.until_unix_ms),
+            w.follower.name().to_uppercase(),
+            w.follower_addr,
+            w.lag_bytes.map_or("-".into(), |l| bytes(l.max(0) as u64)),
+            if w.link_up { "up" } else { "down" },
+            match w.commands_checked {
+                0 => String::new(),
+                n => format!(", {n} commands of the primary's stream checked"),
             }
         ),
     }
@@ -610,16 +607,16 @@ impl Admin {
         }
     }
 
-    fn get(&self, path: &str) -> Result<Value, Failure> {
+    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
         let mut request = self.agent.get(&format!("{}{path}", self.base));
         if let Some(token) = &self.token {
             request = request.header("Authorization", &format!("Bearer {token}"));
         }
         let response = request.call();
-        self.answer(response)
+        self.answer(path, response)
     }
 
-    fn send(&self, method: &str, path: &str, body: Value) -> Result<Value, Failure> {
+    fn send<T: DeserializeOwned>(&self, method: &str, path: &str, body: Value) -> Result<T, Failure> {
         let url = format!("{}{path}", self.base);
         let mut request = match method {
             "PUT" => self.agent.put(&url),
@@ -629,10 +626,15 @@ impl Admin {
             request = request.header("Authorization", &format!("Bearer {token}"));
         }
         let response = request.send_json(body);
-        self.answer(response)
+        self.answer(path, response)
     }
 
-    fn answer(&self, response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Value, Failure> {
+    /// A 2xx answer read as `T`; the admin port's reason otherwise.
+    fn answer<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<T, Failure> {
         let mut response = response.map_err(|e| {
             Failure(
                 EXIT_UNREACHABLE,
@@ -648,6 +650,11 @@ impl Admin {
                 .unwrap_or_else(|| format!("HTTP {status}"));
             return Err(Failure(EXIT_FAILED, reason));
         }
-        Ok(value)
+        serde_json::from_value(value).map_err(|error| {
+            Failure(
+                EXIT_FAILED,
+                format!("the admin port's answer to {path} did not read as expected (another version?): {error}"),
+            )
+        })
     }
 }

@@ -6,6 +6,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use redis_handover::consistency::{self, Report, Writers};
+use redis_handover::handover::Phase;
+use redis_handover::primary::Side;
 use serde_json::json;
 use support::{Harness, RedisServer, Reply, Version};
 
@@ -37,10 +39,10 @@ fn twenty_handovers_back_and_forth_lose_no_acknowledged_write() {
     let report = with_writers(h.proxy.addr, 8, || {
         for round in 0..20 {
             let outcome = h.proxy.handover(json!({ "max_pause_ms": 2000 }));
-            assert_eq!(outcome["outcome"], "switched", "handover {round}: {outcome:#}");
-            let expected = if round % 2 == 0 { "new" } else { "old" };
-            assert_eq!(h.proxy.status()["primary"]["side"], expected, "handover {round}");
-            pauses.push(outcome["pause_ms"].as_f64().unwrap());
+            assert_eq!(outcome.outcome, Phase::Switched, "handover {round}: {outcome:#?}");
+            let expected = if round % 2 == 0 { Side::New } else { Side::Old };
+            assert_eq!(h.proxy.status().primary.side, expected, "handover {round}");
+            pauses.push(outcome.pause_ms.unwrap());
         }
     });
     pauses.sort_by(f64::total_cmp);
@@ -68,14 +70,14 @@ fn twenty_handovers_back_and_forth_lose_no_acknowledged_write() {
 fn a_6_2_to_7_0_handover_under_the_checker_loses_nothing() {
     let h = Harness::start(Version::V6_2, Version::V7_0);
     let report = with_writers(h.proxy.addr, 8, || {
-        assert_eq!(h.proxy.handover(json!({}))["outcome"], "switched");
+        assert_eq!(h.proxy.handover(json!({})).outcome, Phase::Switched);
     });
     assert_eq!(
         (report.lost, report.failed_batches, report.extra),
         (0, 0, 0),
         "{report:#?}"
     );
-    assert_eq!(h.proxy.status()["primary"]["version"], "7.0.15");
+    assert_eq!(h.proxy.status().primary.version.as_deref(), Some("7.0.15"));
 }
 
 #[test]

@@ -6,6 +6,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use redis_handover::handover::window::WindowState;
+use redis_handover::handover::{Phase, Report};
+use redis_handover::primary::Side;
 use serde_json::json;
 use support::{FaultyLink, Load, Proxy, RedisServer, Reply, Version};
 
@@ -55,9 +58,9 @@ impl Scenario {
     }
 
     /// After an aborted handover: OLD primary, unpaused, unfenced, and nothing acknowledged lost.
-    fn assert_old_stays_primary(&self, report: &serde_json::Value, load: Load, what: &str) {
-        assert_eq!(report["outcome"], "aborted", "{what}: {report:#}");
-        assert_eq!(self.proxy.status()["primary"]["side"], "old", "{what}");
+    fn assert_old_stays_primary(&self, report: &Report, load: Load, what: &str) {
+        assert_eq!(report.outcome, Phase::Aborted, "{what}: {report:#?}");
+        assert_eq!(self.proxy.status().primary.side, Side::Old, "{what}");
         let started = Instant::now();
         assert_eq!(
             self.old.direct().run("SET direct-write ok"),
@@ -75,7 +78,8 @@ impl Scenario {
         assert!(checked.acknowledged_writes > 0);
         println!(
             "{what}: aborted ({}); {} acknowledged writes checked, 0 lost",
-            report["reason"], checked.acknowledged_writes
+            report.reason.as_deref().unwrap_or_default(),
+            checked.acknowledged_writes
         );
     }
 }
@@ -90,7 +94,7 @@ fn new_failing_during_the_full_sync_aborts() {
         // A replica that stops answering during the sync may be busy loading: it gets until the catch-up deadline.
         let (status, _) = s.proxy.post("/handover", json!({ "catchup_timeout_s": 6 }));
         assert_eq!(status, 202);
-        s.proxy.wait_for_phase("syncing", Duration::from_secs(10));
+        s.proxy.wait_for_phase(Phase::Syncing, Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(200));
         s.inject(fault);
         let report = s.proxy.wait_for_handover_end(Duration::from_secs(30));
@@ -109,7 +113,7 @@ fn new_failing_during_the_catch_up_aborts() {
             .proxy
             .post("/handover", json!({ "max_lag_bytes": 1, "catchup_timeout_s": 60 }));
         assert_eq!(status, 202);
-        s.proxy.wait_for_phase("catching_up", Duration::from_secs(20));
+        s.proxy.wait_for_phase(Phase::CatchingUp, Duration::from_secs(20));
         std::thread::sleep(Duration::from_millis(200));
         s.inject(fault);
         let report = s.proxy.wait_for_handover_end(Duration::from_secs(30));
@@ -128,12 +132,9 @@ fn new_failing_during_the_pause_aborts_and_held_writes_go_to_old() {
         assert_eq!(transaction.run("INCR in-tx"), Reply::Status("QUEUED".into()));
         let (status, _) = s.proxy.post("/handover", json!({ "max_pause_ms": 5000 }));
         assert_eq!(status, 202);
-        s.proxy.wait_for_phase("paused", Duration::from_secs(20));
+        s.proxy.wait_for_phase(Phase::Paused, Duration::from_secs(20));
         std::thread::sleep(Duration::from_millis(200));
-        assert!(
-            s.proxy.status()["writes_held"].as_u64().unwrap() > 0,
-            "writes are held during the pause"
-        );
+        assert!(s.proxy.status().writes_held > 0, "writes are held during the pause");
         s.inject(fault);
         assert_eq!(transaction.run("EXEC"), Reply::Array(vec![Reply::Int(1)]));
         let report = s.proxy.wait_for_handover_end(Duration::from_secs(30));
@@ -152,14 +153,14 @@ fn new_promoted_but_unconfirmed_holds_writes_in_doubt_then_switches_when_new_ans
     s.to_new.cut_after(REPLICAOF_NO_ONE);
     let (code, answer) = s.proxy.post("/handover", json!({ "max_pause_ms": 1000 }));
     assert_eq!(code, 202, "{answer}");
-    s.proxy.wait_for_phase("in_doubt", Duration::from_secs(30));
+    s.proxy.wait_for_phase(Phase::InDoubt, Duration::from_secs(30));
     support::wait_until("the status to say why", Duration::from_secs(10), || {
         let status = s.proxy.status();
-        let in_doubt = status["in_doubt"].as_str().unwrap_or_default().to_string();
+        let in_doubt = status.in_doubt.as_deref().unwrap_or_default().to_string();
         in_doubt.contains("cannot be reached") && in_doubt.contains("--force")
     });
     let status = s.proxy.status();
-    assert_eq!(status["primary"]["side"], "old");
+    assert_eq!(status.primary.side, Side::Old);
     // OLD stays fenced (NEW may be a master), and no plain abort lets it take writes again.
     assert!(s.old.direct().run("SET direct 1").text().starts_with("NOREPLICAS"));
     let (code, answer) = s.proxy.post("/handover/abort", json!({}));
@@ -176,10 +177,10 @@ fn new_promoted_but_unconfirmed_holds_writes_in_doubt_then_switches_when_new_ans
 
     s.to_new.heal();
     let report = s.proxy.wait_for_handover_end(Duration::from_secs(30));
-    assert_eq!(report["outcome"], "switched", "{report:#}");
-    let warnings = report["warnings"].to_string();
+    assert_eq!(report.outcome, Phase::Switched, "{report:#?}");
+    let warnings = report.warnings.join("; ");
     assert!(warnings.contains("as a master promoted from"), "{warnings}");
-    assert_eq!(s.proxy.status()["primary"]["side"], "new");
+    assert_eq!(s.proxy.status().primary.side, Side::New);
     assert_eq!(s.proxy.client().run("SET after-doubt 1"), Reply::ok());
     assert_eq!(s.new.direct().run("GET after-doubt"), Reply::bulk("1"));
     let direct = s.old.direct().run("SET direct 2").text();
@@ -200,10 +201,10 @@ fn a_promotion_that_never_reached_new_ends_in_doubt_as_an_abort_once_new_answers
     s.to_new.cut_before(REPLICAOF_NO_ONE);
     let (code, answer) = s.proxy.post("/handover", json!({ "max_pause_ms": 5000 }));
     assert_eq!(code, 202, "{answer}");
-    s.proxy.wait_for_phase("in_doubt", Duration::from_secs(30));
+    s.proxy.wait_for_phase(Phase::InDoubt, Duration::from_secs(30));
     s.to_new.heal();
     let report = s.proxy.wait_for_handover_end(Duration::from_secs(30));
-    let reason = report["reason"].as_str().unwrap_or_default().to_string();
+    let reason = report.reason.as_deref().unwrap_or_default().to_string();
     assert!(reason.contains("still a replica"), "{reason}");
     // Healed within the budget: the held writes went to OLD, and no client saw an error.
     s.assert_old_stays_primary(&report, load, "REPLICAOF NO ONE lost on the way to NEW");
@@ -217,11 +218,11 @@ fn a_forced_abort_ends_a_handover_in_doubt_with_old_primary_again() {
     s.to_new.cut_after(REPLICAOF_NO_ONE);
     let (code, answer) = s.proxy.post("/handover", json!({ "max_pause_ms": 5000 }));
     assert_eq!(code, 202, "{answer}");
-    s.proxy.wait_for_phase("in_doubt", Duration::from_secs(30));
+    s.proxy.wait_for_phase(Phase::InDoubt, Duration::from_secs(30));
     let (code, answer) = s.proxy.post("/handover/abort", json!({ "force": true }));
     assert_eq!(code, 202, "{answer}");
     let report = s.proxy.wait_for_handover_end(Duration::from_secs(30));
-    let reason = report["reason"].as_str().unwrap_or_default().to_string();
+    let reason = report.reason.as_deref().unwrap_or_default().to_string();
     assert!(reason.contains("aborted by the operator while in doubt"), "{reason}");
     s.assert_old_stays_primary(&report, load, "a forced abort in doubt");
     // What the reason warns of: NEW did become a master, detached from OLD.
@@ -235,7 +236,7 @@ fn old_killed_under_load_gives_errors_not_hangs_and_the_proxy_recovers() {
     let mut idle = proxy.client();
     assert_eq!(idle.run("PING"), Reply::Status("PONG".into()));
     // Counted with the idle client's session and the backend link it opened (a shared link has tasks of its own).
-    let tasks_before = proxy.status()["tasks"].as_u64().unwrap();
+    let tasks_before = proxy.status().tasks;
     let load = Load::start(&proxy, 4);
     std::thread::sleep(Duration::from_millis(300));
     old.kill();
@@ -261,14 +262,14 @@ fn old_killed_under_load_gives_errors_not_hangs_and_the_proxy_recovers() {
     drop(idle);
     support::wait_until("the sessions to end", Duration::from_secs(10), || {
         let status = proxy.status();
-        status["clients"] == 0 && status["tasks"].as_u64().unwrap() <= tasks_before
+        status.clients == 0 && status.tasks <= tasks_before
     });
 }
 
 #[test]
 fn clients_leaving_mid_handover_leave_nothing_behind() {
     let h = support::Harness::start(Version::V6_2, Version::V7_0);
-    let tasks_before = h.proxy.status()["tasks"].as_u64().unwrap();
+    let tasks_before = h.proxy.status().tasks;
     let mut transaction = h.proxy.client();
     assert_eq!(transaction.run("MULTI"), Reply::ok());
     let mut blocked = h.proxy.client();
@@ -279,21 +280,21 @@ fn clients_leaving_mid_handover_leave_nothing_behind() {
     std::thread::sleep(Duration::from_millis(100));
     let (status, _) = h.proxy.post("/handover", json!({ "max_pause_ms": 5000 }));
     assert_eq!(status, 202);
-    h.proxy.wait_for_phase("paused", Duration::from_secs(20));
+    h.proxy.wait_for_phase(Phase::Paused, Duration::from_secs(20));
     let mut held = h.proxy.client();
     held.send(&["SET", "held", "1"]);
     support::wait_until("the write to be held", Duration::from_secs(5), || {
-        h.proxy.status()["writes_held"] == 1
+        h.proxy.status().writes_held == 1
     });
     drop(held);
     drop(blocked);
     drop(leaving_transaction);
     support::wait_until("the held write to be released", Duration::from_secs(5), || {
-        h.proxy.status()["writes_held"] == 0
+        h.proxy.status().writes_held == 0
     });
     assert_eq!(transaction.run("EXEC"), Reply::Array(vec![]));
     let report = h.proxy.wait_for_handover_end(Duration::from_secs(30));
-    assert_eq!(report["outcome"], "switched", "{report:#}");
+    assert_eq!(report.outcome, Phase::Switched, "{report:#?}");
     assert_eq!(
         h.new.direct().run("EXISTS held gone"),
         Reply::Int(0),
@@ -301,10 +302,10 @@ fn clients_leaving_mid_handover_leave_nothing_behind() {
     );
     drop(transaction);
     // One task stays: the rollback window's watcher.
-    assert_eq!(h.proxy.status()["rollback_window"]["state"], "open");
+    assert_eq!(h.proxy.status().window().map(|w| w.state), Some(WindowState::Open));
     support::wait_until("every session to end", Duration::from_secs(10), || {
         let status = h.proxy.status();
-        status["clients"] == 0 && status["tasks"].as_u64().unwrap() <= tasks_before + 1
+        status.clients == 0 && status.tasks <= tasks_before + 1
     });
 }
 

@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use redis_handover::handover::Phase;
+use redis_handover::primary::Side;
 use serde_json::json;
 use support::{Client, Harness, Proxy, RedisServer, Reply, Version};
 
@@ -99,7 +101,7 @@ fn fence_holds_against_direct_writers(old_version: Version) {
     });
 
     let report = proxy.handover(json!({}));
-    assert_eq!(report["outcome"], "switched", "{report:#}");
+    assert_eq!(report.outcome, Phase::Switched, "{report:#?}");
     support::wait_until("a direct write to OLD to be refused", Duration::from_secs(10), || {
         writer.refused.load(Ordering::Relaxed) > 0
     });
@@ -122,7 +124,7 @@ fn fence_holds_against_direct_writers(old_version: Version) {
         let mut client = server.direct();
         assert_eq!(client.run("EXISTS queued-before by-script"), Reply::Int(0));
     }
-    let fence = proxy.status()["fence"].as_str().unwrap_or_default().to_string();
+    let fence = proxy.status().fence.as_deref().unwrap_or_default().to_string();
     // OLD follows NEW now, by partial resync (its data was kept: the counter above), for the rollback window; its
     // own replica follows it.
     assert_eq!(info_field(&mut direct, "replication", "role").as_deref(), Some("slave"));
@@ -163,8 +165,8 @@ fn a_handover_is_refused_while_sentinel_watches_old() {
         old.run("CLIENT LIST").text().contains("name=sentinel-")
     });
     let report = h.proxy.handover(json!({}));
-    assert_eq!(report["outcome"], "aborted", "{report:#}");
-    let reason = report["reason"].as_str().unwrap_or_default();
+    assert_eq!(report.outcome, Phase::Aborted, "{report:#?}");
+    let reason = report.reason.as_deref().unwrap_or_default();
     assert!(
         reason.contains("watched by Sentinel") && reason.contains("SENTINEL REMOVE"),
         "{reason}"
@@ -180,7 +182,7 @@ fn a_handover_is_refused_while_sentinel_watches_old() {
         !old.run("CLIENT LIST").text().contains("name=sentinel-")
     });
     let report = h.proxy.handover(json!({}));
-    assert_eq!(report["outcome"], "switched", "{report:#}");
+    assert_eq!(report.outcome, Phase::Switched, "{report:#?}");
     assert_eq!(h.new.direct().run("GET still-old"), Reply::bulk("1"));
 }
 
@@ -188,17 +190,17 @@ fn a_proxy_started_after_a_switch_serves_from_new(old_version: Version) {
     let mut h = Harness::start(old_version, Version::V7_0);
     assert_eq!(h.proxy.client().run("SET before 1"), Reply::ok());
     let report = h.proxy.handover(json!({}));
-    assert_eq!(report["outcome"], "switched", "{report:#}");
+    assert_eq!(report.outcome, Phase::Switched, "{report:#?}");
     assert_eq!(h.proxy.client().run("SET after 1"), Reply::ok());
     h.proxy.stop();
 
     // The same configuration, which still names OLD: the servers say NEW is the primary.
     let proxy = Proxy::start(h.old.addr(), Some(h.new.addr()), |_| {});
     let status = proxy.status();
-    assert_eq!(status["primary"]["side"], "new", "{status:#}");
+    assert_eq!(status.primary.side, Side::New, "{status:#?}");
     assert!(
-        status["fence"].as_str().unwrap_or_default().contains("found at start"),
-        "{status:#}"
+        status.fence.as_deref().unwrap_or_default().contains("found at start"),
+        "{status:#?}"
     );
     let mut client = proxy.client();
     assert_eq!(
@@ -259,7 +261,7 @@ fn a_proxy_started_after_a_handover_stopped_between_fence_and_promotion_undoes_i
     assert_eq!(stalled.run("CLIENT SETNAME redis-handover-control"), Reply::ok());
     let proxy = Proxy::start(old.addr(), Some(new.addr()), |_| {});
     let status = proxy.status();
-    assert_eq!(status["phase"], "in_doubt", "{status:#}");
+    assert_eq!(status.phase, Phase::InDoubt, "{status:#?}");
     assert_eq!(proxy.client().run("GET k"), Reply::bulk("2"), "reads go to OLD");
     // A write waits (the stalled proxy's lease bounds it), and is answered once OLD is unfenced.
     let started = std::time::Instant::now();
@@ -268,10 +270,10 @@ fn a_proxy_started_after_a_handover_stopped_between_fence_and_promotion_undoes_i
     let (_, closed) = stalled.read_until_closed(Duration::from_secs(15));
     assert!(closed, "the stalled proxy's connection was closed");
     support::wait_until("the proxy to decide", Duration::from_secs(10), || {
-        proxy.status()["phase"] == "idle"
+        proxy.status().phase == Phase::Idle
     });
     assert_eq!(proxy.client().run("INCR k"), Reply::Int(4));
-    assert_eq!(proxy.status()["primary"]["side"], "old");
+    assert_eq!(proxy.status().primary.side, Side::Old);
     assert_eq!(
         new.direct().run("ROLE").items()[0],
         Reply::bulk("slave"),
@@ -298,7 +300,7 @@ fn a_refusal_that_is_the_server_s_own_answer_reaches_the_client_as_it_came() {
         "the server's own refusals reached the client after {:?}",
         started.elapsed()
     );
-    assert_eq!(proxy.status()["primary"]["side"], "old");
+    assert_eq!(proxy.status().primary.side, Side::Old);
 
     // A proxy with no NEW in front of a replica, by the operator's choice: READONLY, as the replica answers.
     let replica = RedisServer::start(Version::V7_0, &["--replicaof", "127.0.0.1", &new.port.to_string()]);

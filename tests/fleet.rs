@@ -7,6 +7,8 @@ mod support;
 
 use std::time::Duration;
 
+use redis_handover::handover::{Phase, Status};
+use redis_handover::primary::Side;
 use serde_json::json;
 use support::{FaultyLink, Load, Proxy, ProxyProcess, RedisServer, Reply, Version};
 
@@ -37,9 +39,9 @@ impl Fleet {
     }
 
     /// Every proxy on `side`; every acknowledged write found; the longest wait per proxy.
-    fn assert_all_on(self, side: &str, what: &str) -> Vec<f64> {
+    fn assert_all_on(self, side: Side, what: &str) -> Vec<f64> {
         for (i, proxy) in self.proxies.iter().enumerate() {
-            assert_eq!(proxy.status()["primary"]["side"], side, "{what}: proxy {}", i + 1);
+            assert_eq!(proxy.status().primary.side, side, "{what}: proxy {}", i + 1);
         }
         let reader = self.proxies[0].addr.to_string();
         let mut waits = Vec::new();
@@ -65,20 +67,18 @@ fn fleet_hands_over_together(old: Version) {
     let fleet = Fleet::start(old);
     support::wait_until("every proxy to see its peers", Duration::from_secs(10), || {
         fleet.proxies.iter().all(|p| {
-            let peers = p.status()["fleet"]["peers"].clone();
-            peers
-                .as_array()
-                .is_some_and(|a| a.len() == 2 && a.iter().all(|v| v["reachable"] == true))
+            let peers = p.status().fleet.peers;
+            peers.len() == 2 && peers.iter().all(|peer| peer.reachable)
         })
     });
     let report = fleet.proxies[1].handover(json!({ "max_pause_ms": 3000 }));
-    assert_eq!(report["outcome"], "switched", "{report:#}");
-    let lines = report["fleet"].to_string();
+    assert_eq!(report.outcome, Phase::Switched, "{report:#?}");
+    let lines = report.fleet.join("; ");
     assert!(
         lines.contains("2 peers held") && lines.contains("2 peers moved"),
         "{lines}"
     );
-    assert!(report["warnings"].as_array().unwrap().is_empty(), "{report:#}");
+    assert!(report.warnings.is_empty(), "{report:#?}");
     // Writes through every proxy land on NEW now, and OLD is fenced.
     for (i, proxy) in fleet.proxies.iter().enumerate() {
         assert!(
@@ -89,8 +89,8 @@ fn fleet_hands_over_together(old: Version) {
     }
     assert_eq!(fleet.new.direct().run("GET after-switch"), Reply::bulk("3"));
     assert!(fleet.old.direct().run("SET stray 1").is_error());
-    let pause = report["pause_ms"].as_f64().unwrap();
-    let waits = fleet.assert_all_on("new", &format!("{} -> 7.0", old.name()));
+    let pause = report.pause_ms.unwrap();
+    let waits = fleet.assert_all_on(Side::New, &format!("{} -> 7.0", old.name()));
     println!(
         "fleet of 3, OLD {} -> NEW 7.0: pause {pause:.1} ms, longest client wait per proxy {:?} ms",
         old.name(),
@@ -137,15 +137,15 @@ fn a_peer_unreachable_before_the_fence_stops_the_handover_with_nothing_changed()
         .collect();
     relay.cut();
     let report = proxies[0].handover(json!({}));
-    assert_eq!(report["outcome"], "aborted", "{report:#}");
-    let reason = report["reason"].as_str().unwrap_or_default();
+    assert_eq!(report.outcome, Phase::Aborted, "{report:#?}");
+    let reason = report.reason.as_deref().unwrap_or_default();
     assert!(reason.contains("the fleet did not agree"), "{reason}");
     // Refused before any server was touched: NEW is not even a replica.
     assert_eq!(new.direct().run("ROLE").items()[0], Reply::bulk("master"));
     assert_eq!(old.direct().run("SET direct 1"), Reply::ok());
     for proxy in &proxies {
-        assert_eq!(proxy.status()["primary"]["side"], "old");
-        assert_eq!(proxy.status()["fleet"]["part"], "idle");
+        assert_eq!(proxy.status().primary.side, Side::Old);
+        assert_eq!(proxy.status().fleet.part, "idle");
     }
     for load in loads {
         let report = load.stop_and_verify();
@@ -154,13 +154,13 @@ fn a_peer_unreachable_before_the_fence_stops_the_handover_with_nothing_changed()
 
     // The operator leaves the unreachable peer out: the others hand over.
     let report = proxies[0].handover(json!({ "exclude_peers": [relay.addr.to_string()] }));
-    assert_eq!(report["outcome"], "switched", "{report:#}");
-    let lines = report["fleet"].to_string();
+    assert_eq!(report.outcome, Phase::Switched, "{report:#?}");
+    let lines = report.fleet.join("; ");
     assert!(
         lines.contains("left out at the operator's request") && lines.contains("1 peers held"),
         "{lines}"
     );
-    assert_eq!(proxies[1].status()["primary"]["side"], "new");
+    assert_eq!(proxies[1].status().primary.side, Side::New);
     assert_eq!(
         old.direct().run("CONFIG GET min-replicas-to-write").items()[1],
         Reply::bulk("2147483647")
@@ -178,11 +178,11 @@ fn a_peer_lost_after_the_fence_switches_by_itself_when_its_lease_runs_out() {
     // The third proxy gets HOLD, then the driver cannot reach it any more: no SWITCH, no RELEASE.
     relay.cut_before(b"/fleet/switch");
     let report = proxies[0].handover(json!({ "max_pause_ms": 1000 }));
-    assert_eq!(report["outcome"], "switched", "{report:#}");
-    let warnings = report["warnings"].to_string();
+    assert_eq!(report.outcome, Phase::Switched, "{report:#?}");
+    let warnings = report.warnings.join("; ");
     assert!(warnings.contains("did not confirm the switch"), "{warnings}");
     support::wait_until("the lost peer to switch by itself", Duration::from_secs(15), || {
-        proxies[2].status()["primary"]["side"] == "new" && proxies[2].status()["fleet"]["part"] == "idle"
+        proxies[2].status().primary.side == Side::New && proxies[2].status().fleet.part == "idle"
     });
     assert_eq!(proxies[2].client().run("SET via-lost-peer 1"), Reply::ok());
     assert_eq!(new.direct().run("GET via-lost-peer"), Reply::bulk("1"));
@@ -214,9 +214,12 @@ fn two_handovers_started_at_once_end_with_one_primary() {
             return format!("refused: {answer}");
         }
         let report = proxy.wait_for_handover_end(Duration::from_secs(60));
-        let outcome = report["outcome"].as_str().unwrap_or_default().to_string();
-        if outcome != "switched" {
-            println!("two handovers at once: one ended {outcome}: {}", report["reason"]);
+        let outcome = report.outcome.name().to_string();
+        if report.outcome != Phase::Switched {
+            println!(
+                "two handovers at once: one ended {outcome}: {}",
+                report.reason.as_deref().unwrap_or_default()
+            );
         }
         outcome
     };
@@ -225,7 +228,7 @@ fn two_handovers_started_at_once_end_with_one_primary() {
     let switched = outcomes.iter().filter(|o| *o == "switched").count();
     assert_eq!(switched, 1, "{outcomes:?}");
     println!("two handovers at once: {outcomes:?}");
-    fleet.assert_all_on("new", "two handovers at once");
+    fleet.assert_all_on(Side::New, "two handovers at once");
 }
 
 /// A fleet whose driver (proxy 1) is a process of its own, to be killed or stalled, with two followers in this
@@ -299,23 +302,23 @@ impl DriverFleet {
     }
 
     /// Waits until both followers are done with the handover and serve from `side`.
-    fn wait_for_followers_on(&self, side: &str, what: &str) {
+    fn wait_for_followers_on(&self, side: Side, what: &str) {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let statuses: Vec<serde_json::Value> = self.followers.iter().map(|f| f.status()).collect();
+            let statuses: Vec<Status> = self.followers.iter().map(|f| f.status()).collect();
             if statuses
                 .iter()
-                .all(|s| s["primary"]["side"] == side && s["fleet"]["part"] == "idle")
+                .all(|s| s.primary.side == side && s.fleet.part == "idle")
             {
                 return;
             }
             let brief: Vec<String> = statuses
                 .iter()
-                .map(|s| format!("{} {} {}", s["primary"]["side"], s["fleet"], s["in_doubt"]))
+                .map(|s| format!("{:?} {:?} {:?}", s.primary.side, s.fleet, s.in_doubt))
                 .collect();
             assert!(
                 std::time::Instant::now() < deadline,
-                "{what}: the followers did not end on {side}: {brief:#?}"
+                "{what}: the followers did not end on {side:?}: {brief:#?}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -362,18 +365,18 @@ fn driver_stopped_while_peers_hold(stop: Stop) {
     assert_eq!(transaction.run("SET in-tx 1"), Reply::Status("QUEUED".into()));
     fleet.start_handover(2000);
     support::wait_until("the third proxy to hold", Duration::from_secs(30), || {
-        fleet.followers[1].status()["fleet"]["part"] == "held"
+        fleet.followers[1].status().fleet.part == "held"
     });
     fleet.stop_driver(stop);
     assert_eq!(transaction.run("EXEC"), Reply::Array(vec![Reply::ok()]));
     let what = format!("driver {stop:?} while the peers hold");
-    fleet.wait_for_followers_on("old", &what);
+    fleet.wait_for_followers_on(Side::Old, &what);
     assert_eq!(fleet.fence(), Reply::bulk("0"), "OLD was never fenced");
     if stop == Stop::Stall {
         // Back from its stall after its budget, the driver fences nothing: it aborts.
         fleet.driver.resume();
         let report = fleet.driver.wait_for_handover_end(Duration::from_secs(30));
-        assert_eq!(report["outcome"], "aborted", "{report:#}");
+        assert_eq!(report.outcome, Phase::Aborted, "{report:#?}");
         assert_eq!(fleet.fence(), Reply::bulk("0"));
     }
     assert_eq!(fleet.new.direct().run("ROLE").items()[0], Reply::bulk("slave"));
@@ -403,12 +406,12 @@ fn driver_stopped_after_the_fence(stop: Stop) {
     let what = format!("driver {stop:?} after the fence");
     // The peers' leases run out; the servers say OLD fenced and NEW its replica. A stalled driver's control
     // connections are closed after their own lease, then the fence is lifted.
-    fleet.wait_for_followers_on("old", &what);
+    fleet.wait_for_followers_on(Side::Old, &what);
     assert_eq!(fleet.fence(), Reply::bulk("0"));
     if stop == Stop::Stall {
         fleet.driver.resume();
         let report = fleet.driver.wait_for_handover_end(Duration::from_secs(30));
-        assert_eq!(report["outcome"], "aborted", "{report:#}");
+        assert_eq!(report.outcome, Phase::Aborted, "{report:#?}");
         assert_eq!(fleet.fence(), Reply::bulk("0"), "the driver, back, changed nothing");
     }
     fleet.replication.delay(Duration::ZERO);
@@ -439,12 +442,12 @@ fn driver_stopped_after_the_promotion(stop: Stop) {
     });
     fleet.stop_driver(stop);
     let what = format!("driver {stop:?} after the promotion");
-    fleet.wait_for_followers_on("new", &what);
+    fleet.wait_for_followers_on(Side::New, &what);
     if stop == Stop::Stall {
         fleet.driver.resume();
         let report = fleet.driver.wait_for_handover_end(Duration::from_secs(30));
-        assert_eq!(report["outcome"], "switched", "{report:#}");
-        assert_eq!(fleet.driver.status()["primary"]["side"], "new");
+        assert_eq!(report.outcome, Phase::Switched, "{report:#?}");
+        assert_eq!(fleet.driver.status().primary.side, Side::New);
     }
     assert!(fleet.old.direct().run("SET stray 1").is_error(), "OLD stays fenced");
     assert_eq!(fleet.followers[0].client().run("SET after 1"), Reply::ok());
@@ -487,14 +490,14 @@ fn a_peer_with_a_slow_link_to_old_and_its_own_address_for_it_hands_over_with_the
         .map(|(i, p)| Load::start_named(p, 2, &format!("slow{i}")))
         .collect();
     let report = proxies[0].handover(json!({ "max_pause_ms": 3000 }));
-    assert_eq!(report["outcome"], "switched", "{report:#}");
-    let lines = report["fleet"].to_string();
+    assert_eq!(report.outcome, Phase::Switched, "{report:#?}");
+    let lines = report.fleet.join("; ");
     assert!(
         lines.contains("2 peers held") && lines.contains("2 peers moved"),
         "{lines}"
     );
     for proxy in &proxies {
-        assert_eq!(proxy.status()["primary"]["side"], "new");
+        assert_eq!(proxy.status().primary.side, Side::New);
     }
     let reader = proxies[0].addr.to_string();
     for (i, load) in loads.into_iter().enumerate() {
@@ -512,10 +515,7 @@ fn a_peer_with_a_slow_link_to_old_and_its_own_address_for_it_hands_over_with_the
             checked.longest_wait_ms
         );
     }
-    println!(
-        "a slow link to OLD: pause {:.1} ms",
-        report["pause_ms"].as_f64().unwrap()
-    );
+    println!("a slow link to OLD: pause {:.1} ms", report.pause_ms.unwrap());
 }
 
 #[test]
@@ -563,11 +563,11 @@ fn a_proxy_outside_the_fleet_finds_the_switch_on_the_servers_and_follows_it() {
         })
         .collect();
     let report = driver.handover(json!({}));
-    assert_eq!(report["outcome"], "switched", "{report:#}");
+    assert_eq!(report.outcome, Phase::Switched, "{report:#?}");
     // Its writes meet OLD's fence; the first refusal makes it look at the servers, which say NEW was promoted;
     // the refused writes, and those after them, go to NEW.
     support::wait_until("the outsider to switch by itself", Duration::from_secs(10), || {
-        outsider.status()["primary"]["side"] == "new"
+        outsider.status().primary.side == Side::New
     });
     assert_eq!(outsider.client().run("SET via-outsider 1"), Reply::ok());
     assert_eq!(new.direct().run("GET via-outsider"), Reply::bulk("1"));
@@ -596,22 +596,22 @@ fn the_driver_killed_before_the_pause_lets_the_claims_lapse_and_another_proxy_ha
         .post("/handover", json!({ "max_lag_bytes": 0, "max_pause_ms": 2000 }));
     assert_eq!(code, 202, "{answer}");
     support::wait_until("the driver to catch up", Duration::from_secs(30), || {
-        fleet.driver.status()["phase"] == "catching_up"
+        fleet.driver.status().phase == Phase::CatchingUp
     });
-    assert_eq!(fleet.followers[0].status()["fleet"]["part"], "claimed");
+    assert_eq!(fleet.followers[0].status().fleet.part, "claimed");
     // A claimed peer starts no handover of its own.
     let (code, answer) = fleet.followers[0].post("/handover", json!({}));
     assert_eq!(code, 409, "{answer}");
     fleet.stop_driver(Stop::Kill);
     fleet.replication.delay(Duration::ZERO);
     support::wait_until("the claims to lapse", Duration::from_secs(30), || {
-        fleet.followers.iter().all(|f| f.status()["fleet"]["part"] == "idle")
+        fleet.followers.iter().all(|f| f.status().fleet.part == "idle")
     });
     // The dead driver is left out of the next handover.
     let dead = fleet.driver.admin.to_string();
     let report = fleet.followers[0].handover(json!({ "exclude_peers": [dead] }));
-    assert_eq!(report["outcome"], "switched", "{report:#}");
-    fleet.wait_for_followers_on("new", "the driver killed before the pause");
+    assert_eq!(report.outcome, Phase::Switched, "{report:#?}");
+    fleet.wait_for_followers_on(Side::New, "the driver killed before the pause");
     fleet.verify("the driver killed before the pause");
 }
 
@@ -629,9 +629,9 @@ fn a_blocked_call_through_a_proxy_outside_the_fleet_outlives_a_5_0_old_s_demotio
     });
     // The 5.0 OLD is made NEW's replica at the switch, which ends the worker's call on it with UNBLOCKED.
     let report = driver.handover(json!({}));
-    assert_eq!(report["outcome"], "switched", "{report:#}");
+    assert_eq!(report.outcome, Phase::Switched, "{report:#?}");
     support::wait_until("the outsider to switch by itself", Duration::from_secs(10), || {
-        outsider.status()["primary"]["side"] == "new"
+        outsider.status().primary.side == Side::New
     });
     support::wait_until("the worker to block on NEW", Duration::from_secs(10), || {
         if let Some(reply) = worker.read_within(Duration::from_millis(1)) {

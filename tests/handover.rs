@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use redis_handover::handover::Phase;
+use redis_handover::handover::status::RollbackWindow;
+use redis_handover::primary::Side;
 use serde_json::json;
 use support::{Client, FaultyLink, Harness, Reply, Version};
 
@@ -167,7 +170,7 @@ fn handover_under_load(old: Version) {
     for _ in 0..2000 {
         assert_eq!(seed.read(), Reply::ok());
     }
-    let clients_before = h.proxy.status()["clients"].as_u64().unwrap();
+    let clients_before = h.proxy.status().clients;
     // Five of them send transactions: with shared links they pin and unpin all along, beside the shared ones.
     let writers = Writers::start_with_transactions(h.proxy.addr, 20, 8, 5);
     writers.wait_for(100);
@@ -175,21 +178,17 @@ fn handover_under_load(old: Version) {
     writers.wait_for(100);
     let status = h.proxy.status();
     let logs = writers.stop();
-    assert_eq!(report["outcome"], "switched", "{report:#}");
-    assert_eq!(status["primary"]["side"], "new");
-    assert_eq!(status["primary"]["version"], "7.0.15");
-    assert_eq!(
-        status["clients"].as_u64().unwrap(),
-        clients_before + 20,
-        "no client reconnected"
-    );
+    assert_eq!(report.outcome, Phase::Switched, "{report:#?}");
+    assert_eq!(status.primary.side, Side::New);
+    assert_eq!(status.primary.version.as_deref(), Some("7.0.15"));
+    assert_eq!(status.clients, clients_before + 20, "no client reconnected");
     let checked = assert_all_acknowledged_writes_on(&h.new, &logs);
     let longest = logs.iter().map(|l| l.longest_wait).max().unwrap();
     println!(
         "OLD {} -> NEW 7.0: pause {:.1} ms, writes held {}, longest client wait {:.1} ms, {checked} acknowledged writes checked on NEW",
         old.name(),
-        report["pause_ms"].as_f64().unwrap(),
-        report["writes_held"],
+        report.pause_ms.unwrap(),
+        report.writes_held,
         longest.as_secs_f64() * 1000.0
     );
     // Writes after the switch land on NEW, and OLD is fenced against stray writers (a 5.0 OLD is NEW's replica).
@@ -241,12 +240,12 @@ fn session_state_is_carried_over() {
         // The open MULTI holds the pause until its EXEC, which then runs on OLD.
         let (status, answer) = h.proxy.post("/handover", json!({ "max_pause_ms": 5000 }));
         assert_eq!(status, 202, "{answer}");
-        h.proxy.wait_for_phase("paused", Duration::from_secs(30));
+        h.proxy.wait_for_phase(Phase::Paused, Duration::from_secs(30));
         std::thread::sleep(Duration::from_millis(100));
         let blocked_at = Instant::now();
         assert_eq!(transaction.run("EXEC"), Reply::Array(vec![Reply::Int(1)]));
         let report = h.proxy.wait_for_handover_end(Duration::from_secs(30));
-        assert_eq!(report["outcome"], "switched", "{report:#}");
+        assert_eq!(report.outcome, Phase::Switched, "{report:#?}");
         let on_new = |c: &mut Client| c.run("INFO server").text().contains("redis_version:7.0.15");
 
         assert!(
@@ -312,7 +311,7 @@ fn acl_user_and_resp3_sessions_are_carried_over() {
     assert!(matches!(resp3.run("HELLO 3"), Reply::Map(_)));
     assert_eq!(resp3.run("HSET app:h f v"), Reply::Int(1));
     let report = h.proxy.handover(json!({}));
-    assert_eq!(report["outcome"], "switched", "{report:#}");
+    assert_eq!(report.outcome, Phase::Switched, "{report:#?}");
     assert_eq!(alice.run("ACL WHOAMI"), Reply::bulk("alice"));
     assert!(
         alice.run("SET other v").text().starts_with("NOPERM"),
@@ -376,11 +375,10 @@ fn blocked_worker_moves(auth: WorkerAuth) {
     });
 
     let report = h.proxy.handover(json!({ "max_pause_ms": 1000 }));
-    assert_eq!(report["outcome"], "switched", "{auth:?}: {report:#}");
-    assert_eq!(
-        report["warnings"],
-        json!([]),
-        "{auth:?}: every blocked call moved: {report:#}"
+    assert_eq!(report.outcome, Phase::Switched, "{auth:?}: {report:#?}");
+    assert!(
+        report.warnings.is_empty(),
+        "{auth:?}: every blocked call moved: {report:#?}"
     );
     let mut pusher = h.proxy.client();
     assert_eq!(pusher.cmd(&login), Reply::ok());
@@ -444,7 +442,7 @@ fn a_subscriber_receives_every_message_before_during_and_after_the_switch() {
         std::thread::sleep(Duration::from_millis(200));
         stop.store(true, Ordering::Relaxed);
         let sent = publisher.join().unwrap();
-        assert_eq!(report["outcome"], "switched", "{report:#}");
+        assert_eq!(report.outcome, Phase::Switched, "{report:#?}");
         for expected in 0..sent {
             let message = subscriber.read();
             assert_eq!(
@@ -472,9 +470,9 @@ fn unreachable_new_aborts_in_preflight_and_old_stays_primary() {
     let mut c = proxy.client();
     assert_eq!(c.run("SET before 1"), Reply::ok());
     let report = proxy.handover(json!({}));
-    assert_eq!(report["outcome"], "aborted");
-    assert!(report["reason"].as_str().unwrap().contains("unreachable"), "{report:#}");
-    assert_eq!(proxy.status()["primary"]["side"], "old");
+    assert_eq!(report.outcome, Phase::Aborted);
+    assert!(report.reason.as_deref().unwrap().contains("unreachable"), "{report:#?}");
+    assert_eq!(proxy.status().primary.side, Side::Old);
     assert_eq!(c.run("SET after 2"), Reply::ok());
     assert_eq!(old.direct().run("GET after"), Reply::bulk("2"));
 }
@@ -488,14 +486,14 @@ fn new_killed_during_the_full_sync_aborts_and_nothing_is_lost() {
     let writers = Writers::start(h.proxy.addr, 4, 4);
     let (status, _) = h.proxy.post("/handover", json!({}));
     assert_eq!(status, 202);
-    h.proxy.wait_for_phase("syncing", Duration::from_secs(10));
+    h.proxy.wait_for_phase(Phase::Syncing, Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(300));
     h.new.kill();
     let report = h.proxy.wait_for_handover_end(Duration::from_secs(30));
     let logs = writers.stop();
-    assert_eq!(report["outcome"], "aborted", "{report:#}");
-    assert!(report["reason"].as_str().unwrap().contains("full sync"), "{report:#}");
-    assert_eq!(h.proxy.status()["primary"]["side"], "old");
+    assert_eq!(report.outcome, Phase::Aborted, "{report:#?}");
+    assert!(report.reason.as_deref().unwrap().contains("full sync"), "{report:#?}");
+    assert_eq!(h.proxy.status().primary.side, Side::Old);
     assert_all_acknowledged_writes_on(&h.old, &logs);
     assert_eq!(h.proxy.client().run("SET still writable"), Reply::ok());
 }
@@ -504,12 +502,12 @@ fn new_killed_during_the_full_sync_aborts_and_nothing_is_lost() {
 fn catch_up_timeout_aborts() {
     let h = Harness::start_with(Version::V6_2, &SLOW_SYNC, Version::V7_0, &[], |_| {});
     let report = h.proxy.handover(json!({ "catchup_timeout_s": 1 }));
-    assert_eq!(report["outcome"], "aborted", "{report:#}");
+    assert_eq!(report.outcome, Phase::Aborted, "{report:#?}");
     assert!(
-        report["reason"].as_str().unwrap().contains("catchup_timeout_s = 1"),
-        "{report:#}"
+        report.reason.as_deref().unwrap().contains("catchup_timeout_s = 1"),
+        "{report:#?}"
     );
-    assert_eq!(h.proxy.status()["primary"]["side"], "old");
+    assert_eq!(h.proxy.status().primary.side, Side::Old);
     assert_eq!(h.proxy.client().run("SET k v"), Reply::ok());
 }
 
@@ -527,12 +525,12 @@ fn exceeding_the_pause_budget_aborts_and_held_writes_go_to_old() {
     let report = proxy.handover(json!({ "max_pause_ms": 50 }));
     std::thread::sleep(Duration::from_millis(200));
     let logs = writers.stop();
-    assert_eq!(report["outcome"], "aborted", "{report:#}");
+    assert_eq!(report.outcome, Phase::Aborted, "{report:#?}");
     assert!(
-        report["reason"].as_str().unwrap().contains("max_pause_ms = 50"),
-        "{report:#}"
+        report.reason.as_deref().unwrap().contains("max_pause_ms = 50"),
+        "{report:#?}"
     );
-    assert_eq!(proxy.status()["primary"]["side"], "old");
+    assert_eq!(proxy.status().primary.side, Side::Old);
     assert_all_acknowledged_writes_on(&old, &logs);
     assert_eq!(
         old.direct().run("SET direct ok"),
@@ -555,8 +553,8 @@ fn a_second_handover_is_refused_while_one_runs_and_abort_stops_it() {
     let (status, _) = h.proxy.post("/handover/abort", json!({}));
     assert_eq!(status, 202);
     let report = h.proxy.wait_for_handover_end(Duration::from_secs(30));
-    assert_eq!(report["outcome"], "aborted");
-    assert_eq!(report["reason"], "aborted by the operator");
+    assert_eq!(report.outcome, Phase::Aborted);
+    assert_eq!(report.reason.as_deref(), Some("aborted by the operator"));
     let (status, _) = h.proxy.post("/handover/abort", json!({}));
     assert_eq!(status, 409, "nothing to abort any more");
     assert_eq!(h.proxy.client().run("SET k v"), Reply::ok());
@@ -565,18 +563,21 @@ fn a_second_handover_is_refused_while_one_runs_and_abort_stops_it() {
 #[test]
 fn after_a_switch_a_handover_back_to_an_older_version_is_refused_without_a_rollback_window() {
     let h = Harness::start_with(Version::V6_2, &[], Version::V7_0, &[], |c| c.rollback_window_s = 0);
-    assert_eq!(h.proxy.handover(json!({}))["outcome"], "switched");
+    assert_eq!(h.proxy.handover(json!({})).outcome, Phase::Switched);
     let back = h.proxy.handover(json!({}));
-    assert_eq!(back["outcome"], "aborted");
-    let reason = back["reason"].as_str().unwrap();
+    assert_eq!(back.outcome, Phase::Aborted);
+    let reason = back.reason.as_deref().unwrap();
     assert!(
         reason.contains("6.2.14") && reason.contains("7.0.15") && reason.contains("older"),
         "{reason}"
     );
     assert!(reason.contains("rollback window"), "{reason}");
-    assert_eq!(h.proxy.status()["rollback_window"]["state"], "off");
-    assert_eq!(h.proxy.status()["primary"]["side"], "new");
-    assert_eq!(h.proxy.status()["servers"]["old"]["role"], "standby");
+    assert!(matches!(
+        h.proxy.status().rollback_window,
+        Some(RollbackWindow::Off { .. })
+    ));
+    assert_eq!(h.proxy.status().primary.side, Side::New);
+    assert_eq!(h.proxy.status().servers.old.role, "standby");
 }
 
 /// Reads from `stream` until `done` holds for what was read, within `timeout`.
@@ -644,7 +645,7 @@ fn a_replica_follows_the_primary_through_the_proxy_and_across_the_handover() {
     // The replica's stream from OLD ends at the switch; it reconnects through the proxy and NEW, which continues
     // OLD's replication history, serves it a partial resync.
     let report = h.proxy.handover(json!({}));
-    assert_eq!(report["outcome"], "switched", "{report:#}");
+    assert_eq!(report.outcome, Phase::Switched, "{report:#?}");
     assert_eq!(c.run("SET after-switch 1"), Reply::ok());
     support::wait_until("the replica to follow NEW", Duration::from_secs(20), || {
         on_replica.run("GET after-switch") == Reply::bulk("1")

@@ -104,12 +104,12 @@ fn a_client_that_never_reads_is_dropped_and_memory_stays_bounded() {
     support::wait_until(
         "the proxy to accept the client that never reads",
         Duration::from_secs(30),
-        || proxy.status()["clients"] == 2,
+        || proxy.status().clients == 2,
     );
     support::wait_until(
         "the proxy to drop the client that never reads",
         Duration::from_secs(30),
-        || proxy.status()["clients"] == 1,
+        || proxy.status().clients == 1,
     );
     // Draining now, the client finds its connection closed after at most the replies already in flight.
     let mut drained = 0usize;
@@ -139,9 +139,9 @@ fn ten_thousand_connections_opened_and_dropped_leave_nothing_behind() {
     // The baseline includes the backend link a first command opens (a shared link outlives its sessions).
     assert_eq!(proxy.client().run("PING"), Reply::Status("PONG".into()));
     support::wait_until("the first client to end", Duration::from_secs(5), || {
-        proxy.status()["clients"] == 0
+        proxy.status().clients == 0
     });
-    let tasks_before = proxy.status()["tasks"].as_u64().unwrap();
+    let tasks_before = proxy.status().tasks;
     let before = rss_kib();
     for batch in 0..20 {
         let connections: Vec<TcpStream> = (0..500).map(|_| TcpStream::connect(proxy.addr).unwrap()).collect();
@@ -154,7 +154,7 @@ fn ten_thousand_connections_opened_and_dropped_leave_nothing_behind() {
     }
     support::wait_until("every session to end", Duration::from_secs(20), || {
         let status = proxy.status();
-        status["clients"] == 0 && status["tasks"].as_u64().unwrap() <= tasks_before
+        status.clients == 0 && status.tasks <= tasks_before
     });
     let growth_mib = rss_kib().saturating_sub(before) / 1024;
     println!("10,000 connections opened and dropped: memory grew {growth_mib} MiB");

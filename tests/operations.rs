@@ -7,6 +7,9 @@ use std::collections::HashMap;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use redis_handover::config::Resp3Mode;
+use redis_handover::handover::{Phase, Status};
+use redis_handover::primary::Side;
 use support::{Harness, Proxy, RedisServer, Reply, Version};
 
 /// Runs the real binary with `args` and extra environment variables.
@@ -55,12 +58,12 @@ fn ctl_drives_a_handover_and_reports_with_reliable_exit_codes() {
     );
 
     let json = ctl(&h.proxy, &["status", "--json"]);
-    let parsed: serde_json::Value = serde_json::from_slice(&json.stdout).expect("ctl --json prints JSON");
-    assert_eq!(parsed["primary"]["side"], "old");
+    let parsed: Status = serde_json::from_slice(&json.stdout).expect("ctl --json prints the status schema");
+    assert_eq!(parsed.primary.side, Side::Old);
 
     let resp3 = ctl(&h.proxy, &["config", "resp3", "pin-resp2"]);
     assert!(resp3.status.success() && stdout(&resp3).contains("resp3 = pin-resp2"));
-    assert_eq!(h.proxy.status()["resp3"], "pin-resp2");
+    assert_eq!(h.proxy.status().resp3, Resp3Mode::PinResp2);
     assert_eq!(
         ctl(&h.proxy, &["config", "resp3", "bogus"]).status.code(),
         Some(2),
@@ -115,8 +118,8 @@ fn ctl_drives_a_handover_and_reports_with_reliable_exit_codes() {
         "{}",
         stderr(&back)
     );
-    let last: serde_json::Value = serde_json::from_slice(&back.stdout).expect("JSON status after --wait");
-    assert_eq!(last["last_handover"]["outcome"], "aborted");
+    let last: Status = serde_json::from_slice(&back.stdout).expect("the status schema after --wait");
+    assert_eq!(last.last_handover.map(|l| l.outcome), Some(Phase::Aborted));
 }
 
 #[test]
@@ -134,13 +137,13 @@ fn ctl_reads_a_bare_admin_port_as_loopback() {
     let port = proxy.admin.port().to_string();
     let out = binary(&["ctl", "--admin", &port, "status", "--json"], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ctl --json prints JSON");
-    assert_eq!(parsed["phase"], "idle");
+    let parsed: Status = serde_json::from_slice(&out.stdout).expect("ctl --json prints the status schema");
+    assert_eq!(parsed.phase, Phase::Idle);
     // The admin address (and --json) may also follow the subcommand.
     let after = binary(&["ctl", "status", "--json", "--admin", &port], &[]);
     assert!(after.status.success(), "{}", stderr(&after));
-    let parsed: serde_json::Value = serde_json::from_slice(&after.stdout).expect("ctl --json prints JSON");
-    assert_eq!(parsed["phase"], "idle");
+    let parsed: Status = serde_json::from_slice(&after.stdout).expect("ctl --json prints the status schema");
+    assert_eq!(parsed.phase, Phase::Idle);
     let bad = binary(&["ctl", "--admin", "nonsense", "status"], &[]);
     assert_eq!(bad.status.code(), Some(2), "a malformed address is a usage error");
     assert!(stderr(&bad).contains("HOST:PORT or PORT"), "{}", stderr(&bad));
@@ -198,7 +201,7 @@ fn metrics_move_with_traffic_and_show_the_handover() {
         "latency histogram counts"
     );
 
-    assert_eq!(h.proxy.handover(serde_json::json!({}))["outcome"], "switched");
+    assert_eq!(h.proxy.handover(serde_json::json!({})).outcome, Phase::Switched);
     client.run("GET k1");
     let switched = scrape(&h.proxy);
     assert_eq!(switched["redis_handover_handovers_total{outcome=switched}"], 1.0);

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use redis_handover::handover::Phase;
 use support::{Harness, Proxy, Version};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -78,7 +79,7 @@ fn the_page_shows_the_phase_changing_during_a_handover_and_the_finished_timeline
 
     let (code, _) = h.proxy.post("/handover", serde_json::json!({}));
     assert_eq!(code, 202);
-    h.proxy.wait_for_phase("syncing", Duration::from_secs(30));
+    h.proxy.wait_for_phase(Phase::Syncing, Duration::from_secs(30));
     let during = page(&url(&h.proxy));
     assert_eq!(text_of(&during, "phase"), "syncing", "{during}");
     assert!(
@@ -87,7 +88,7 @@ fn the_page_shows_the_phase_changing_during_a_handover_and_the_finished_timeline
     );
 
     let report = h.proxy.wait_for_handover_end(Duration::from_secs(60));
-    assert_eq!(report["outcome"], "switched");
+    assert_eq!(report.outcome, Phase::Switched);
     let after = page(&url(&h.proxy));
     assert_eq!(text_of(&after, "phase"), "switched", "{after}");
     assert!(text_of(&after, "primary").starts_with("NEW 127.0.0.1:"), "{after}");

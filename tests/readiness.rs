@@ -5,23 +5,41 @@
 
 mod support;
 
-use support::{Harness, Reply, Version, ctl};
+use redis_handover::handover::Phase;
+use redis_handover::readiness::Report;
+use redis_handover::readiness::shadow::{ShadowCommand, ShadowReport, ShadowState};
+use support::{Harness, Proxy, Reply, Version, ctl};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// The report as `ctl check --json` prints it, and the exit code.
-fn check_json(admin: std::net::SocketAddr) -> (i32, serde_json::Value) {
+fn check_json(admin: std::net::SocketAddr) -> (i32, Report) {
     let out = ctl(admin, &["check", "--json"]);
     let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
-            "ctl check --json printed no JSON ({e}): {}{}",
+            "ctl check --json printed no readiness report ({e}): {}{}",
             text(&out.stdout),
             text(&out.stderr)
         )
     });
     (out.status.code().unwrap_or(-1), report)
+}
+
+/// Waits until `GET /shadow` says `state`; the shadow reads' report then.
+fn wait_for_shadow(proxy: &Proxy, state: ShadowState) -> ShadowReport {
+    support::wait_for(
+        &format!("shadow reads {}", state.name()),
+        std::time::Duration::from_secs(60),
+        || {
+            let (_, answer) = proxy.get("/shadow");
+            match serde_json::from_value::<ShadowReport>(answer.clone()) {
+                Ok(report) if report.state == state => Ok(report),
+                _ => Err(format!("{answer:#}")),
+            }
+        },
+    )
 }
 
 #[test]
@@ -49,76 +67,60 @@ fn the_census_names_redis_py_a_client_refused_resp3_by_5_0_and_the_commands_sent
     }
 
     let (code, report) = check_json(h.proxy.admin);
-    assert_eq!(code, 0, "ready: {report:#}");
-    assert_eq!(report["ready"], true);
-    assert_eq!(report["from_version"].as_str().map(|v| &v[..3]), Some("5.0"));
-    assert_eq!(report["to_version"].as_str().map(|v| &v[..3]), Some("7.0"));
+    assert_eq!(code, 0, "ready: {report:#?}");
+    assert!(report.ready);
+    assert_eq!(report.from_version.as_ref().map(|v| &v[..3]), Some("5.0"));
+    assert_eq!(report.to_version.as_ref().map(|v| &v[..3]), Some("7.0"));
 
-    let libraries = report["clients"]["libraries"].as_array().expect("libraries");
+    let libraries = &report.clients.libraries;
     let redis_py = libraries
         .iter()
-        .find(|l| l["lib_name"] == "redis-py")
+        .find(|l| l.library.lib_name.as_deref() == Some("redis-py"))
         .unwrap_or_else(|| panic!("redis-py is named: {libraries:#?}"));
-    assert_eq!(redis_py["lib_ver"].as_str(), Some(redis_py_version.as_str()));
-    assert_eq!(
-        (redis_py["connections"].as_u64(), redis_py["connected"].as_u64()),
-        (Some(1), Some(0))
-    );
-    assert_eq!(redis_py["names"], serde_json::json!(["billing"]));
+    assert_eq!(redis_py.library.lib_ver.as_deref(), Some(redis_py_version.as_str()));
+    assert_eq!((redis_py.library.connections, redis_py.library.connected), (1, 0));
+    assert_eq!(redis_py.library.names, ["billing"]);
     let unnamed = libraries
         .iter()
-        .find(|l| l["lib_name"].is_null())
+        .find(|l| l.library.lib_name.is_none())
         .unwrap_or_else(|| panic!("the client without a library: {libraries:#?}"));
-    assert_eq!(
-        (unnamed["asked_resp3"].as_u64(), unnamed["got_resp3"].as_u64()),
-        (Some(1), Some(0))
-    );
-    let change = unnamed["protocol_change"].as_str().unwrap_or_default();
+    assert_eq!((unnamed.library.asked_resp3, unnamed.library.got_resp3), (1, 0));
+    let change = unnamed.protocol_change.as_deref().unwrap_or_default();
     assert!(change.contains("get RESP3") && change.contains("pin-resp2"), "{change}");
     assert!(
-        report["warnings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|w| w.as_str() == Some(change)),
-        "the RESP3 exposure is a warning: {report:#}"
+        report.warnings.iter().any(|w| w == change),
+        "the RESP3 exposure is a warning: {report:#?}"
     );
-    let connected = report["clients"]["connected"].as_array().expect("connected");
+    let connected = &report.clients.connected;
     let ledger = connected
         .iter()
-        .find(|c| c["name"] == "ledger")
+        .find(|c| c.name.as_deref() == Some("ledger"))
         .unwrap_or_else(|| panic!("the client still connected: {connected:#?}"));
-    assert_eq!(
-        (ledger["asked_protocol"].as_u64(), ledger["protocol"].as_u64()),
-        (Some(3), Some(2))
-    );
-    assert!(ledger["addr"].as_str().unwrap_or_default().starts_with("127.0.0.1:"));
+    assert_eq!((ledger.asked_protocol, ledger.protocol), (Some(3), 2));
+    assert!(ledger.addr.starts_with("127.0.0.1:"));
 
     let count = |command: &str| {
-        report["commands"]["counted"]
-            .as_array()
-            .unwrap()
+        report
+            .commands
+            .counted
             .iter()
-            .find(|c| c["command"] == command)
-            .and_then(|c| c["count"].as_u64())
+            .find(|c| c.command == command)
+            .map(|c| c.count)
     };
     assert_eq!(count("LPUSH"), Some(7));
     assert_eq!(count("GETSET"), Some(3));
     assert_eq!(count("SET"), Some(5));
     assert_eq!(count("CLIENT SETINFO"), Some(2), "LIB-NAME and LIB-VER");
     assert_eq!(count("HELLO"), Some(1));
-    let changes = report["commands"]["changes"].as_array().expect("changes");
+    let changes = &report.commands.changes;
     let getset = changes
         .iter()
-        .find(|c| c["command"] == "GETSET")
+        .find(|c| c.change.command == "GETSET")
         .unwrap_or_else(|| panic!("GETSET's deprecation in 6.2 is listed: {changes:#?}"));
-    assert_eq!(
-        (getset["sent"].as_u64(), getset["kind"].as_str()),
-        (Some(3), Some("deprecated"))
-    );
-    assert!(getset["source"].as_str().unwrap_or_default().starts_with("https://"));
+    assert_eq!((getset.sent, getset.change.kind.as_str()), (3, "deprecated"));
+    assert!(getset.change.source.starts_with("https://"));
     assert!(
-        changes.iter().all(|c| c["command"] != "GET"),
+        changes.iter().all(|c| c.change.command != "GET"),
         "GET did not change: {changes:#?}"
     );
 
@@ -158,26 +160,26 @@ fn ctl_check_says_not_ready_when_the_pre_flight_would_refuse_and_changes_nothing
     );
     let (code, report) = check_json(h.proxy.admin);
     assert_eq!(code, 1);
-    assert_eq!(report["ready"], false);
+    assert!(!report.ready);
     assert!(
-        report["preflight"]["refusal"]
-            .as_str()
+        report
+            .preflight
+            .refusal
+            .as_deref()
             .unwrap_or_default()
             .contains("holds 1 keys"),
-        "{report:#}"
+        "{report:#?}"
     );
 
     assert_eq!(new.run("FLUSHALL"), Reply::ok());
     let (code, report) = check_json(h.proxy.admin);
-    assert_eq!(code, 0, "ready once NEW is empty: {report:#}");
-    let raised = report["preflight"]["config_differences"].as_array().unwrap();
+    assert_eq!(code, 0, "ready once NEW is empty: {report:#?}");
+    let raised = &report.preflight.config_differences;
     assert!(
-        raised
-            .iter()
-            .any(|d| d.as_str().unwrap_or_default().contains("to be raised")),
+        raised.iter().any(|d| d.contains("to be raised")),
         "the backlog the handover would raise: {raised:?}"
     );
-    assert!(report["backlog"]["bytes"].as_u64().is_some(), "{report:#}");
+    assert!(report.backlog.is_some(), "{report:#?}");
 
     // Only looked: NEW is still an empty master with its own settings, and no handover ran.
     assert_eq!(new.run("CONFIG GET repl-backlog-size"), backlog_before);
@@ -186,8 +188,8 @@ fn ctl_check_says_not_ready_when_the_pre_flight_would_refuse_and_changes_nothing
     assert!(new.run("INFO replication").text().contains("role:master"));
     let status = h.proxy.status();
     assert!(
-        status["last_handover"].is_null() && status["phase"] == "idle",
-        "{status:#}"
+        status.last_handover.is_none() && status.phase == Phase::Idle,
+        "{status:#?}"
     );
 }
 
@@ -207,15 +209,10 @@ fn shadow_reads_find_a_real_difference_between_6_2_and_7_0_and_none_for_ordinary
         .proxy
         .post("/shadow", serde_json::json!({ "fraction": 1.0, "for_s": 300 }));
     assert_eq!(code, 202, "{started:#}");
-    support::wait_for("shadow reads running", std::time::Duration::from_secs(60), || {
-        let (_, shadow) = h.proxy.get("/shadow");
-        (shadow["state"] == "running")
-            .then_some(())
-            .ok_or(format!("{shadow:#}"))
-    });
+    wait_for_shadow(&h.proxy, ShadowState::Running);
     assert_eq!(
-        h.proxy.status()["last_handover"]["outcome"],
-        "synced",
+        h.proxy.status().last_handover.map(|last| last.outcome),
+        Some(Phase::Synced),
         "a sync with no switch"
     );
 
@@ -237,50 +234,35 @@ fn shadow_reads_find_a_real_difference_between_6_2_and_7_0_and_none_for_ordinary
     }
     let (code, _) = h.proxy.post("/shadow/stop", serde_json::json!({}));
     assert_eq!(code, 202);
-    let shadow = support::wait_for("shadow reads ended", std::time::Duration::from_secs(60), || {
-        let (_, shadow) = h.proxy.get("/shadow");
-        (shadow["state"] == "stopped")
-            .then_some(shadow.clone())
-            .ok_or(format!("{shadow:#}"))
-    });
-    let line = |command: &str| {
-        shadow["by_command"]
-            .as_array()
-            .unwrap()
+    let shadow = wait_for_shadow(&h.proxy, ShadowState::Stopped);
+    let line = |command: &str| -> &ShadowCommand {
+        shadow
+            .by_command
             .iter()
-            .find(|c| c["command"] == command)
-            .cloned()
-            .unwrap_or_else(|| panic!("{command} was shadowed: {shadow:#}"))
+            .find(|c| c.command == command)
+            .unwrap_or_else(|| panic!("{command} was shadowed: {shadow:#?}"))
     };
     for ordinary in ["GET", "HGETALL", "LRANGE"] {
         let counts = line(ordinary);
-        assert_eq!(counts["mismatched"], 0, "{counts:#}");
-        assert!(counts["matched"].as_u64().unwrap() >= 90, "{counts:#}");
+        assert_eq!(counts.mismatched, 0, "{counts:#?}");
+        assert!(counts.matched >= 90, "{counts:#?}");
     }
     let get = line("GET");
-    let compared: u64 = ["matched", "lagged", "inconclusive"]
-        .iter()
-        .map(|k| get[k].as_u64().unwrap())
-        .sum();
-    assert_eq!(compared, 200, "every GET compared: {get:#}");
-    let xinfo = line("XINFO");
-    assert_eq!(xinfo["mismatched"], 10, "{xinfo:#}");
-    let example = &xinfo["examples"][0];
-    assert_eq!(example["request"], "XINFO STREAM events", "{example:#}");
     assert_eq!(
-        xinfo["examples"].as_array().unwrap().len(),
-        1,
-        "one example per distinct request"
+        get.matched + get.lagged + get.inconclusive,
+        200,
+        "every GET compared: {get:#?}"
     );
-    let (primary, follower) = (
-        example["primary"].as_str().unwrap(),
-        example["follower"].as_str().unwrap(),
-    );
+    let xinfo = line("XINFO");
+    assert_eq!(xinfo.mismatched, 10, "{xinfo:#?}");
+    assert_eq!(xinfo.examples.len(), 1, "one example per distinct request: {xinfo:#?}");
+    let example = &xinfo.examples[0];
+    assert_eq!(example.request, "XINFO STREAM events", "{example:#?}");
     assert!(
-        follower.contains("entries-added") && !primary.contains("entries-added"),
-        "{example:#}"
+        example.follower.contains("entries-added") && !example.primary.contains("entries-added"),
+        "{example:#?}"
     );
-    assert_eq!(shadow["dropped"], 0);
+    assert_eq!(shadow.dropped, 0);
     assert!(
         h.proxy
             .metrics()

@@ -4,6 +4,7 @@
 
 mod support;
 
+use redis_handover::handover::Phase;
 use serde_json::json;
 use support::{ALL_VERSIONS, Client, Harness, Proxy, RedisServer, Reply, Version};
 
@@ -135,7 +136,7 @@ fn a_resp2_and_a_resp3_session_keep_their_shapes_through_a_handover() {
         resp3.read(),
         Reply::Push(vec![Reply::bulk("subscribe"), Reply::bulk("c"), Reply::Int(1)])
     );
-    assert_eq!(h.proxy.handover(json!({}))["outcome"], "switched");
+    assert_eq!(h.proxy.handover(json!({})).outcome, Phase::Switched);
     assert_eq!(resp2.run("HGETALL h"), flat, "RESP2 stays RESP2 on NEW");
     assert_eq!(resp3.run("HGETALL h"), map, "RESP3 stays RESP3 on NEW");
     assert_eq!(h.proxy.client().run("PUBLISH c hi"), Reply::Int(1));
@@ -155,7 +156,7 @@ fn pinning_applies_to_new_hellos_and_sessions_keep_what_they_negotiated() {
     let proxy = Proxy::start(redis.addr(), None, |c| {
         c.resp3 = redis_handover::config::Resp3Mode::PinResp2
     });
-    assert_eq!(proxy.status()["resp3"], "pin-resp2");
+    assert_eq!(proxy.status().resp3, redis_handover::config::Resp3Mode::PinResp2);
     let mut c = proxy.client();
     assert_eq!(
         c.run("HELLO 3"),

@@ -7,6 +7,9 @@ mod support;
 
 use std::time::Duration;
 
+use redis_handover::handover::Phase;
+use redis_handover::handover::window::{Cause, Window, WindowState};
+use redis_handover::primary::Side;
 use serde_json::json;
 use support::{Client, FaultyLink, Harness, Load, Proxy, RedisServer, Reply, Version, wait_for, wait_until};
 
@@ -33,39 +36,43 @@ fn info_field(client: &mut Client, section: &str, field: &str) -> String {
 }
 
 /// Waits until the rollback window is in `state`; the window as the status shows it.
-fn wait_for_window(proxy: &Proxy, state: &str, timeout: Duration) -> serde_json::Value {
-    let mut window = serde_json::Value::Null;
-    wait_until(&format!("rollback window {state}"), timeout, || {
-        window = proxy.status()["rollback_window"].clone();
-        window["state"] == state
-    });
-    window
-}
-
-/// Waits until the window is open and the follower's link is up.
-fn wait_for_follower(proxy: &Proxy, follower: &str) -> serde_json::Value {
-    wait_for(&format!("{follower} following"), Duration::from_secs(30), || {
-        let window = proxy.status()["rollback_window"].clone();
-        if window["state"] == "open" && window["follower"] == follower && window["link_up"] == true {
-            Ok(window)
-        } else {
-            Err(format!("{window:#}"))
+fn wait_for_window(proxy: &Proxy, state: WindowState, timeout: Duration) -> Window {
+    wait_for(&format!("rollback window {state:?}"), timeout, || {
+        let status = proxy.status();
+        match status.window() {
+            Some(window) if window.state == state => Ok(window.clone()),
+            _ => Err(format!("{:#?}", status.rollback_window)),
         }
     })
 }
 
+/// Waits until the window is open and the follower's link is up.
+fn wait_for_follower(proxy: &Proxy, follower: Side) -> Window {
+    wait_for(
+        &format!("{} following", follower.name()),
+        Duration::from_secs(30),
+        || {
+            let status = proxy.status();
+            match status.window() {
+                Some(w) if w.state == WindowState::Open && w.follower == follower && w.link_up => Ok(w.clone()),
+                _ => Err(format!("{:#?}", status.rollback_window)),
+            }
+        },
+    )
+}
+
 /// After the window closed: a rollback is refused with the reason, and OLD, a fenced primary of its own again,
 /// still holds every seeded key.
-fn assert_closed_and_old_kept(h: &Harness, cause: &str) -> String {
-    let window = wait_for_window(&h.proxy, "closed", Duration::from_secs(30));
-    assert_eq!(window["cause"], cause, "{window:#}");
-    let reason = window["reason"].as_str().unwrap().to_string();
+fn assert_closed_and_old_kept(h: &Harness, cause: Cause) -> String {
+    let window = wait_for_window(&h.proxy, WindowState::Closed, Duration::from_secs(30));
+    assert_eq!(window.cause, Some(cause), "{window:#?}");
+    let reason = window.reason.clone().expect("a closed window says why");
     let (status, answer) = h.proxy.post("/rollback", json!({}));
     assert_eq!(status, 409, "{answer}");
     let refusal = answer["error"].as_str().unwrap_or_default();
     assert!(refusal.contains(&reason), "{refusal}");
     wait_until("OLD detached", Duration::from_secs(15), || {
-        h.proxy.status()["rollback_window"]["detached"] == true
+        h.proxy.status().window().and_then(|w| w.detached) == Some(true)
     });
     let mut old = h.old.direct();
     assert_eq!(info_field(&mut old, "replication", "role"), "master");
@@ -74,8 +81,8 @@ fn assert_closed_and_old_kept(h: &Harness, cause: &str) -> String {
     }
     let stray = old.run("SET stray 1").text();
     assert!(stray.starts_with("NOREPLICAS"), "OLD is fenced: {stray}");
-    assert_eq!(h.proxy.status()["primary"]["side"], "new");
-    println!("window closed ({cause}): {reason}");
+    assert_eq!(h.proxy.status().primary.side, Side::New);
+    println!("window closed ({}): {reason}", cause.name());
     reason
 }
 
@@ -181,9 +188,9 @@ fn a_6_2_to_7_0_handover_rolls_back_under_load_and_goes_forward_again_without_a_
     seed(&h.proxy);
     let load = Load::start(&h.proxy, 8);
     let forward = h.proxy.handover(json!({ "max_pause_ms": 3000 }));
-    assert_eq!(forward["outcome"], "switched", "{forward:#}");
-    let window = wait_for_follower(&h.proxy, "old");
-    assert!(window["until_unix_ms"].as_u64() > window["opened_at_unix_ms"].as_u64());
+    assert_eq!(forward.outcome, Phase::Switched, "{forward:#?}");
+    let window = wait_for_follower(&h.proxy, Side::Old);
+    assert!(window.until_unix_ms > window.opened_at_unix_ms);
     assert_eq!(
         h.old.direct().run("CONFIG GET repl-diskless-load"),
         Reply::Array(vec![Reply::bulk("repl-diskless-load"), Reply::bulk("swapdb")]),
@@ -202,13 +209,13 @@ fn a_6_2_to_7_0_handover_rolls_back_under_load_and_goes_forward_again_without_a_
         assert_eq!(status, 202, "{answer}");
         h.proxy.wait_for_handover_end(Duration::from_secs(60))
     };
-    assert_eq!(back["outcome"], "switched", "{back:#}");
-    assert_eq!(h.proxy.status()["primary"]["side"], "old");
+    assert_eq!(back.outcome, Phase::Switched, "{back:#?}");
+    assert_eq!(h.proxy.status().primary.side, Side::Old);
     sessions.check_on(&h.proxy, "6.2.14");
     // NEW follows OLD now, so the way forward is open again without a new full sync.
-    wait_for_follower(&h.proxy, "new");
+    wait_for_follower(&h.proxy, Side::New);
     let again = h.proxy.handover(json!({ "max_pause_ms": 3000 }));
-    assert_eq!(again["outcome"], "switched", "{again:#}");
+    assert_eq!(again.outcome, Phase::Switched, "{again:#?}");
     let report = load.stop_and_verify();
     assert_eq!(report.lost, 0, "{report:?}");
     assert_eq!((report.failed_batches, report.reconnects), (0, 0), "{report:?}");
@@ -227,9 +234,9 @@ fn a_6_2_to_7_0_handover_rolls_back_under_load_and_goes_forward_again_without_a_
     println!(
         "6.2 -> 7.0 -> 6.2 -> 7.0: pauses {:.1} / {:.1} / {:.1} ms, longest client wait {:.1} ms, {} writes \
          checked, {} lost, {} failed batches",
-        forward["pause_ms"].as_f64().unwrap(),
-        back["pause_ms"].as_f64().unwrap(),
-        again["pause_ms"].as_f64().unwrap(),
+        forward.pause_ms.unwrap(),
+        back.pause_ms.unwrap(),
+        again.pause_ms.unwrap(),
         report.longest_wait_ms,
         report.acknowledged_writes,
         report.lost,
@@ -243,28 +250,28 @@ fn a_5_0_to_7_0_handover_rolls_back_with_a_workload_5_0_can_apply() {
     seed(&h.proxy);
     let load = Load::start(&h.proxy, 8);
     let forward = h.proxy.handover(json!({ "max_pause_ms": 3000 }));
-    assert_eq!(forward["outcome"], "switched", "{forward:#}");
-    let window = wait_for_follower(&h.proxy, "old");
-    assert_eq!(window["follower_version"], "5.0.6");
+    assert_eq!(forward.outcome, Phase::Switched, "{forward:#?}");
+    let window = wait_for_follower(&h.proxy, Side::Old);
+    assert_eq!(window.follower_version, "5.0.6");
     // What the writers send (SET without an expiry, INCR, RPUSH) 5.0 applies: the window stays open while NEW's
     // stream is checked.
     wait_until("NEW's stream checked", Duration::from_secs(10), || {
-        h.proxy.status()["rollback_window"]["commands_checked"].as_u64() > Some(1000)
+        h.proxy.status().window().is_some_and(|w| w.commands_checked > 1000)
     });
     let (status, answer) = h.proxy.post("/rollback", json!({ "max_pause_ms": 3000 }));
     assert_eq!(status, 202, "{answer}");
     let back = h.proxy.wait_for_handover_end(Duration::from_secs(60));
-    assert_eq!(back["outcome"], "switched", "{back:#}");
-    assert_eq!(h.proxy.status()["primary"]["version"], "5.0.6");
-    wait_for_follower(&h.proxy, "new");
+    assert_eq!(back.outcome, Phase::Switched, "{back:#?}");
+    assert_eq!(h.proxy.status().primary.version.as_deref(), Some("5.0.6"));
+    wait_for_follower(&h.proxy, Side::New);
     let report = load.stop_and_verify();
     assert_eq!(report.lost, 0, "{report:?}");
     assert_eq!((report.failed_batches, report.reconnects), (0, 0), "{report:?}");
     assert_eq!(info_field(&mut h.new.direct(), "stats", "sync_full"), "0");
     println!(
         "5.0 -> 7.0 -> 5.0: pauses {:.1} / {:.1} ms, longest client wait {:.1} ms, {} writes checked, 0 lost",
-        forward["pause_ms"].as_f64().unwrap(),
-        back["pause_ms"].as_f64().unwrap(),
+        forward.pause_ms.unwrap(),
+        back.pause_ms.unwrap(),
         report.longest_wait_ms,
         report.acknowledged_writes
     );
@@ -274,10 +281,10 @@ fn a_5_0_to_7_0_handover_rolls_back_with_a_workload_5_0_can_apply() {
 fn a_set_with_an_expiry_closes_a_5_0_window_at_once() {
     let h = Harness::start(Version::V5_0, Version::V7_0);
     seed(&h.proxy);
-    assert_eq!(h.proxy.handover(json!({}))["outcome"], "switched");
-    wait_for_follower(&h.proxy, "old");
+    assert_eq!(h.proxy.handover(json!({})).outcome, Phase::Switched);
+    wait_for_follower(&h.proxy, Side::Old);
     assert_eq!(h.proxy.client().run("SET session:1 v EX 100"), Reply::ok());
-    let reason = assert_closed_and_old_kept(&h, "apply_error");
+    let reason = assert_closed_and_old_kept(&h, Cause::ApplyError);
     assert!(
         reason.contains("SET session:1 v PXAT") && reason.contains("Redis 5.0"),
         "{reason}"
@@ -288,8 +295,8 @@ fn a_set_with_an_expiry_closes_a_5_0_window_at_once() {
 fn an_expire_with_a_7_0_flag_closes_a_6_2_window() {
     let h = Harness::start(Version::V6_2, Version::V7_0);
     seed(&h.proxy);
-    assert_eq!(h.proxy.handover(json!({}))["outcome"], "switched");
-    wait_for_follower(&h.proxy, "old");
+    assert_eq!(h.proxy.handover(json!({})).outcome, Phase::Switched);
+    wait_for_follower(&h.proxy, Side::Old);
     assert_eq!(
         h.proxy.client().run("SET session:1 v EX 100"),
         Reply::ok(),
@@ -301,7 +308,7 @@ fn an_expire_with_a_7_0_flag_closes_a_6_2_window() {
     assert_eq!(writer.run("SET waited 1"), Reply::ok());
     assert_eq!(writer.run("WAIT 2 300"), Reply::Int(1));
     assert_eq!(h.proxy.client().run("EXPIRE seed:1 100 NX"), Reply::Int(1));
-    let reason = assert_closed_and_old_kept(&h, "apply_error");
+    let reason = assert_closed_and_old_kept(&h, Cause::ApplyError);
     assert!(reason.contains("PEXPIREAT seed:1") && reason.contains("NX"), "{reason}");
 }
 
@@ -309,12 +316,12 @@ fn an_expire_with_a_7_0_flag_closes_a_6_2_window() {
 fn old_restarting_closes_the_window() {
     let mut h = Harness::start(Version::V6_2, Version::V7_0);
     seed(&h.proxy);
-    assert_eq!(h.proxy.handover(json!({}))["outcome"], "switched");
-    wait_for_follower(&h.proxy, "old");
+    assert_eq!(h.proxy.handover(json!({})).outcome, Phase::Switched);
+    wait_for_follower(&h.proxy, Side::Old);
     // It comes back from its own RDB, as a master without its replication state.
     assert_eq!(h.old.direct().run("SAVE"), Reply::ok());
     h.old.restart();
-    let reason = assert_closed_and_old_kept(&h, "restarted");
+    let reason = assert_closed_and_old_kept(&h, Cause::Restarted);
     assert!(reason.contains("restarted"), "{reason}");
 }
 
@@ -337,8 +344,8 @@ fn harness_with_a_cuttable_replication_link(
 fn old_falling_out_of_new_s_backlog_closes_the_window() {
     let (h, link) = harness_with_a_cuttable_replication_link(|_| {});
     seed(&h.proxy);
-    assert_eq!(h.proxy.handover(json!({}))["outcome"], "switched");
-    wait_for_follower(&h.proxy, "old");
+    assert_eq!(h.proxy.handover(json!({})).outcome, Phase::Switched);
+    wait_for_follower(&h.proxy, Side::Old);
     assert_eq!(h.new.direct().run("CONFIG SET repl-backlog-size 16384"), Reply::ok());
     link.cut();
     let mut client = h.proxy.client();
@@ -346,7 +353,7 @@ fn old_falling_out_of_new_s_backlog_closes_the_window() {
     for i in 0..200 {
         assert_eq!(client.cmd(&["SET", &format!("big:{i}"), &value]), Reply::ok());
     }
-    let reason = assert_closed_and_old_kept(&h, "backlog");
+    let reason = assert_closed_and_old_kept(&h, Cause::Backlog);
     assert!(reason.contains("backlog"), "{reason}");
 }
 
@@ -354,18 +361,18 @@ fn old_falling_out_of_new_s_backlog_closes_the_window() {
 fn old_cut_off_from_new_closes_the_window_after_the_grace() {
     let (h, link) = harness_with_a_cuttable_replication_link(|_| {});
     seed(&h.proxy);
-    assert_eq!(h.proxy.handover(json!({}))["outcome"], "switched");
-    wait_for_follower(&h.proxy, "old");
+    assert_eq!(h.proxy.handover(json!({})).outcome, Phase::Switched);
+    wait_for_follower(&h.proxy, Side::Old);
     link.cut();
     wait_until("the link down", Duration::from_secs(10), || {
-        h.proxy.status()["rollback_window"]["link_up"] == false
+        h.proxy.status().window().is_some_and(|w| !w.link_up)
     });
     assert_eq!(
-        h.proxy.status()["rollback_window"]["state"],
-        "open",
+        h.proxy.status().window().map(|w| w.state),
+        Some(WindowState::Open),
         "a cut within the grace keeps it open"
     );
-    let reason = assert_closed_and_old_kept(&h, "link_lost");
+    let reason = assert_closed_and_old_kept(&h, Cause::LinkLost);
     assert!(reason.contains("cut off"), "{reason}");
 }
 
@@ -373,8 +380,8 @@ fn old_cut_off_from_new_closes_the_window_after_the_grace() {
 fn the_window_closes_when_its_time_runs_out() {
     let h = Harness::start_with(Version::V6_2, &[], Version::V7_0, &[], |c| c.rollback_window_s = 2);
     seed(&h.proxy);
-    assert_eq!(h.proxy.handover(json!({}))["outcome"], "switched");
-    let reason = assert_closed_and_old_kept(&h, "expired");
+    assert_eq!(h.proxy.handover(json!({})).outcome, Phase::Switched);
+    let reason = assert_closed_and_old_kept(&h, Cause::Expired);
     assert!(reason.contains("rollback_window_s = 2"), "{reason}");
 }
 
@@ -382,13 +389,13 @@ fn the_window_closes_when_its_time_runs_out() {
 fn the_operator_closes_the_window() {
     let h = Harness::start(Version::V6_2, Version::V7_0);
     seed(&h.proxy);
-    assert_eq!(h.proxy.handover(json!({}))["outcome"], "switched");
-    wait_for_follower(&h.proxy, "old");
+    assert_eq!(h.proxy.handover(json!({})).outcome, Phase::Switched);
+    wait_for_follower(&h.proxy, Side::Old);
     let metrics = h.proxy.metrics();
     assert!(metrics.contains("redis_handover_rollback_window_open 1"), "{metrics}");
     let (status, answer) = h.proxy.post("/rollback/close", json!({}));
     assert_eq!(status, 200, "{answer}");
-    let reason = assert_closed_and_old_kept(&h, "operator");
+    let reason = assert_closed_and_old_kept(&h, Cause::Operator);
     assert!(reason.contains("operator"), "{reason}");
     let metrics = h.proxy.metrics();
     assert!(metrics.contains("redis_handover_rollback_window_open 0"), "{metrics}");
@@ -404,18 +411,18 @@ fn the_operator_closes_the_window() {
 fn a_proxy_restarted_while_the_window_is_open_watches_it_again_and_can_roll_back() {
     let mut h = Harness::start(Version::V6_2, Version::V7_0);
     seed(&h.proxy);
-    assert_eq!(h.proxy.handover(json!({}))["outcome"], "switched");
-    wait_for_follower(&h.proxy, "old");
+    assert_eq!(h.proxy.handover(json!({})).outcome, Phase::Switched);
+    wait_for_follower(&h.proxy, Side::Old);
     h.proxy.stop();
     h.proxy = Proxy::start(h.old.addr(), Some(h.new.addr()), |_| {});
-    assert_eq!(h.proxy.status()["primary"]["side"], "new", "the servers name NEW");
-    wait_for_follower(&h.proxy, "old");
+    assert_eq!(h.proxy.status().primary.side, Side::New, "the servers name NEW");
+    wait_for_follower(&h.proxy, Side::Old);
     assert_eq!(h.proxy.client().run("SET after-restart 1"), Reply::ok());
     let (status, answer) = h.proxy.post("/rollback", json!({}));
     assert_eq!(status, 202, "{answer}");
     let back = h.proxy.wait_for_handover_end(Duration::from_secs(60));
-    assert_eq!(back["outcome"], "switched", "{back:#}");
-    assert_eq!(h.proxy.status()["primary"]["side"], "old");
+    assert_eq!(back.outcome, Phase::Switched, "{back:#?}");
+    assert_eq!(h.proxy.status().primary.side, Side::Old);
     assert_eq!(h.proxy.client().run("GET after-restart"), Reply::bulk("1"));
     assert_eq!(h.proxy.client().run("GET seed:7"), Reply::bulk("x"));
 }
@@ -431,7 +438,7 @@ fn a_backlog_too_small_for_the_write_rate_is_raised_or_warned_about() {
         |_| {},
     );
     let report = h.proxy.handover(json!({}));
-    let differences = report["config_differences"].to_string();
+    let differences = report.config_differences.join("; ");
     assert!(differences.contains("raised to 67108864"), "{differences}");
     assert_eq!(
         info_field(&mut h.new.direct(), "replication", "repl_backlog_size"),
@@ -449,10 +456,10 @@ fn a_backlog_too_small_for_the_write_rate_is_raised_or_warned_about() {
     seed(&h.proxy);
     let load = Load::start(&h.proxy, 8);
     let report = h.proxy.handover(json!({}));
-    let warnings = report["warnings"].to_string();
+    let warnings = report.warnings.join("; ");
     assert!(
         warnings.contains("repl-backlog-size (16384 bytes) holds") && warnings.contains("raise rollback_backlog_bytes"),
-        "{report:#}"
+        "{report:#?}"
     );
     assert_eq!(load.stop_and_verify().lost, 0);
 }
@@ -461,8 +468,8 @@ fn a_backlog_too_small_for_the_write_rate_is_raised_or_warned_about() {
 fn a_rollback_right_after_a_command_old_cannot_apply_does_not_go_back() {
     let h = Harness::start(Version::V6_2, Version::V7_0);
     seed(&h.proxy);
-    assert_eq!(h.proxy.handover(json!({}))["outcome"], "switched");
-    wait_for_follower(&h.proxy, "old");
+    assert_eq!(h.proxy.handover(json!({})).outcome, Phase::Switched);
+    wait_for_follower(&h.proxy, Side::Old);
     // The rollback follows at once: the watcher may not have read the command yet; the handover back reads the
     // rest of the stream in its pause.
     assert_eq!(h.proxy.client().run("EXPIRE seed:3 100 GT"), Reply::Int(0));
@@ -470,14 +477,14 @@ fn a_rollback_right_after_a_command_old_cannot_apply_does_not_go_back() {
     let (status, answer) = h.proxy.post("/rollback", json!({}));
     let reason = if status == 202 {
         let back = h.proxy.wait_for_handover_end(Duration::from_secs(60));
-        assert_eq!(back["outcome"], "aborted", "{back:#}");
-        back["reason"].as_str().unwrap().to_string()
+        assert_eq!(back.outcome, Phase::Aborted, "{back:#?}");
+        back.reason.as_deref().unwrap().to_string()
     } else {
         assert_eq!(status, 409, "{answer}");
         answer["error"].as_str().unwrap().to_string()
     };
     assert!(reason.contains("PEXPIREAT seed:") && reason.contains("7.0"), "{reason}");
-    assert_eq!(h.proxy.status()["primary"]["side"], "new");
+    assert_eq!(h.proxy.status().primary.side, Side::New);
     assert!(!h.proxy.client().run("TTL seed:4").is_error());
-    assert_closed_and_old_kept(&h, "apply_error");
+    assert_closed_and_old_kept(&h, Cause::ApplyError);
 }

@@ -10,6 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use redis_handover::handover::schedule::{ScheduleState, Scheduled};
+use redis_handover::handover::{Phase, Status};
+use redis_handover::primary::Side;
 use serde_json::json;
 use support::{Harness, Proxy, Reply, Version, wait_for};
 
@@ -81,15 +84,19 @@ impl Drop for BusyWriter {
 }
 
 /// Waits until the schedule in `GET /status` satisfies `condition`; the status then.
-fn wait_for_schedule(proxy: &Proxy, what: &str, condition: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+fn wait_for_schedule(proxy: &Proxy, what: &str, condition: impl Fn(&Scheduled) -> bool) -> Status {
     wait_for(what, Duration::from_secs(60), || {
         let status = proxy.status();
-        if condition(&status["scheduled"]) {
-            Ok(status)
-        } else {
-            Err(format!("{:#}", status["scheduled"]))
+        match &status.scheduled {
+            Some(scheduled) if condition(scheduled) => Ok(status),
+            other => Err(format!("{other:#?}")),
         }
     })
+}
+
+/// The state of the scheduled handover in `GET /status`, if one was scheduled.
+fn schedule_state(status: &Status) -> Option<ScheduleState> {
+    status.scheduled.as_ref().map(|s| s.state)
 }
 
 #[test]
@@ -98,32 +105,29 @@ fn a_handover_scheduled_a_few_seconds_ahead_runs_then() {
     assert_eq!(h.proxy.client().run("SET before 1"), Reply::ok());
     let out = ctl(&h.proxy, &["handover", "--at", "+3s", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
-    let scheduled: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    assert_eq!(scheduled["state"], "waiting");
-    assert!(scheduled["blocked"].is_null(), "{scheduled:#}");
-    let not_before = scheduled["not_before_unix_ms"].as_u64().unwrap();
-    let asked_at = scheduled["scheduled_at_unix_ms"].as_u64().unwrap();
-    assert!((2_900..=3_100).contains(&(not_before - asked_at)), "{scheduled:#}");
+    let scheduled: Scheduled = serde_json::from_slice(&out.stdout).expect("a schedule, as JSON");
+    assert_eq!(scheduled.state, ScheduleState::Waiting);
+    assert!(scheduled.blocked.is_none(), "{scheduled:#?}");
+    let not_before = scheduled.not_before_unix_ms;
+    let asked_at = scheduled.scheduled_at_unix_ms;
+    assert!((2_900..=3_100).contains(&(not_before - asked_at)), "{scheduled:#?}");
 
     let status = h.proxy.status();
-    if status["scheduled"]["state"] == "waiting" {
+    if schedule_state(&status) == Some(ScheduleState::Waiting) {
         assert!(
-            status["last_handover"].is_null() && status["handover"].is_null(),
-            "{status:#}"
+            status.last_handover.is_none() && status.handover.is_none(),
+            "{status:#?}"
         );
         let shown = text(&ctl(&h.proxy, &["status"]).stdout);
         assert!(shown.contains("scheduled    handover waiting: not before"), "{shown}");
     }
     let report = h.proxy.wait_for_handover_end(Duration::from_secs(60));
-    assert_eq!(report["outcome"], "switched", "{report:#}");
-    assert!(
-        report["started_at_unix_ms"].as_u64().unwrap() >= not_before,
-        "{report:#}"
-    );
+    assert_eq!(report.outcome, Phase::Switched, "{report:#?}");
+    assert!(report.started_at_unix_ms >= not_before, "{report:#?}");
     let status = h.proxy.status();
-    assert_eq!(status["scheduled"]["state"], "started");
+    assert_eq!(schedule_state(&status), Some(ScheduleState::Started));
     assert_eq!(h.proxy.client().run("GET before"), Reply::bulk("1"));
-    assert_eq!(status["primary"]["side"], "new");
+    assert_eq!(status.primary.side, Side::New);
 }
 
 #[test]
@@ -133,12 +137,9 @@ fn a_handover_for_a_quiet_moment_waits_for_the_writer_and_the_open_multi() {
     let (code, scheduled) = h.proxy.post("/handover/schedule", json!({ "when_writes_below": 50 }));
     assert_eq!(code, 202, "{scheduled:#}");
     let busy = wait_for_schedule(&h.proxy, "the busy writer measured", |s| {
-        s["state"] == "watching" && s["writes_per_s"].as_f64().is_some_and(|r| r >= 50.0)
+        s.state == ScheduleState::Watching && s.writes_per_s.is_some_and(|r| r >= 50.0)
     });
-    assert!(
-        busy["last_handover"].is_null() && busy["handover"].is_null(),
-        "{busy:#}"
-    );
+    assert!(busy.last_handover.is_none() && busy.handover.is_none(), "{busy:#?}");
 
     // A transaction stays open after the writer stops: still no quiet moment.
     let mut transaction = h.proxy.client();
@@ -146,16 +147,20 @@ fn a_handover_for_a_quiet_moment_waits_for_the_writer_and_the_open_multi() {
     assert_eq!(transaction.run("SET in-multi 1"), Reply::Status("QUEUED".into()));
     assert!(writer.stop() > 0);
     let quiet_but_open = wait_for_schedule(&h.proxy, "no writes, one MULTI open", |s| {
-        s["writes_per_s"].as_f64().is_some_and(|r| r < 50.0) && s["transactions_open"] == 1
+        s.writes_per_s.is_some_and(|r| r < 50.0) && s.transactions_open == Some(1)
     });
-    assert_eq!(quiet_but_open["scheduled"]["state"], "watching", "{quiet_but_open:#}");
-    assert!(quiet_but_open["last_handover"].is_null(), "{quiet_but_open:#}");
+    assert_eq!(
+        schedule_state(&quiet_but_open),
+        Some(ScheduleState::Watching),
+        "{quiet_but_open:#?}"
+    );
+    assert!(quiet_but_open.last_handover.is_none(), "{quiet_but_open:#?}");
 
     assert_eq!(transaction.run("EXEC"), Reply::Array(vec![Reply::ok()]));
     let report = h.proxy.wait_for_handover_end(Duration::from_secs(60));
-    assert_eq!(report["outcome"], "switched", "{report:#}");
+    assert_eq!(report.outcome, Phase::Switched, "{report:#?}");
     let status = h.proxy.status();
-    assert_eq!(status["scheduled"]["state"], "started", "{status:#}");
+    assert_eq!(schedule_state(&status), Some(ScheduleState::Started), "{status:#?}");
     assert_eq!(h.proxy.client().run("GET in-multi"), Reply::bulk("1"));
 }
 
@@ -185,9 +190,9 @@ fn a_window_that_closes_before_a_quiet_moment_runs_nothing_and_says_why() {
         "{said}"
     );
     let status = h.proxy.status();
-    assert_eq!(status["scheduled"]["state"], "missed");
-    assert!(status["last_handover"].is_null(), "nothing ran: {status:#}");
-    assert_eq!(status["primary"]["side"], "old");
+    assert_eq!(schedule_state(&status), Some(ScheduleState::Missed));
+    assert!(status.last_handover.is_none(), "nothing ran: {status:#?}");
+    assert_eq!(status.primary.side, Side::Old);
 }
 
 #[test]
@@ -217,8 +222,9 @@ fn a_blocked_schedule_says_why_at_once_and_cancel_drops_it() {
     let cancelled = ctl(&h.proxy, &["cancel"]);
     assert_eq!(cancelled.status.code(), Some(0), "{}", text(&cancelled.stderr));
     let status = h.proxy.status();
-    assert_eq!(status["scheduled"]["state"], "cancelled");
-    assert_eq!(status["scheduled"]["reason"], "cancelled by the operator");
+    let scheduled = status.scheduled.expect("the cancelled schedule");
+    assert_eq!(scheduled.state, ScheduleState::Cancelled);
+    assert_eq!(scheduled.reason.as_deref(), Some("cancelled by the operator"));
     let none = ctl(&h.proxy, &["cancel"]);
     assert_eq!(none.status.code(), Some(1));
     assert!(text(&none.stderr).contains("no handover is scheduled"));

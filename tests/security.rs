@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use redis_handover::handover::{Phase, Status};
 use serde_json::json;
 use support::{Client, Harness, Proxy, RedisServer, Reply, Version};
 
@@ -106,7 +107,7 @@ fn the_proxy_can_require_its_own_password_and_use_its_credentials_toward_the_ser
     );
     assert_eq!(String::from_utf8_lossy(&cli.stdout).trim(), "v");
     // Through a handover the sessions stay authenticated: the proxy authenticates their new connections to NEW.
-    assert_eq!(h.proxy.handover(json!({}))["outcome"], "switched");
+    assert_eq!(h.proxy.handover(json!({})).outcome, Phase::Switched);
     assert_eq!(c.run("GET k"), Reply::bulk("v"));
     assert!(c.run("INFO server").text().contains("redis_version:7.0.15"));
     assert!(matches!(resp3.run("HGETALL none"), Reply::Map(_)));
@@ -380,8 +381,8 @@ fn browser_attacks_are_refused(token: Option<&str>) {
         assert!(lower.contains("x-frame-options: deny"), "{what}: {response}");
     }
     let status = status_with(&h.proxy, token);
-    assert_eq!(status["phase"], "idle", "no handover started: {status}");
-    assert!(status["last_handover"].is_null(), "no handover ran: {status}");
+    assert_eq!(status.phase, Phase::Idle, "no handover started: {status:#?}");
+    assert!(status.last_handover.is_none(), "no handover ran: {status:#?}");
 
     // What terminals and the page itself send still works.
     let (code, response) = send(
@@ -443,7 +444,7 @@ fn browser_attacks_are_refused(token: Option<&str>) {
 }
 
 /// `GET /status` with the admin token, if there is one.
-fn status_with(proxy: &Proxy, token: Option<&str>) -> serde_json::Value {
+fn status_with(proxy: &Proxy, token: Option<&str>) -> Status {
     let mut request = ureq::get(&format!("http://{}/status", proxy.admin));
     if let Some(token) = token {
         request = request.header("Authorization", &format!("Bearer {token}"));
@@ -452,12 +453,14 @@ fn status_with(proxy: &Proxy, token: Option<&str>) -> serde_json::Value {
 }
 
 fn wait_until_switched(h: &Harness, token: Option<&str>) {
-    let mut status = serde_json::Value::Null;
-    support::wait_until("the handover started with curl to end", Duration::from_secs(60), || {
-        status = status_with(&h.proxy, token);
-        status["handover"].is_null() && !status["last_handover"].is_null()
+    let status = support::wait_for("the handover started with curl to end", Duration::from_secs(60), || {
+        let status = status_with(&h.proxy, token);
+        match (&status.handover, status.last_handover) {
+            (None, Some(last)) => Ok(last),
+            _ => Err(format!("phase {}", status.phase.name())),
+        }
     });
-    assert_eq!(status["last_handover"]["outcome"], "switched", "{status}");
+    assert_eq!(status.outcome, Phase::Switched, "{status:#?}");
 }
 
 #[test]

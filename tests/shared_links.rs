@@ -10,6 +10,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use redis_handover::config::BackendLinks;
+use redis_handover::handover::Phase;
 use support::{Client, Proxy, RedisServer, Reply, Version};
 
 fn shared_proxy(redis: &RedisServer) -> Proxy {
@@ -561,7 +562,7 @@ fn a_session_keeps_its_id_across_a_handover() {
     let id = client_id(&mut c);
     assert_eq!(c.run("SET k v"), Reply::ok());
     let report = h.proxy.handover(serde_json::json!({}));
-    assert_eq!(report["outcome"], "switched", "{report}");
+    assert_eq!(report.outcome, Phase::Switched, "{report:?}");
     assert_eq!(c.run("GET k"), Reply::bulk("v"), "now served by NEW");
     assert_eq!(client_id(&mut c), id);
 }

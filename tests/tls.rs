@@ -6,6 +6,8 @@ mod support;
 use std::path::PathBuf;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use redis_handover::handover::Phase;
+use redis_handover::primary::Side;
 use serde_json::json;
 use support::{Proxy, RedisServer, Reply, Version};
 
@@ -119,7 +121,7 @@ fn a_handover_between_servers_that_speak_only_tls() {
     });
     assert_eq!(redis_cli_tls(&pki, proxy.addr.port(), &["SET", "k", "before"]), "OK");
     let report = proxy.handover(json!({}));
-    assert_eq!(report["outcome"], "switched", "{report:#}");
+    assert_eq!(report.outcome, Phase::Switched, "{report:#?}");
     assert_eq!(redis_cli_tls(&pki, proxy.addr.port(), &["GET", "k"]), "before");
     assert_eq!(redis_cli_tls(&pki, proxy.addr.port(), &["SET", "k", "after"]), "OK");
     assert_eq!(
@@ -127,5 +129,5 @@ fn a_handover_between_servers_that_speak_only_tls() {
         "after",
         "the write went to NEW, over TLS"
     );
-    assert_eq!(proxy.status()["primary"]["side"], "new");
+    assert_eq!(proxy.status().primary.side, Side::New);
 }

@@ -21,6 +21,7 @@ use serde_json::json;
 
 use super::Handover;
 use super::resolve::Outcome;
+use super::status::{FleetView, Status};
 use super::switch;
 use crate::primary::Server;
 
@@ -96,7 +97,7 @@ impl Part {
 }
 
 /// What this proxy last heard from a peer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerView {
     pub addr: String,
     pub reachable: bool,
@@ -162,21 +163,21 @@ impl Handover {
     }
 
     /// The fleet as `GET /status` shows it.
-    pub(super) fn fleet_status(&self) -> serde_json::Value {
+    pub(super) fn fleet_status(&self) -> FleetView {
         let part = self.current_part();
-        let views = self.peer_views.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        json!({
-            "proxy_id": self.proxy_id(),
-            "part": part.name(),
-            "epoch": part.epoch(),
-            "driver": match &part {
+        let peers = self.peer_views.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        FleetView {
+            proxy_id: self.proxy_id(),
+            part: part.name().into(),
+            epoch: part.epoch().map(str::to_string),
+            driver: match &part {
                 Part::Idle => None,
                 Part::Claimed { message, .. } | Part::Held { message, .. } | Part::Switched { message, .. } => {
                     Some(message.driver.clone())
                 }
             },
-            "peers": views,
-        })
+            peers,
+        }
     }
 
     /// `redis_handover_fleet_peer_up{peer="..."}` for each peer, in the Prometheus text format.
@@ -208,14 +209,19 @@ impl Handover {
                 .call_peer(peer, "GET", "/status", None, Duration::from_millis(500))
                 .await
             {
-                Ok(status) => PeerView {
-                    addr: peer.to_string(),
-                    reachable: true,
-                    proxy_id: status["fleet"]["proxy_id"].as_str().map(String::from),
-                    phase: status["phase"].as_str().map(String::from),
-                    part: status["fleet"]["part"].as_str().map(String::from),
-                    primary: status["primary"]["addr"].as_str().map(String::from),
-                },
+                // A peer whose status does not read as this build's (another version of the proxy) answered
+                // all the same: reachable, with what it said unknown.
+                Ok(answer) => {
+                    let status = serde_json::from_value::<Status>(answer).ok();
+                    PeerView {
+                        addr: peer.to_string(),
+                        reachable: true,
+                        proxy_id: status.as_ref().map(|s| s.fleet.proxy_id.clone()),
+                        phase: status.as_ref().map(|s| s.phase.name().to_string()),
+                        part: status.as_ref().map(|s| s.fleet.part.clone()),
+                        primary: status.map(|s| s.primary.addr),
+                    }
+                }
                 Err(_) => PeerView {
                     addr: peer.to_string(),
                     reachable: false,

@@ -11,18 +11,21 @@ pub mod fleet;
 mod resolve;
 mod run;
 pub mod schedule;
+pub mod status;
 mod stream;
 mod switch;
 pub mod window;
 
 pub use run::PreflightFound;
+pub use status::Status;
+
+use status::{PrimaryView, ServerView, Servers, SyncProgress};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::control::{ControlConn, Credentials};
@@ -88,7 +91,7 @@ impl Default for Request {
 }
 
 /// Where a handover is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Idle = 0,
@@ -120,18 +123,8 @@ impl Phase {
     }
 }
 
-/// What the proxy last saw of a server.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ServerView {
-    pub addr: String,
-    /// `primary` (the proxy's), `standby`, or `replica` (replicating for a handover); `unknown` if unreachable.
-    pub role: String,
-    pub version: Option<String>,
-    pub reachable: bool,
-}
-
 /// When a phase began and ended, in milliseconds since the handover started.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PhaseSpan {
     pub phase: Phase,
     pub started_ms: f64,
@@ -139,7 +132,7 @@ pub struct PhaseSpan {
 }
 
 /// The record of one handover, running or finished.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// `switched` or `aborted` once finished; the current phase while running.
     pub outcome: Phase,
@@ -505,12 +498,11 @@ impl Handover {
     }
 
     /// Everything `GET /status` shows.
-    pub fn status(&self) -> serde_json::Value {
+    pub fn status(&self) -> Status {
         // Before `progress`: a scheduled handover starts under the schedule's lock.
         let scheduled = self.scheduled();
         let progress = self.lock();
         let primary = self.shared.primary.current();
-        let gate = &self.shared.gate;
         let view = |side: Side| {
             let mut view = progress.views[side_index(side)].clone();
             view.addr = self.addr_of(side).unwrap_or_default();
@@ -523,31 +515,37 @@ impl Handover {
             }
             view
         };
-        let primary_view = view(primary.server.side);
-        json!({
-            "phase": progress.phase.unwrap_or(Phase::Idle),
-            "primary": {
-                "side": primary.server.side,
-                "addr": &*primary.server.addr,
-                "version": primary_view.version,
-                "generation": primary.generation,
+        let servers = Servers {
+            old: view(Side::Old),
+            new: view(Side::New),
+        };
+        Status {
+            phase: progress.phase.unwrap_or(Phase::Idle),
+            primary: PrimaryView {
+                side: primary.server.side,
+                addr: primary.server.addr.to_string(),
+                version: servers.side(primary.server.side).version.clone(),
+                generation: primary.generation,
             },
-            "servers": { "old": view(Side::Old), "new": view(Side::New) },
-            "sync": { "bytes_read": progress.sync_bytes_read, "bytes_total": progress.sync_bytes_total },
-            "lag_bytes": progress.lag_bytes,
-                        "clients": self.shared.clients.load(Ordering::Relaxed),
-            "tasks": tokio::runtime::Handle::current().metrics().num_alive_tasks(),
-            "writes_held": gate.held_now(),
-            "fence": progress.fence,
-            "rollback_window": self.window_status(),
-            "in_doubt": progress.in_doubt,
-            "fleet": self.fleet_status(),
-            "scripts_known": self.shared.scripts.len(),
-            "resp3": self.shared.resp3_mode().name(),
-            "handover": progress.current,
-            "last_handover": progress.last,
-            "scheduled": scheduled,
-        })
+            servers,
+            sync: SyncProgress {
+                bytes_read: progress.sync_bytes_read,
+                bytes_total: progress.sync_bytes_total,
+            },
+            lag_bytes: progress.lag_bytes,
+            clients: self.shared.clients.load(Ordering::Relaxed),
+            tasks: tokio::runtime::Handle::current().metrics().num_alive_tasks(),
+            writes_held: self.shared.gate.held_now(),
+            fence: progress.fence.clone(),
+            rollback_window: self.window_status(),
+            in_doubt: progress.in_doubt.clone(),
+            fleet: self.fleet_status(),
+            scripts_known: self.shared.scripts.len(),
+            resp3: self.shared.resp3_mode(),
+            handover: progress.current.clone(),
+            last_handover: progress.last.clone(),
+            scheduled,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Progress> {

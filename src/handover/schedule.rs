@@ -56,6 +56,19 @@ pub enum ScheduleState {
     Cancelled,
 }
 
+impl ScheduleState {
+    /// The state as `GET /status` names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScheduleState::Waiting => "waiting",
+            ScheduleState::Watching => "watching",
+            ScheduleState::Started => "started",
+            ScheduleState::Missed => "missed",
+            ScheduleState::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// A scheduled handover, as `GET /status` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Scheduled {

@@ -11,7 +11,9 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use super::status::{Off, RollbackWindow};
 use tokio_util::sync::CancellationToken;
 
 use super::stream::{self, StreamReader};
@@ -30,7 +32,7 @@ const LOOK_TIMEOUT: Duration = Duration::from_secs(1);
 const DETACH_TRIES_FOR: Duration = Duration::from_secs(600);
 
 /// Whether the way back is open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WindowState {
     /// The follower applies everything the primary sends it: `POST /rollback` hands back to it.
@@ -41,7 +43,7 @@ pub enum WindowState {
 }
 
 /// Why a window closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Cause {
     /// The follower's place in the primary's history could not be shown to match, so it was never attached.
@@ -85,7 +87,7 @@ impl Cause {
 }
 
 /// The window after one switch, as `GET /status` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Window {
     pub state: WindowState,
     /// The former primary, which follows the primary.
@@ -527,7 +529,7 @@ impl Handover {
     }
 
     /// `POST /rollback/close`: closes the window and detaches the follower.
-    pub async fn close_window(self: &Arc<Self>) -> Result<serde_json::Value, String> {
+    pub async fn close_window(self: &Arc<Self>) -> Result<Window, String> {
         let name = self.follower_name();
         let reason = format!("the operator closed it (POST /rollback/close); {name} was detached");
         // Closed at once, under the lock: a rollback asked for from here on is refused.
@@ -536,7 +538,8 @@ impl Handover {
         };
         self.stop_window_watch().await;
         self.detach_until_done(attached, opened, false).await;
-        Ok(self.window_status())
+        let window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        window.clone().ok_or_else(|| "there is no rollback window".into())
     }
 
     /// Marks the window closed if it is in state `from` (or open or in use, when `from` is `InUse`: the watcher
@@ -650,14 +653,13 @@ impl Handover {
             .map_or("OLD".into(), |w| w.follower.name().to_uppercase())
     }
 
-    /// The window as `GET /status` shows it: `{"state": "off"}` when `rollback_window_s` is 0, `null` before any
-    /// switch.
-    pub(super) fn window_status(&self) -> serde_json::Value {
+    /// The window as `GET /status` shows it: off when `rollback_window_s` is 0, none before any switch.
+    pub(super) fn window_status(&self) -> Option<RollbackWindow> {
         let window = self.window.lock().unwrap_or_else(|e| e.into_inner());
         match &*window {
-            Some(w) => serde_json::to_value(w).unwrap_or_default(),
-            None if self.shared.config.rollback_window_s == 0 => serde_json::json!({ "state": "off" }),
-            None => serde_json::Value::Null,
+            Some(w) => Some(RollbackWindow::Window(Box::new(w.clone()))),
+            None if self.shared.config.rollback_window_s == 0 => Some(RollbackWindow::Off { state: Off::Off }),
+            None => None,
         }
     }
 

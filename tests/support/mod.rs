@@ -11,6 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use redis_handover::config::Config;
+use redis_handover::handover::{Phase, Report, Status};
 use redis_handover::server::{self, Listeners};
 
 /// How long a test waits for any one reply before failing.
@@ -767,8 +768,8 @@ impl AdminPort {
         format!("http://{}{path}", self.0)
     }
 
-    /// `GET /status` on the admin port.
-    pub fn status(&self) -> serde_json::Value {
+    /// `GET /status` on the admin port, read as the typed schema `ctl` reads.
+    pub fn status(&self) -> Status {
         ureq::get(&self.admin_url("/status"))
             .call()
             .expect("GET /status")
@@ -830,32 +831,34 @@ impl AdminPort {
     }
 
     /// Starts a handover with `options` and waits until it ends; the report of the finished handover.
-    pub fn handover(&self, options: serde_json::Value) -> serde_json::Value {
+    pub fn handover(&self, options: serde_json::Value) -> Report {
         let (status, answer) = self.post("/handover", options);
         assert_eq!(status, 202, "POST /handover refused: {answer}");
         self.wait_for_handover_end(Duration::from_secs(60))
     }
 
     /// Waits until no handover runs, then returns the last one's report.
-    pub fn wait_for_handover_end(&self, timeout: Duration) -> serde_json::Value {
+    pub fn wait_for_handover_end(&self, timeout: Duration) -> Report {
         let deadline = Instant::now() + timeout;
         loop {
             let status = self.status();
-            if status["handover"].is_null() && !status["last_handover"].is_null() {
-                return status["last_handover"].clone();
+            if let (None, Some(last)) = (&status.handover, &status.last_handover) {
+                return last.clone();
             }
             // The status says where it stuck (its phase, what it waits for).
             assert!(
                 Instant::now() < deadline,
-                "timed out after {timeout:?} waiting for the handover to end: {status:#}"
+                "timed out after {timeout:?} waiting for the handover to end: {status:#?}"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
 
     /// Waits until the running handover reaches `phase`.
-    pub fn wait_for_phase(&self, phase: &str, timeout: Duration) {
-        wait_until(&format!("phase {phase}"), timeout, || self.status()["phase"] == phase);
+    pub fn wait_for_phase(&self, phase: Phase, timeout: Duration) {
+        wait_until(&format!("phase {}", phase.name()), timeout, || {
+            self.status().phase == phase
+        });
     }
 }
 
