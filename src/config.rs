@@ -88,6 +88,12 @@ pub struct Config {
     /// The share of reads shadow reads send to NEW as well (`0.05` is 5%) when `ctl check --for` (or `POST
     /// /shadow`) names none; 0, the default, means they must name one.
     pub shadow_reads: f64,
+    /// When `old` is a node of a Redis Cluster: the ports the proxy presents the shards on, one per shard (in the
+    /// order of their first slot; a shard keeps its port across failovers and resharding). Empty: not a cluster.
+    pub cluster_ports: Vec<u16>,
+    /// The host that `CLUSTER SLOTS`, `SHARDS`, `NODES` and `MOVED` name for those ports; by default the host of
+    /// `listen`.
+    pub cluster_announce_host: Option<String>,
 }
 
 /// What the proxy does with `HELLO 3`.
@@ -168,6 +174,8 @@ impl Default for Config {
             rollback_window_s: 3600,
             rollback_backlog_bytes: 64 << 20,
             shadow_reads: 0.0,
+            cluster_ports: Vec::new(),
+            cluster_announce_host: None,
         }
     }
 }
@@ -304,6 +312,17 @@ pub struct Overrides {
     /// The share of reads shadow reads use when ctl check --for names none (0.05 is 5%) [default: 0].
     #[arg(long, env = "REDIS_HANDOVER_SHADOW_READS", value_name = "FRACTION")]
     pub shadow_reads: Option<f64>,
+    /// A port to present a shard of the cluster on (repeat it, or `7001,7002,7003`), when OLD is a cluster node.
+    #[arg(
+        long = "cluster-port",
+        env = "REDIS_HANDOVER_CLUSTER_PORTS",
+        value_name = "PORT",
+        value_delimiter = ','
+    )]
+    pub cluster_ports: Option<Vec<u16>>,
+    /// The host that cluster answers and redirections name [default: the listen address's host].
+    #[arg(long, env = "REDIS_HANDOVER_CLUSTER_ANNOUNCE_HOST", value_name = "HOST")]
+    pub cluster_announce_host: Option<String>,
 }
 
 impl Overrides {
@@ -369,7 +388,8 @@ impl Config {
             fleet_peers,
             rollback_window_s,
             rollback_backlog_bytes,
-            shadow_reads
+            shadow_reads,
+            cluster_ports
         );
         set_option!(
             new,
@@ -380,7 +400,12 @@ impl Config {
             new_password,
             new_password_file
         );
-        set_option!(old_replication_addr, new_replication_addr, proxy_id);
+        set_option!(
+            old_replication_addr,
+            new_replication_addr,
+            proxy_id,
+            cluster_announce_host
+        );
         set_option!(admin_token_file, admin_token, requirepass_file, requirepass);
         set_option!(
             tls_cert_file,
@@ -444,6 +469,21 @@ impl Config {
                     "a share of the reads from 0 to 1 (0.05 is 5%), not {}",
                     self.shadow_reads
                 ),
+            });
+        }
+        let mut ports = self.cluster_ports.clone();
+        ports.sort_unstable();
+        ports.dedup();
+        if ports.len() != self.cluster_ports.len() || ports.contains(&0) {
+            return Err(ConfigError::Invalid {
+                key: "cluster_ports",
+                reason: format!("distinct ports from 1 to 65535, not {:?}", self.cluster_ports),
+            });
+        }
+        if !self.cluster_ports.is_empty() && self.new.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "new",
+                reason: "a cluster's handover is not built yet: with cluster_ports, leave new unset".into(),
             });
         }
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {

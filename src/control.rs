@@ -156,6 +156,11 @@ impl ControlConn {
         Ok(())
     }
 
+    /// The address the connection goes to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
     /// The server's id for this connection, when known.
     pub fn id(&self) -> Option<i64> {
         self.id

@@ -513,6 +513,26 @@ fn render_status(s: &Status) -> String {
             out.push_str(&format!("  peer       {:<22} {state}\n", peer.addr));
         }
     }
+    if let Some(cluster) = &s.cluster {
+        out.push_str(&format!(
+            "cluster      {} shards at {}, {} slots uncovered\n",
+            cluster.shards.len(),
+            cluster.announce_host,
+            cluster.uncovered_slots
+        ));
+        for shard in &cluster.shards {
+            let ranges: Vec<String> = shard.slots.iter().map(|(s, e)| format!("{s}-{e}")).collect();
+            out.push_str(&format!(
+                "  shard      port {:<6} primary {:<22} {} slots ({}), {} replicas, {} clients\n",
+                shard.port.map_or("none".to_string(), |p| p.to_string()),
+                shard.primary,
+                shard.slot_count,
+                ranges.join(" "),
+                shard.replicas.len(),
+                shard.clients
+            ));
+        }
+    }
     if let Some(last) = &s.last_handover {
         out.push_str(&format!(
             "last         {} ({} -> {})",

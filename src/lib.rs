@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod backend;
 pub mod clients;
+pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod consistency;

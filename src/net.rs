@@ -113,6 +113,14 @@ impl std::fmt::Debug for BackendTls {
 }
 
 impl BackendTls {
+    /// The TLS toward the servers that `backend_tls` asks for, if it does.
+    pub fn from_config(config: &crate::config::Config) -> Result<Option<BackendTls>, TlsError> {
+        match (&config.backend_tls, &config.backend_tls_ca_file) {
+            (true, Some(ca)) => Ok(Some(BackendTls::new(ca, config.backend_tls_server_name.clone())?)),
+            _ => Ok(None),
+        }
+    }
+
     /// Trusts the certificate authorities in `ca_file` (PEM).
     pub fn new(ca_file: &Path, server_name: Option<String>) -> Result<BackendTls, TlsError> {
         let mut roots = rustls::RootCertStore::empty();

@@ -50,6 +50,9 @@ pub struct Listeners {
 /// Runs the proxy until `shutdown` completes, then stops accepting, gives in-flight replies the configured
 /// grace period, and returns.
 pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    if !config.cluster_ports.is_empty() {
+        return run_cluster(listeners, config, shutdown).await;
+    }
     let shared = Arc::new(Shared::new(config).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?);
     tracing::info!(
         listen = %listeners.proxy.local_addr()?,
@@ -78,6 +81,38 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
         admin.abort();
     }
     result
+}
+
+/// [`run`] for a Redis Cluster (`cluster_ports`): a proxy per shard (see [`crate::cluster`]), and the admin port
+/// over the seed's (the listen port's) proxy.
+async fn run_cluster(listeners: Listeners, config: Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = crate::cluster::start(listeners.proxy, config, stop.clone())
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let handover = Handover::new(running.seed.clone());
+    if let Some(addr) = listeners.admin.as_ref().and_then(|l| l.local_addr().ok()) {
+        handover.set_admin_addr(addr);
+    }
+    let admin = listeners
+        .admin
+        .map(|listener| tokio::spawn(crate::admin::serve(listener, handover.clone(), stop.clone())));
+    shutdown.await;
+    stop.cancel();
+    let _ = running.done.await;
+    if let Some(admin) = admin {
+        admin.abort();
+    }
+    Ok(())
+}
+
+/// Serves `listener` for the proxy of `shared` until `stop` is cancelled, then lets its sessions finish.
+pub async fn serve_until(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    serve(listener, shared, stop.cancelled_owned()).await
 }
 
 async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {

@@ -48,6 +48,8 @@ pub struct Shared {
     pub transactions_open: AtomicUsize,
     /// Where sessions hand the reads they sampled for shadow reads.
     pub shadow: crate::readiness::shadow::Tap,
+    /// When the proxy fronts a Redis Cluster: the cluster as presented, and which shard's port this is.
+    pub cluster: Option<crate::cluster::Place>,
 }
 
 /// The handover's looks at whether the primary was fenced by a handover this proxy took no part in.
@@ -61,19 +63,20 @@ pub struct Looks {
 
 impl Shared {
     pub fn new(config: Config) -> Result<Self, TlsError> {
+        Shared::with_telemetry(config, Arc::new(Telemetry::new()))
+    }
+
+    /// [`Shared::new`] counting into `telemetry` (the proxies of a cluster's shards count into one).
+    pub fn with_telemetry(config: Config, telemetry: Arc<Telemetry>) -> Result<Self, TlsError> {
         let client_tls = match (&config.tls_cert_file, &config.tls_key_file) {
             (Some(cert), Some(key)) => Some(crate::net::acceptor(cert, key)?),
             _ => None,
         };
-        let backend_tls = match (&config.backend_tls, &config.backend_tls_ca_file) {
-            (true, Some(ca)) => Some(BackendTls::new(ca, config.backend_tls_server_name.clone())?),
-            _ => None,
-        };
+        let backend_tls = BackendTls::from_config(&config)?;
         let old = Server {
             side: Side::Old,
             addr: config.old.as_str().into(),
         };
-        let telemetry = Arc::new(Telemetry::new());
         let link_context = crate::links::LinkContext {
             connect_timeout: std::time::Duration::from_millis(config.connect_timeout_ms),
             tls: backend_tls.clone(),
@@ -101,6 +104,7 @@ impl Shared {
             parked_sessions: AtomicUsize::new(0),
             transactions_open: AtomicUsize::new(0),
             shadow: Default::default(),
+            cluster: None,
         })
     }
 }
@@ -112,6 +116,15 @@ impl Shared {
             Resp3Mode::PinResp2
         } else {
             Resp3Mode::Allow
+        }
+    }
+
+    /// Asks for a look at the servers now: a session holds replies back until one (see
+    /// [`crate::session::state::Parked`]). In front of a cluster, the cluster's refresh looks.
+    pub fn wake_looks(&self) {
+        self.resolve_now.notify_one();
+        if let Some(place) = &self.cluster {
+            place.front.wake();
         }
     }
 

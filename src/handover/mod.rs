@@ -181,6 +181,10 @@ pub enum StartError {
     Following(String),
     #[error("no rollback: {0}")]
     NoWindow(String),
+    #[error(
+        "this proxy fronts a Redis Cluster: a cluster is handed over shard by shard, which this version cannot do yet"
+    )]
+    Cluster,
 }
 
 /// The handover controller: at most one handover at a time.
@@ -235,6 +239,9 @@ impl Handover {
 
     /// Starts a handover to the server that is not the primary now; returns at once.
     pub fn start(self: &Arc<Self>, request: Request) -> Result<(), StartError> {
+        if self.shared.cluster.is_some() {
+            return Err(StartError::Cluster);
+        }
         let (source, target) = self.servers().ok_or(StartError::NoTarget)?;
         if let Some(driver) = self.following() {
             return Err(StartError::Following(driver));
@@ -340,6 +347,9 @@ impl Handover {
         if duration.is_zero() || duration > Duration::from_secs(86_400) {
             return Err("shadow reads last from 1 s to 24 h".into());
         }
+        if self.shared.cluster.is_some() {
+            return Err(StartError::Cluster.to_string());
+        }
         let (source, target) = self.servers().ok_or_else(|| StartError::NoTarget.to_string())?;
         let describe = |s: &Server| format!("{} {}", s.side.name(), s.addr);
         let report = ShadowReport::new(fraction, describe(&source), describe(&target), duration);
@@ -438,6 +448,9 @@ impl Handover {
     /// `POST /rollback`: a handover back to the former primary over the open rollback window; refused when the
     /// window is not open.
     pub fn rollback(self: &Arc<Self>, request: Request) -> Result<(), StartError> {
+        if self.shared.cluster.is_some() {
+            return Err(StartError::Cluster);
+        }
         let (_, target) = self.servers().ok_or(StartError::NoTarget)?;
         if self.is_running() {
             let phase = self.lock().phase.unwrap_or(Phase::Idle);
@@ -545,6 +558,11 @@ impl Handover {
             handover: progress.current.clone(),
             last_handover: progress.last.clone(),
             scheduled,
+            cluster: self
+                .shared
+                .cluster
+                .as_ref()
+                .map(|place| status::ClusterView::of(&place.front)),
         }
     }
 

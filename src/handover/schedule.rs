@@ -245,6 +245,9 @@ impl super::Handover {
     /// is recorded as `blocked`, with what to do.
     pub async fn schedule(self: &Arc<Self>, plan: Plan) -> Result<Scheduled, ScheduleError> {
         let now = now_ms();
+        if self.shared().cluster.is_some() {
+            return Err(ScheduleError::Invalid(super::StartError::Cluster.to_string()));
+        }
         let (not_before, not_after) = bounds(&plan, now).map_err(ScheduleError::Invalid)?;
         let (source, target) = self.servers().ok_or(ScheduleError::NoTarget)?;
         let cancel = CancellationToken::new();

@@ -49,6 +49,63 @@ pub struct Status {
     pub last_handover: Option<Report>,
     /// The scheduled handover (waiting, watching, or how it ended); null when none was scheduled.
     pub scheduled: Option<Scheduled>,
+    /// When the proxy fronts a Redis Cluster (`cluster_ports`): its shards and their ports; null otherwise.
+    #[serde(default)]
+    pub cluster: Option<ClusterView>,
+}
+
+/// A fronted cluster, as the proxy presents it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// The host the proxy's answers and redirections name.
+    pub announce_host: String,
+    /// The shards in the order of their first slot.
+    pub shards: Vec<ShardView>,
+    /// Slots no primary serves.
+    pub uncovered_slots: u32,
+}
+
+/// One shard of a fronted cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardView {
+    /// The proxy port clients reach it on; null when there are more shards than `cluster_ports`.
+    pub port: Option<u16>,
+    /// Its primary's address and node ID.
+    pub primary: String,
+    pub primary_id: String,
+    /// Its slot ranges (inclusive) and how many slots they hold.
+    pub slots: Vec<(u16, u16)>,
+    pub slot_count: u32,
+    /// Its replicas' addresses.
+    pub replicas: Vec<String>,
+    /// Clients connected to its port now.
+    pub clients: usize,
+}
+
+impl ClusterView {
+    /// The view of a fronted cluster.
+    pub fn of(front: &crate::cluster::Front) -> ClusterView {
+        let view = front.view();
+        ClusterView {
+            announce_host: front.announce_host.clone(),
+            shards: view
+                .topology
+                .shards
+                .iter()
+                .zip(&view.ports)
+                .map(|(shard, port)| ShardView {
+                    port: *port,
+                    primary: shard.primary.addr.clone(),
+                    primary_id: shard.primary.id.clone(),
+                    slots: shard.primary.slots.clone(),
+                    slot_count: shard.primary.slots.iter().map(|(s, e)| u32::from(e - s) + 1).sum(),
+                    replicas: shard.replicas.iter().map(|r| r.addr.clone()).collect(),
+                    clients: port.map_or(0, |p| front.clients_on(p)),
+                })
+                .collect(),
+            uncovered_slots: view.topology.uncovered_slots(),
+        }
+    }
 }
 
 impl Status {
@@ -194,6 +251,7 @@ mod tests {
             handover: None,
             last_handover: None,
             scheduled: None,
+            cluster: None,
         };
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["phase"], "catching_up");

@@ -98,6 +98,9 @@ pub struct SessionCore {
     gate: GateSlot,
     /// WATCH was in force on a server the session has left: the next EXEC must abort (answer null).
     watch_broken: bool,
+    /// The proxy refused a command inside the open MULTI: the EXEC must abort (EXECABORT), as Redis aborts a
+    /// transaction with a command refused while queueing.
+    transaction_refused: bool,
     /// A blocking call ended by a switch, to issue again on the new primary.
     reissue: Option<Blocked>,
     /// A PING sent on a retired connection so that everything the old server sent before it reaches the client.
@@ -112,6 +115,9 @@ pub struct SessionCore {
     /// tracked in the server's table, CLIENT SETINFO a library name, ...): it is closed, not kept, when the session
     /// returns to the shared links.
     own_link_tainted: bool,
+    /// The last request forwarded was ASKING, which holds for the connection's next command: the session keeps
+    /// its connection until that command is sent.
+    asking: bool,
     /// Answer what is pending, then close (after a protocol error, QUIT, or a lost connection that held state the
     /// client relied on).
     pub closing: bool,
@@ -136,6 +142,10 @@ impl SessionCore {
     pub fn new(shared: &Shared, id: u64) -> SessionCore {
         let shares = shared.config.backend_links == BackendLinks::Shared;
         let mut ledger = Ledger::new(shared.telemetry.clone());
+        if let Some(place) = &shared.cluster {
+            ledger.redirects = Some(place.front.clone());
+            ledger.cluster_port = place.port;
+        }
         if shares {
             ledger.virtual_id = Some(id);
             ledger.local_reply_mode = true;
@@ -154,11 +164,13 @@ impl SessionCore {
             gate: GateSlot::default(),
             park: None,
             watch_broken: false,
+            transaction_refused: false,
             reissue: None,
             barrier_sent: false,
             replication_stream: false,
             pinned_for_good: false,
             own_link_tainted: false,
+            asking: false,
             closing: false,
             draining: false,
             mover_counted: None,
@@ -265,6 +277,25 @@ impl SessionCore {
             self.ledger.push_local(reply);
             return Verdict::Taken;
         }
+        if command == Command::Read
+            && let Some(place) = &env.cluster
+            && args.is(0, "CLUSTER")
+            && let Some(reply) = crate::cluster::answers::answer(place, args, self.ledger.state.protocol)
+        {
+            // The cluster as the proxy presents it: its ports, not the servers' addresses. Inside MULTI the
+            // server's answer would come back in EXEC's, naming the servers: refused instead, as a command Redis
+            // refuses while queueing, which makes EXEC abort the transaction.
+            let reply = if self.ledger.multi_open {
+                self.transaction_refused = true;
+                Bytes::from_static(
+                    b"-ERR the proxy answers CLUSTER SLOTS, SHARDS and NODES itself, not inside MULTI\r\n",
+                )
+            } else {
+                reply
+            };
+            self.ledger.push_local(reply);
+            return Verdict::Taken;
+        }
         if command == Command::Client && args.is(1, "SETINFO") && !self.ledger.multi_open {
             // Answered here whatever the server's version (Redis has it from 7.2): the census names the library.
             self.ledger.push_local(self.handle.set_info(args));
@@ -287,7 +318,8 @@ impl SessionCore {
                 self.ledger.push_local(reply);
                 return Verdict::Taken;
             }
-            if pins(command, args) {
+            // In front of a cluster, ASKING holds for the connection's next command, which must be the session's.
+            if pins(command, args) || env.cluster.is_some() && asking(command, args) {
                 // The command's effect lives on the connection: the session gets its own, once the replies owed on
                 // the shared link have arrived (so its commands run in order).
                 if !self.ledger.pending.is_empty() || self.shared_count > 0 {
@@ -385,7 +417,22 @@ impl SessionCore {
                 self.watch_broken = false;
                 return taken;
             }
-            Command::Exec | Command::Discard | Command::Unwatch | Command::Reset => self.watch_broken = false,
+            Command::Exec if in_transaction && self.transaction_refused => {
+                self.ledger
+                    .push_hidden(output, &[b"DISCARD"], Effect::Discard, Expect::One);
+                self.ledger.multi_open = false;
+                self.transaction_refused = false;
+                self.watch_broken = false;
+                self.ledger.push_local(Bytes::from_static(
+                    b"-EXECABORT Transaction discarded because of previous errors.\r\n",
+                ));
+                return taken;
+            }
+            Command::Exec | Command::Discard | Command::Reset => {
+                self.watch_broken = false;
+                self.transaction_refused = false;
+            }
+            Command::Unwatch => self.watch_broken = false,
             Command::Eval => {
                 if let Some(body) = args.get(1) {
                     env.scripts.remember(body);
@@ -400,8 +447,10 @@ impl SessionCore {
             Command::Client if args.is(1, "KILL") => env.link_context.kills.note(),
             _ => {}
         }
+        let after_asking = std::mem::replace(&mut self.asking, env.cluster.is_some() && asking(command, args));
         let blocked = if command.is_blocking() { Blocked::of(args) } else { None };
-        if blocked.is_some() {
+        // (Not between ASKING and its command: the server would apply ASKING to CLIENT ID.)
+        if blocked.is_some() && !after_asking {
             self.ledger.ask_client_id(output);
         }
         let write = (gated && blocked.is_none()) || (in_transaction && command == Command::Exec);
@@ -670,6 +719,7 @@ impl SessionCore {
             && self.reissue.is_none()
             && !self.watch_broken
             && !self.replication_stream
+            && !self.asking
             && !self.closing
             && !state.in_multi
             && !state.watching
@@ -714,7 +764,7 @@ impl SessionCore {
         let parked = self.ledger.parked.as_ref()?;
         let first_look = *self.park.get_or_insert_with(|| {
             env.parked_sessions.fetch_add(1, Ordering::SeqCst);
-            env.resolve_now.notify_one();
+            env.wake_looks();
             env.looks.started.load(Ordering::SeqCst) + 1
         });
         let replaced = env.primary.generation() != parked.generation;
@@ -767,7 +817,7 @@ impl SessionCore {
         }
         if std::mem::take(&mut self.ledger.not_executed) {
             // The handover looks at once whether another proxy's handover fenced the primary.
-            env.resolve_now.notify_one();
+            env.wake_looks();
         }
         if self.gate.has_ticket && self.ledger.pending_writes == 0 && !self.ledger.multi_open {
             env.gate.return_ticket();
@@ -1106,6 +1156,11 @@ pub fn pins(command: Command, args: crate::protocol::request::Args<'_>) -> bool 
         | Command::ReadWrite
         | Command::Replication => true,
     }
+}
+
+/// Whether a request is ASKING (a cluster's redirection to a slot in migration, for the next command only).
+fn asking(command: Command, args: Args<'_>) -> bool {
+    command == Command::Read && args.len() == 1 && args.is(0, "ASKING")
 }
 
 /// What the proxy did with a request about the client's own connection, answered from its own id.

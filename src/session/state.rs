@@ -394,6 +394,10 @@ pub struct Ledger {
     /// are still answered by the server, and those replies are kept from the client.
     pub local_reply_mode: bool,
     pub telemetry: Arc<Telemetry>,
+    /// When the proxy fronts a cluster: what `-MOVED` and `-ASK` replies are rewritten with, and the port of the
+    /// session's shard.
+    pub redirects: Option<Arc<crate::cluster::Front>>,
+    pub cluster_port: u16,
     /// The metrics of this turn, added to the shared ones at its end.
     pub tally: Tally,
     /// Whether the primary answered a request with NOREPLICAS or READONLY since the last look.
@@ -422,6 +426,8 @@ impl Ledger {
     pub fn new(telemetry: Arc<Telemetry>) -> Self {
         Ledger {
             telemetry,
+            redirects: None,
+            cluster_port: 0,
             state: SessionState::new(),
             pending: VecDeque::new(),
             client_out: BytesMut::new(),
@@ -667,7 +673,14 @@ impl Ledger {
         }
         // A blocking call ended by a demotion (`REPLICAOF` unblocks with UNBLOCKED) is issued again instead.
         let unblocked = head.blocked.is_some() && frame.starts_with(b"-UNBLOCKED");
-        if (head.raw_len > 0 && not_executed(frame) || unblocked) && !self.replaying {
+        // In front of a cluster, a redirection the proxy cannot place yet (its shard's primary changed) was not
+        // executed either: the cluster refresh looks, and the request goes again to the shard's new primary.
+        let redirect = match &self.redirects {
+            Some(front) if frame.first() == Some(&b'-') => front.redirect(frame, self.cluster_port),
+            _ => None,
+        };
+        let unplaced = redirect == Some(crate::cluster::Redirect::Unplaced);
+        if (head.raw_len > 0 && (not_executed(frame) || unplaced) || unblocked) && !self.replaying {
             // Not shown to the client yet: the handover asks the servers whether the primary was fenced.
             self.pending.push_front(head);
             self.parked = Some(Parked {
@@ -707,6 +720,10 @@ impl Ledger {
             (Effect::Hello(_), Some(id)) if !error => match crate::clients::hello_with_id(frame, id) {
                 Some(rewritten) => self.client_out.extend_from_slice(&rewritten),
                 None => self.client_out.extend_from_slice(frame),
+            },
+            _ if redirect.is_some() => match redirect {
+                Some(crate::cluster::Redirect::To(rewritten)) => self.client_out.extend_from_slice(&rewritten),
+                _ => self.client_out.extend_from_slice(crate::cluster::TRY_AGAIN),
             },
             _ => self.client_out.extend_from_slice(frame),
         }

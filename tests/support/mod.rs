@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -68,24 +69,35 @@ pub fn repo_root() -> PathBuf {
 /// takes an ephemeral port), nor be handed to another test of this process. Port 0 would be: a test that chose
 /// its fleet's admin ports in advance once found one taken by a connection.
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const FIRST: u32 = 20_000;
-    const COUNT: u32 = 12_000;
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    // Each test process starts at its own place, so that two running at once rarely meet.
-    let _ = NEXT.compare_exchange(
+    walk_ports(&NEXT, 20_000, 12_000, bindable)
+        .unwrap_or_else(|| TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+}
+
+/// A free port for a Redis Cluster node, whose cluster bus listens on port + 10000: taken from 22000-22767, so that
+/// its bus port (32000-32767) is neither one [`free_port`] hands out nor in Linux's ephemeral range.
+pub fn free_cluster_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    walk_ports(&NEXT, 22_000, 768, |port| bindable(port) && bindable(port + 10_000))
+        .expect("a free port pair for a cluster node in 22000-22767")
+}
+
+fn bindable(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// The next port of `first..first + count` that `free` accepts, walking `next`; each test process starts at its
+/// own place, so that two running at once rarely meet.
+fn walk_ports(next: &AtomicU32, first: u32, count: u32, free: impl Fn(u16) -> bool) -> Option<u16> {
+    let _ = next.compare_exchange(
         u32::MAX,
-        std::process::id().wrapping_mul(7919) % COUNT,
+        std::process::id().wrapping_mul(7919) % count,
         Ordering::Relaxed,
         Ordering::Relaxed,
     );
-    for _ in 0..COUNT {
-        let port = (FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % COUNT) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    (0..count)
+        .map(|_| (first + next.fetch_add(1, Ordering::Relaxed) % count) as u16)
+        .find(|&port| free(port))
 }
 
 /// A real redis-server process, stopped and its data folder removed on drop.
@@ -118,7 +130,7 @@ impl RedisServer {
     /// Starts a Redis 7.0 Sentinel on a free port that monitors `master` (as `watched`, quorum 1): it connects
     /// to the master at once, under the client names Sentinel uses.
     pub fn start_sentinel(master: SocketAddr) -> RedisServer {
-        Self::launch(Version::V7_0, None, false, "rh-sentinel", |port, dir| {
+        Self::launch(Version::V7_0, free_port, false, "rh-sentinel", |port, dir| {
             // Sentinel needs a configuration file it can rewrite.
             let conf = dir.join("sentinel.conf");
             let text = format!(
@@ -136,8 +148,20 @@ impl RedisServer {
         Self::start_inner(version, fixed_port, extra, false)
     }
 
+    /// Starts a Redis Cluster node (`extra` has its cluster settings) on a port from [`free_cluster_port`].
+    pub fn start_cluster_node(version: Version, extra: &[&str]) -> RedisServer {
+        Self::start_args(version, free_cluster_port, extra, false)
+    }
+
     fn start_inner(version: Version, fixed_port: Option<u16>, extra: &[&str], tls_only: bool) -> RedisServer {
-        Self::launch(version, fixed_port, tls_only, "rh-redis", |port, dir| {
+        match fixed_port {
+            Some(port) => Self::start_args(version, || port, extra, tls_only),
+            None => Self::start_args(version, free_port, extra, tls_only),
+        }
+    }
+
+    fn start_args(version: Version, pick: impl Fn() -> u16, extra: &[&str], tls_only: bool) -> RedisServer {
+        Self::launch(version, pick, tls_only, "rh-redis", |port, dir| {
             let port_args: &[&str] = if tls_only {
                 &["--port", "0", "--tls-port"]
             } else {
@@ -160,18 +184,18 @@ impl RedisServer {
         })
     }
 
-    /// Starts the server with the arguments `args` gives for a port and a data folder, on a free port (or the
-    /// fixed one), trying again on another port when the one picked was taken meanwhile.
+    /// Starts the server with the arguments `args` gives for a port and a data folder, on a port `pick` gives,
+    /// trying again on another one when the one picked was taken meanwhile.
     fn launch(
         version: Version,
-        fixed_port: Option<u16>,
+        pick: impl Fn() -> u16,
         tls_only: bool,
         name: &str,
         args: impl Fn(u16, &Path) -> Vec<String>,
     ) -> RedisServer {
         let binary = version.binary();
         for _attempt in 0..5 {
-            let port = fixed_port.unwrap_or_else(free_port);
+            let port = pick();
             let dir = std::env::temp_dir().join(format!("{name}-{}-{port}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             let args = args(port, &dir);
@@ -859,6 +883,141 @@ impl AdminPort {
         wait_until(&format!("phase {}", phase.name()), timeout, || {
             self.status().phase == phase
         });
+    }
+}
+
+/// A Redis Cluster of real servers: `masters` primaries with the slots split evenly among them, met and agreed
+/// (`cluster_state:ok` on every node) before it is handed out. Its servers stop when it is dropped.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+/// A cluster node's settings.
+const CLUSTER_NODE_ARGS: [&str; 6] = [
+    "--cluster-enabled",
+    "yes",
+    "--cluster-config-file",
+    "nodes.conf",
+    "--cluster-node-timeout",
+    "3000",
+];
+
+impl RedisCluster {
+    pub fn start(version: Version, masters: u16) -> RedisCluster {
+        let args = CLUSTER_NODE_ARGS;
+        // The cluster bus listens on port + 10000 (see `free_cluster_port`); a node whose bus port was taken
+        // meanwhile fails to start, and starts again on another port.
+        let nodes: Vec<RedisServer> = (0..masters)
+            .map(|_| RedisServer::start_cluster_node(version, &args))
+            .collect();
+        let per = 16384 / masters;
+        for (i, node) in nodes.iter().enumerate() {
+            let i = i as u16;
+            let end = if i + 1 == masters { 16383 } else { (i + 1) * per - 1 };
+            let mut words = vec!["CLUSTER".to_string(), "ADDSLOTS".to_string()];
+            words.extend((i * per..=end).map(|slot| slot.to_string()));
+            let mut direct = node.direct();
+            assert_eq!(direct.cmd(&words), Reply::ok());
+            assert_eq!(
+                direct.cmd(&["CLUSTER", "SET-CONFIG-EPOCH", &(i + 1).to_string()]),
+                Reply::ok()
+            );
+        }
+        for node in &nodes[1..] {
+            let first = nodes[0].addr();
+            assert_eq!(
+                node.direct()
+                    .cmd(&["CLUSTER", "MEET", &first.ip().to_string(), &first.port().to_string()]),
+                Reply::ok()
+            );
+        }
+        let cluster = RedisCluster { nodes };
+        cluster.wait_agreed();
+        cluster
+    }
+
+    /// Adds a node of `version` as a replica of the node `of`, once it is synced and its primary lists it as its
+    /// replica (a failover asked of it before that times out silently); its index among the nodes.
+    pub fn add_replica(&mut self, version: Version, of: usize) -> usize {
+        let node = RedisServer::start_cluster_node(version, &CLUSTER_NODE_ARGS);
+        let first = self.nodes[0].addr();
+        assert_eq!(
+            node.direct()
+                .cmd(&["CLUSTER", "MEET", &first.ip().to_string(), &first.port().to_string()]),
+            Reply::ok()
+        );
+        self.nodes.push(node);
+        self.wait_agreed();
+        let primary_id = self.nodes[of].direct().run("CLUSTER MYID").text();
+        let index = self.nodes.len() - 1;
+        let mut replica = self.nodes[index].direct();
+        wait_for(
+            "the node to know its primary",
+            Duration::from_secs(10),
+            || match replica.cmd(&["CLUSTER", "REPLICATE", &primary_id]) {
+                Reply::Status(_) => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        );
+        let replica_id = replica.run("CLUSTER MYID").text();
+        let mut primary = self.nodes[of].direct();
+        wait_for(
+            "the replica synced and known to its primary",
+            Duration::from_secs(30),
+            || {
+                let synced = replica.run("INFO replication").text().contains("master_link_status:up");
+                let nodes = primary.run("CLUSTER NODES").text();
+                let listed = nodes
+                    .lines()
+                    .any(|l| l.starts_with(&replica_id) && l.contains(&format!("slave {primary_id}")));
+                if synced && listed { Ok(()) } else { Err(nodes) }
+            },
+        );
+        index
+    }
+
+    /// Waits until every node says `cluster_state:ok` and knows every other node, out of its handshake.
+    pub fn wait_agreed(&self) {
+        let count = self.nodes.len();
+        wait_for("the cluster to agree", Duration::from_secs(30), || {
+            for node in &self.nodes {
+                let mut direct = node.direct();
+                let info = direct.run("CLUSTER INFO").text();
+                let known = direct.run("CLUSTER NODES").text();
+                let lines = known.lines().filter(|l| !l.trim().is_empty()).count();
+                if !info.contains("cluster_state:ok") || lines != count || known.contains("handshake") {
+                    return Err(format!("{}: {info} {known}", node.port));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The node that serves `key`'s slot, asked of the first node.
+    pub fn node_of(&self, key: &str) -> &RedisServer {
+        let slot = match self.nodes[0].direct().cmd(&["CLUSTER", "KEYSLOT", key]) {
+            Reply::Int(slot) => slot,
+            other => panic!("CLUSTER KEYSLOT {key}: {other:?}"),
+        };
+        let slots = self.nodes[0].direct().run("CLUSTER SLOTS");
+        for range in slots.items() {
+            let parts = range.items();
+            let (Reply::Int(start), Reply::Int(end)) = (&parts[0], &parts[1]) else {
+                continue;
+            };
+            if (*start..=*end).contains(&slot) {
+                let port = match &parts[2].items()[1] {
+                    Reply::Int(port) => *port as u16,
+                    other => panic!("{other:?}"),
+                };
+                return self
+                    .nodes
+                    .iter()
+                    .find(|n| n.port == port)
+                    .expect("a node of this cluster");
+            }
+        }
+        panic!("no node serves slot {slot}")
     }
 }
 

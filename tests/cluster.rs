@@ -1,0 +1,406 @@
+//! Fronting a Redis Cluster: a real 3-shard cluster of Redis 6.2 nodes behind the proxy, with cluster-aware
+//! clients (redis-py's RedisCluster, ioredis's Cluster) that learn only the proxy's ports; the cluster's own answers
+//! and redirections (CLUSTER SLOTS, NODES, SHARDS, MOVED, ASK) seen by a plain client; a resharding followed.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use support::{Client, Proxy, RedisCluster, RedisServer, Reply, Version};
+
+/// A cluster of three 6.2 primaries and a proxy presenting it on three ports of its own.
+struct Fronted {
+    cluster: RedisCluster,
+    proxy: Proxy,
+    ports: Vec<u16>,
+}
+
+impl Fronted {
+    fn start(version: Version, masters: u16) -> Fronted {
+        let cluster = RedisCluster::start(version, masters);
+        let ports: Vec<u16> = (0..masters).map(|_| support::free_port()).collect();
+        let cluster_ports = ports.clone();
+        let proxy = Proxy::start(cluster.nodes[0].addr(), None, move |c| c.cluster_ports = cluster_ports);
+        // The admin port answers once every shard's port is served.
+        let shown = proxy.status().cluster.expect("the status shows the cluster");
+        assert_eq!(shown.shards.len(), usize::from(masters), "{shown:#?}");
+        Fronted { cluster, proxy, ports }
+    }
+
+    /// A client on the proxy port of shard `i`.
+    fn shard_client(&self, i: usize) -> Client {
+        Client::connect(([127, 0, 0, 1], self.ports[i]).into())
+    }
+
+    /// The proxy addresses, as clients should learn them.
+    fn proxy_addrs(&self) -> BTreeSet<String> {
+        self.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect()
+    }
+
+    /// The servers' addresses, which no client should learn.
+    fn server_addrs(&self) -> Vec<String> {
+        self.cluster.nodes.iter().map(|n| n.addr().to_string()).collect()
+    }
+
+    /// The proxy port that presents `node`, from what the proxy's status says.
+    fn port_of(&self, node: &RedisServer) -> u16 {
+        let status = self.proxy.status();
+        let cluster = status.cluster.expect("the status shows the cluster");
+        cluster
+            .shards
+            .iter()
+            .find(|s| s.primary == node.addr().to_string())
+            .and_then(|s| s.port)
+            .unwrap_or_else(|| panic!("{} has a port: {cluster:#?}", node.addr()))
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs a client script; its one JSON line.
+fn run_client(program: &str, script: &str, args: &[&str]) -> serde_json::Value {
+    let path = support::repo_root().join(script);
+    let mut command = Command::new(program);
+    command
+        .arg(&path)
+        .args(args)
+        .current_dir(path.parent().unwrap())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let out = support::output_within(&mut command, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "{program} {script} failed (run scripts/install-redis.sh and npm ci in tests/clients/node):\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let stdout = text(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{script} printed no JSON ({e}): {stdout}"))
+}
+
+/// Keys the client wrote through the proxy: present on the servers, spread over every shard.
+fn assert_spread(fronted: &Fronted, prefix: &str, count: usize) {
+    let mut total = 0;
+    for node in &fronted.cluster.nodes {
+        let mut direct = node.direct();
+        let mut cursor = "0".to_string();
+        let mut here = 0;
+        loop {
+            let reply = direct.cmd(&["SCAN", &cursor, "MATCH", &format!("{prefix}*"), "COUNT", "1000"]);
+            let items = reply.items();
+            cursor = items[0].text();
+            here += items[1].items().len();
+            if cursor == "0" {
+                break;
+            }
+        }
+        assert!(here > 0, "{} holds some of the {prefix} keys", node.addr());
+        total += here;
+    }
+    assert_eq!(total, count, "every {prefix} key is on the servers");
+}
+
+#[test]
+fn redis_py_and_ioredis_cluster_clients_learn_only_the_proxy_s_ports() {
+    let fronted = Fronted::start(Version::V6_2, 3);
+    let seed = fronted.proxy.addr.port().to_string();
+    let expected: Vec<String> = fronted.proxy_addrs().into_iter().collect();
+
+    let py = run_client("python3", "tests/clients/python/cluster_client.py", &[&seed, "3000"]);
+    assert_eq!(py["read_back"], 3000, "{py}");
+    assert_eq!(py["multi"], serde_json::json!([1, 2]), "MULTI on one slot: {py}");
+    assert_eq!(py["hash_tags"], serde_json::json!(["1", "2"]), "{py}");
+    assert_eq!(py["pubsub"], "hello", "{py}");
+    assert_eq!(py["blpop"], serde_json::json!(["jobs", "job-1"]), "{py}");
+    assert_eq!(py["resp3"], "v3", "{py}");
+    assert_eq!(
+        py["learned"],
+        serde_json::json!(expected),
+        "redis-py learned only proxy ports: {py}"
+    );
+    assert_spread(&fronted, "py:", 3000);
+
+    let io = run_client("node", "tests/clients/node/cluster_client.mjs", &[&seed, "3000"]);
+    assert_eq!(io["read_back"], 3000, "{io}");
+    assert_eq!(io["multi"], serde_json::json!([1, 1]), "MULTI on one slot: {io}");
+    assert_eq!(io["pubsub"], "fire", "{io}");
+    assert_eq!(io["blpop"], serde_json::json!(["tasks", "task-1"]), "{io}");
+    assert_eq!(
+        io["learned"],
+        serde_json::json!(expected),
+        "ioredis learned only proxy ports: {io}"
+    );
+    assert_spread(&fronted, "io:", 3000);
+
+    // /metrics counts every shard's commands: the 6,000 SETs went through three ports.
+    let metrics = fronted.proxy.metrics();
+    let writes: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_handover_commands_total{family=\"write\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("the write count in:\n{metrics}"));
+    assert!(writes >= 6000.0, "{writes} writes counted");
+    let status = fronted.proxy.status().cluster.expect("the cluster in the status");
+    assert!(
+        status.shards.iter().all(|s| s.port.is_some() && s.slot_count > 5000),
+        "{status:#?}"
+    );
+
+    // The transactions ran on the servers of their slot.
+    let node = fronted.cluster.node_of("{user:7}:visits");
+    assert_eq!(node.direct().run("GET {user:7}:visits"), Reply::bulk("1"));
+    for server in fronted.server_addrs() {
+        assert!(!py.to_string().contains(&server) && !io.to_string().contains(&server));
+    }
+}
+
+#[test]
+fn cluster_answers_and_redirections_name_the_proxy_s_ports() {
+    let fronted = Fronted::start(Version::V6_2, 3);
+    let mut seed = fronted.proxy.client();
+    let proxy_addrs = fronted.proxy_addrs();
+
+    // CLUSTER SLOTS: three runs covering every slot, each at a proxy port, with the primaries' node IDs.
+    let slots = seed.run("CLUSTER SLOTS");
+    let mut covered = 0;
+    let mut named = BTreeSet::new();
+    for run in slots.items() {
+        let parts = run.items();
+        let (Reply::Int(start), Reply::Int(end)) = (&parts[0], &parts[1]) else {
+            panic!("{slots:?}")
+        };
+        covered += end - start + 1;
+        let node = parts[2].items();
+        assert_eq!(node.len(), 3, "6.2's shape: host, port, id");
+        let Reply::Int(port) = node[1] else { panic!("{node:?}") };
+        named.insert(format!("{}:{port}", node[0].text()));
+        assert_eq!(parts.len(), 3, "no replicas presented");
+    }
+    assert_eq!(covered, 16384);
+    assert_eq!(named, proxy_addrs);
+    let nodes = seed.run("CLUSTER NODES").text();
+    assert_eq!(nodes.lines().count(), 3, "{nodes}");
+    for server in fronted.server_addrs() {
+        assert!(!nodes.contains(&server), "{nodes}");
+    }
+    assert!(nodes.lines().any(|l| l.contains("myself,master")), "{nodes}");
+    // Inside MULTI the server's answer would come back in EXEC's: refused.
+    assert_eq!(seed.run("MULTI"), Reply::ok());
+    assert!(seed.run("CLUSTER SLOTS").text().contains("not inside MULTI"));
+    assert_eq!(seed.run("DISCARD"), Reply::ok());
+
+    // MOVED: a key of another shard, asked at the seed, names that shard's proxy port.
+    // (The seed presents the shard of slot 0: the first node's.)
+    let (key, owner) = (0..)
+        .map(|i| format!("elsewhere:{i}"))
+        .map(|key| {
+            let owner = fronted.cluster.node_of(&key);
+            (key, owner)
+        })
+        .find(|(_, owner)| owner.port != fronted.cluster.nodes[0].port)
+        .unwrap();
+    let owner_port = fronted.port_of(owner);
+    let moved = seed.cmd(&["GET", &key]);
+    let Reply::Error(moved) = moved else {
+        panic!("{moved:?}")
+    };
+    assert!(
+        moved.starts_with("MOVED ") && moved.ends_with(&format!(" 127.0.0.1:{owner_port}")),
+        "{moved}"
+    );
+    let mut there = Client::connect(([127, 0, 0, 1], owner_port).into());
+    assert_eq!(there.cmd(&["SET", &key, "v"]), Reply::ok());
+    assert_eq!(owner.direct().cmd(&["GET", &key]), Reply::bulk("v"));
+
+    // ASK: a slot in migration; a key not yet moved is asked of the target, at its proxy port.
+    let source = owner;
+    let target = fronted.cluster.nodes.iter().find(|n| n.port != source.port).unwrap();
+    let slot = match source.direct().cmd(&["CLUSTER", "KEYSLOT", &key]) {
+        Reply::Int(slot) => slot.to_string(),
+        other => panic!("{other:?}"),
+    };
+    let id = |node: &RedisServer| node.direct().run("CLUSTER MYID").text();
+    assert_eq!(
+        target
+            .direct()
+            .cmd(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &id(source)]),
+        Reply::ok()
+    );
+    assert_eq!(
+        source
+            .direct()
+            .cmd(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &id(target)]),
+        Reply::ok()
+    );
+    let absent = format!("{{{key}}}:absent");
+    let ask = there.cmd(&["GET", &absent]);
+    let target_port = fronted.port_of(target);
+    assert_eq!(ask, Reply::Error(format!("ASK {slot} 127.0.0.1:{target_port}")));
+    let mut asked = Client::connect(([127, 0, 0, 1], target_port).into());
+    assert_eq!(asked.run("ASKING"), Reply::ok());
+    assert_eq!(
+        asked.cmd(&["SET", &absent, "new"]),
+        Reply::ok(),
+        "ASKING holds for the next command"
+    );
+    let mut on_target = target.direct();
+    assert_eq!(on_target.run("ASKING"), Reply::ok());
+    assert_eq!(on_target.cmd(&["GET", &absent]), Reply::bulk("new"));
+    let without = asked.cmd(&["GET", &absent]);
+    assert!(
+        without.text().starts_with("MOVED "),
+        "ASKING held once only: {without:?}"
+    );
+
+    // The slot moves for good (a resharding): the proxy's view follows, and the seed names the target's port.
+    assert_eq!(there.cmd(&["DEL", &key]), Reply::Int(1));
+    for node in &fronted.cluster.nodes {
+        assert_eq!(
+            node.direct().cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &id(target)]),
+            Reply::ok()
+        );
+    }
+    support::wait_until("the proxy to present the moved slot", Duration::from_secs(10), || {
+        let slots = seed.run("CLUSTER SLOTS");
+        slots.items().iter().any(|run| {
+            let parts = run.items();
+            parts[0] == Reply::Int(slot.parse().unwrap())
+                && parts[1] == Reply::Int(slot.parse().unwrap())
+                && parts[2].items()[1] == Reply::Int(i64::from(target_port))
+        })
+    });
+    let moved = there.cmd(&["GET", &key]);
+    assert_eq!(moved, Reply::Error(format!("MOVED {slot} 127.0.0.1:{target_port}")));
+}
+
+#[test]
+fn a_7_0_cluster_is_presented_in_7_0_s_shapes_and_resp3() {
+    let fronted = Fronted::start(Version::V7_0, 1);
+    let port = fronted.ports[0];
+    let mut client = fronted.shard_client(0);
+    let slots = client.run("CLUSTER SLOTS");
+    let node = slots.items()[0].items()[2].items();
+    assert_eq!(node.len(), 4, "7.0 adds the endpoint's other names: {node:?}");
+    assert_eq!(node[1], Reply::Int(i64::from(port)));
+    let nodes = client.run("CLUSTER NODES").text();
+    assert!(nodes.contains(&format!("127.0.0.1:{port}@0 myself,master")), "{nodes}");
+    let shards = client.run("CLUSTER SHARDS");
+    let shard = shards.items()[0].items();
+    assert_eq!(shard[0], Reply::bulk("slots"));
+    assert_eq!(shard[1], Reply::Array(vec![Reply::Int(0), Reply::Int(16383)]));
+    let fields = shard[3].items()[0].items();
+    let port_at = fields.iter().position(|f| *f == Reply::bulk("port")).unwrap();
+    assert_eq!(fields[port_at + 1], Reply::Int(i64::from(port)));
+
+    client.protocol = 3;
+    let hello = client.run("HELLO 3");
+    assert!(matches!(hello, Reply::Map(_)), "{hello:?}");
+    let shards = client.run("CLUSTER SHARDS");
+    let Reply::Map(shard) = &shards.items()[0] else {
+        panic!("a map in RESP3: {shards:?}")
+    };
+    let slots = shard.iter().find(|(k, _)| *k == Reply::bulk("slots")).map(|(_, v)| v);
+    assert_eq!(
+        slots,
+        Some(&Reply::Array(vec![Reply::Int(0), Reply::Int(16383)])),
+        "{shard:?}"
+    );
+    let nodes = client.run("CLUSTER NODES");
+    assert!(
+        matches!(&nodes, Reply::Other(verbatim) if verbatim.starts_with("VerbatimString") && verbatim.contains("format: Text")),
+        "RESP3: a verbatim string, as Redis sends it: {nodes:?}"
+    );
+    assert_eq!(client.run("SET k v"), Reply::ok());
+    assert_eq!(fronted.cluster.nodes[0].direct().run("GET k"), Reply::bulk("v"));
+
+    // ctl status shows the shards and their ports.
+    let out = support::ctl(fronted.proxy.admin, &["status"]);
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("cluster      1 shards at 127.0.0.1, 0 slots uncovered")
+            && shown.contains(&format!("port {port}")),
+        "{shown}"
+    );
+    // A handover is refused with the reason, not started.
+    let (code, answer) = fronted.proxy.post("/handover", serde_json::json!({}));
+    assert_eq!(code, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap_or_default().contains("Redis Cluster"),
+        "{answer}"
+    );
+}
+
+#[test]
+fn cluster_ports_in_front_of_a_server_that_is_no_cluster_node_is_refused_with_the_reason() {
+    let server = RedisServer::start(Version::V6_2, &[]);
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let admin = format!("127.0.0.1:{}", support::free_port());
+    let shard = support::free_port().to_string();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_redis-handover"));
+    command
+        .args([
+            "--listen",
+            &listen,
+            "--admin",
+            &admin,
+            "--old",
+            &server.addr().to_string(),
+        ])
+        .args(["--cluster-port", &shard])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let out = support::output_within(&mut command, Duration::from_secs(30));
+    assert!(!out.status.success());
+    let said = text(&out.stderr) + &text(&out.stdout);
+    assert!(said.contains("is not a cluster node (cluster_enabled:0)"), "{said}");
+}
+
+#[test]
+fn a_failover_in_a_shard_moves_its_sessions_to_the_new_primary_with_no_error_and_nothing_lost() {
+    // A 6.2 shard with a 7.0 replica: the upgrade an operator makes by hand with CLUSTER FAILOVER.
+    let mut cluster = RedisCluster::start(Version::V6_2, 1);
+    let replica = cluster.add_replica(Version::V7_0, 0);
+    let port = support::free_port();
+    let proxy = Proxy::start(cluster.nodes[0].addr(), None, move |c| c.cluster_ports = vec![port]);
+    let shown = proxy.status().cluster.expect("the cluster in the status");
+    assert_eq!(shown.shards[0].replicas, [cluster.nodes[replica].addr().to_string()]);
+    let writes = || {
+        let metrics = proxy.metrics();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_handover_commands_total{family=\"write\"} "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // One hash tag: the checker reads the keys back with MGET, which a cluster allows only within one slot.
+    let load = support::Load::start_named(&proxy, 4, "{fault}");
+    support::wait_until("writes under way", Duration::from_secs(10), || writes() > 500.0);
+
+    let new_primary = cluster.nodes[replica].addr().to_string();
+    assert_eq!(cluster.nodes[replica].direct().run("CLUSTER FAILOVER"), Reply::ok());
+    support::wait_until("the proxy to follow the failover", Duration::from_secs(20), || {
+        let status = proxy.status().cluster.expect("the cluster in the status");
+        status.shards[0].primary == new_primary
+    });
+    let at_switch = writes();
+    support::wait_until("writes going on to the new primary", Duration::from_secs(10), || {
+        writes() > at_switch + 500.0
+    });
+    let report = load.stop_and_verify();
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert_eq!(
+        (report.failed_batches, report.reconnects),
+        (0, 0),
+        "the writers saw no error: {report:?}"
+    );
+    assert!(cluster.nodes[replica].direct().run("ROLE").items()[0] == Reply::bulk("master"));
+    println!(
+        "a shard's failover 6.2 -> 7.0 behind the proxy: {} writes checked, {} lost, longest wait {:.1} ms",
+        report.acknowledged_writes, report.lost, report.longest_wait_ms
+    );
+}
