@@ -195,7 +195,9 @@ fn started(handover: &Handover, start: Result<(), StartError>) -> Response {
         Err(error @ (StartError::Running(_) | StartError::Following(_) | StartError::NoWindow(_))) => {
             refuse(StatusCode::CONFLICT, error.to_string())
         }
-        Err(error @ (StartError::NoTarget | StartError::Cluster)) => refuse(StatusCode::BAD_REQUEST, error.to_string()),
+        Err(error @ (StartError::NoTarget | StartError::Cluster(_))) => {
+            refuse(StatusCode::BAD_REQUEST, error.to_string())
+        }
     }
 }
 

@@ -94,6 +94,9 @@ pub struct Config {
     /// The host that `CLUSTER SLOTS`, `SHARDS`, `NODES` and `MOVED` name for those ports; by default the host of
     /// `listen`.
     pub cluster_announce_host: Option<String>,
+    /// The NEW nodes a cluster is handed over to (empty, in cluster mode, of the new version): one per shard, in
+    /// the order of the shards' first slot.
+    pub cluster_new: Vec<String>,
 }
 
 /// What the proxy does with `HELLO 3`.
@@ -176,6 +179,7 @@ impl Default for Config {
             shadow_reads: 0.0,
             cluster_ports: Vec::new(),
             cluster_announce_host: None,
+            cluster_new: Vec::new(),
         }
     }
 }
@@ -323,6 +327,14 @@ pub struct Overrides {
     /// The host that cluster answers and redirections name [default: the listen address's host].
     #[arg(long, env = "REDIS_HANDOVER_CLUSTER_ANNOUNCE_HOST", value_name = "HOST")]
     pub cluster_announce_host: Option<String>,
+    /// A NEW node a cluster is handed over to (repeat it, one per shard in the order of their first slot).
+    #[arg(
+        long = "cluster-new",
+        env = "REDIS_HANDOVER_CLUSTER_NEW",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    pub cluster_new: Option<Vec<String>>,
 }
 
 impl Overrides {
@@ -389,7 +401,8 @@ impl Config {
             rollback_window_s,
             rollback_backlog_bytes,
             shadow_reads,
-            cluster_ports
+            cluster_ports,
+            cluster_new
         );
         set_option!(
             new,
@@ -483,8 +496,19 @@ impl Config {
         if !self.cluster_ports.is_empty() && self.new.is_some() {
             return Err(ConfigError::Invalid {
                 key: "new",
-                reason: "a cluster's handover is not built yet: with cluster_ports, leave new unset".into(),
+                reason: "a cluster is handed over to cluster_new, one node per shard: with cluster_ports, leave new \
+                         unset"
+                    .into(),
             });
+        }
+        if self.cluster_ports.is_empty() && !self.cluster_new.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "cluster_new",
+                reason: "cluster_new is for a cluster the proxy fronts: set cluster_ports too".into(),
+            });
+        }
+        for node in &self.cluster_new {
+            check_address("cluster_new", node)?;
         }
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
             let reason = "tls_cert_file and tls_key_file go together".to_string();

@@ -531,6 +531,17 @@ fn render_status(s: &Status) -> String {
                 shard.replicas.len(),
                 shard.clients
             ));
+            if let Some(step) = &shard.handover {
+                out.push_str(&format!(
+                    "             handover to {}: {}{}{}\n",
+                    step.new,
+                    step.state.name(),
+                    step.lag_bytes
+                        .map(|l| format!(", lag {}", bytes(l.max(0) as u64)))
+                        .unwrap_or_default(),
+                    step.pause_ms.map(|p| format!(", pause {p:.1} ms")).unwrap_or_default()
+                ));
+            }
         }
     }
     if let Some(last) = &s.last_handover {

@@ -62,6 +62,8 @@ pub struct Front {
     proxies: std::sync::Mutex<std::collections::BTreeMap<u16, std::sync::Weak<Shared>>>,
     /// What every shard's proxy counts into: `/metrics` covers them all.
     pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// The running or last handover's steps, by shard port.
+    steps: std::sync::Mutex<std::collections::BTreeMap<u16, ShardStep>>,
     /// Wakes the refresh: a reply named a node the view does not have.
     refresh_now: tokio::sync::Notify,
 }
@@ -73,8 +75,31 @@ impl Front {
             view: ArcSwap::from_pointee(view),
             proxies: Default::default(),
             telemetry: Arc::new(crate::telemetry::Telemetry::new()),
+            steps: Default::default(),
             refresh_now: tokio::sync::Notify::new(),
         }
+    }
+
+    /// The proxy of the shard on `port`.
+    pub fn proxy_on(&self, port: u16) -> Option<Arc<Shared>> {
+        let proxies = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
+        proxies.get(&port).and_then(std::sync::Weak::upgrade)
+    }
+
+    /// The handover's step of the shard on `port`.
+    pub fn step_on(&self, port: u16) -> Option<ShardStep> {
+        self.steps.lock().unwrap_or_else(|e| e.into_inner()).get(&port).cloned()
+    }
+
+    /// Changes the handover's step of the shard on `port`.
+    pub fn update_step(&self, port: u16, update: impl FnOnce(&mut ShardStep)) {
+        let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
+        update(steps.entry(port).or_default());
+    }
+
+    /// Forgets the last handover's steps, as a new one starts.
+    pub fn clear_steps(&self) {
+        self.steps.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// The clients connected to the proxy of the shard on `port`.
@@ -118,6 +143,51 @@ impl Front {
                 self.refresh_now.notify_one();
                 Some(Redirect::Unplaced)
             }
+        }
+    }
+}
+
+/// Where one shard is in a cluster's handover.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ShardStep {
+    /// The NEW node that takes the shard over.
+    pub new: String,
+    pub state: StepState,
+    /// How long the shard's writes were held while its primary moved.
+    pub pause_ms: Option<f64>,
+    /// How far NEW was behind the primary at the last look, in bytes of the replication stream.
+    pub lag_bytes: Option<i64>,
+}
+
+/// A shard's step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    /// Checked, not started.
+    #[default]
+    Waiting,
+    /// NEW meets the cluster.
+    Joining,
+    /// NEW replicates from the shard's primary.
+    Syncing,
+    /// NEW is caught up and known to the primary as its replica.
+    Synced,
+    /// The shard's writes are held while its primary moves.
+    Paused,
+    /// NEW is the shard's primary.
+    Switched,
+}
+
+impl StepState {
+    /// The state as `GET /status` names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            StepState::Waiting => "waiting",
+            StepState::Joining => "joining",
+            StepState::Syncing => "syncing",
+            StepState::Synced => "synced",
+            StepState::Paused => "paused",
+            StepState::Switched => "switched",
         }
     }
 }
@@ -321,6 +391,18 @@ impl Shards {
             let Some(number) = *port else { continue };
             let primary = shard.primary.addr.as_str();
             match self.by_port.get(&number) {
+                // Only to a node that says it is a primary: the node the view was read from may not have heard of
+                // a failover yet (then the sessions stay where they are, on the node that did take over).
+                Some(shared)
+                    if &*shared.primary.current().server.addr != primary
+                        && !says_primary(&self.config, primary).await =>
+                {
+                    tracing::debug!(
+                        port = number,
+                        primary,
+                        "the view names a primary that says it is not one"
+                    );
+                }
                 Some(shared) if &*shared.primary.current().server.addr != primary => {
                     tracing::info!(
                         port = number,
@@ -349,6 +431,27 @@ impl Shards {
             }
         }
     }
+}
+
+/// Whether the node at `addr` says it is a primary (`ROLE`), asked within [`LOOK_TIMEOUT`].
+async fn says_primary(config: &Config, addr: &str) -> bool {
+    let credentials = Credentials {
+        user: config.old_user.clone(),
+        password: config.old_password.clone(),
+    };
+    let server = Server {
+        side: Side::Old,
+        addr: addr.into(),
+    };
+    let tls = crate::net::BackendTls::from_config(config).ok().flatten();
+    let Ok(mut conn) = ControlConn::connect(&server, &credentials, LOOK_TIMEOUT, tls.as_ref()).await else {
+        return false;
+    };
+    matches!(
+        conn.call(&["ROLE"], LOOK_TIMEOUT).await,
+        Ok(crate::protocol::value::Value::Array(parts))
+            if matches!(parts.first(), Some(crate::protocol::value::Value::Str(role)) if role == b"master")
+    )
 }
 
 /// The configuration of one shard's proxy: the primary is its OLD.
@@ -399,7 +502,7 @@ pub async fn start(seed: TcpListener, config: Config, stop: CancellationToken) -
         reason: e.to_string(),
     })?;
     let mut view = reader.read(std::slice::from_ref(&config.old)).await?;
-    view.ports = assign_ports(&view.topology, &config.cluster_ports, &HashMap::new());
+    view.ports = assign_ports(&view.topology, &config.cluster_ports, |_| None, &HashMap::new());
     tracing::info!(
         shards = view.topology.shards.len(),
         uncovered_slots = view.topology.uncovered_slots(),
@@ -531,7 +634,12 @@ async fn read_and_follow(shards: &mut Shards, config: &Config, reader: &mut Read
         reader.forget_node();
         return false;
     }
-    next.ports = assign_ports(&next.topology, &config.cluster_ports, &shards.ports_by_id);
+    next.ports = assign_ports(
+        &next.topology,
+        &config.cluster_ports,
+        |slot| current.port_of_slot(slot),
+        &shards.ports_by_id,
+    );
     if next.topology != current.topology || next.ports != current.ports || next.version != current.version {
         shards.follow(&mut next).await;
         tracing::info!(shards = next.topology.shards.len(), "the cluster changed");

@@ -214,18 +214,35 @@ impl Topology {
 }
 
 /// Gives each shard a proxy port from `ports`: the one it had (a shard keeps its port across a failover or a
-/// resharding, found by any of its node IDs), or the lowest one free. A shard left without one (more shards than
-/// ports) gets none.
-pub fn assign_ports(topology: &Topology, ports: &[u16], before: &HashMap<String, u16>) -> Vec<Option<u16>> {
+/// resharding: the port that served its first slot before, `by_slot`, or else the port of any of its node IDs),
+/// or the lowest one free. A shard left without one (more shards than ports) gets none.
+pub fn assign_ports(
+    topology: &Topology,
+    ports: &[u16],
+    by_slot: impl Fn(u16) -> Option<u16>,
+    before: &HashMap<String, u16>,
+) -> Vec<Option<u16>> {
     let mut taken: BTreeMap<u16, usize> = BTreeMap::new();
     let mut assigned = vec![None; topology.shards.len()];
-    for (i, shard) in topology.shards.iter().enumerate() {
-        if let Some(port) = shard.ids().find_map(|id| before.get(id).copied())
-            && ports.contains(&port)
-            && !taken.contains_key(&port)
-        {
-            taken.insert(port, i);
-            assigned[i] = Some(port);
+    // First by slots (what clients route by), then by node IDs (a shard with no slots).
+    let by_slots = |shard: &Shard| {
+        (!shard.primary.slots.is_empty())
+            .then(|| by_slot(shard.first_slot()))
+            .flatten()
+    };
+    let by_ids = |shard: &Shard| shard.ids().find_map(|id| before.get(id).copied());
+    for find in [&by_slots as &dyn Fn(&Shard) -> Option<u16>, &by_ids] {
+        for (i, shard) in topology.shards.iter().enumerate() {
+            if assigned[i].is_some() {
+                continue;
+            }
+            if let Some(port) = find(shard)
+                && ports.contains(&port)
+                && !taken.contains_key(&port)
+            {
+                taken.insert(port, i);
+                assigned[i] = Some(port);
+            }
         }
     }
     for (i, shard) in topology.shards.iter().enumerate() {
@@ -287,7 +304,7 @@ abcdefabcdefabcdefabcdefabcdefabcdefabcd :0@0 master,noaddr - 0 0 0 disconnected
         let nodes = parse_nodes(NODES).unwrap();
         let topology = Topology::from_nodes(&nodes);
         let ports = [7001, 7002, 7003, 7004];
-        let first = assign_ports(&topology, &ports, &HashMap::new());
+        let first = assign_ports(&topology, &ports, |_| None, &HashMap::new());
         assert_eq!(first, vec![Some(7001), Some(7002), Some(7003)]);
         // Shard 0's replica is promoted: its old primary now follows it.
         let mut after = topology.clone();
@@ -301,11 +318,11 @@ abcdefabcdefabcdefabcdefabcdefabcdefabcd :0@0 master,noaddr - 0 0 0 disconnected
         // The shards in another order, as after a resharding: each keeps its port.
         after.shards.reverse();
         assert_eq!(
-            assign_ports(&after, &ports, &before),
+            assign_ports(&after, &ports, |_| None, &before),
             vec![Some(7003), Some(7002), Some(7001)]
         );
         assert_eq!(
-            assign_ports(&topology, &ports[..2], &HashMap::new()),
+            assign_ports(&topology, &ports[..2], |_| None, &HashMap::new()),
             vec![Some(7001), Some(7002), None],
             "more shards than ports"
         );

@@ -7,6 +7,7 @@
 //! `aborted` with OLD still primary and nothing lost. Every transition is one call of `Run::enter`, which logs it and records it in the timeline.
 //! The Redis facts this rests on are in REDIS-FACTS.md ("Replication across versions", "Primitives").
 
+mod cluster;
 pub mod fleet;
 mod resolve;
 mod run;
@@ -152,6 +153,36 @@ pub struct Report {
     pub fleet: Vec<String>,
 }
 
+/// Why a handover stopped.
+#[derive(Debug)]
+struct Abort(String);
+
+impl From<crate::control::ControlError> for Abort {
+    fn from(error: crate::control::ControlError) -> Self {
+        Abort(error.to_string())
+    }
+}
+
+impl Report {
+    /// The record of a handover starting now, from `from` to `to`.
+    fn starting(from: String, to: String, request: Request) -> Report {
+        Report {
+            outcome: Phase::Preflight,
+            reason: None,
+            from,
+            to,
+            request,
+            started_at_unix_ms: schedule::now_ms(),
+            timeline: Vec::new(),
+            pause_ms: None,
+            writes_held: 0,
+            config_differences: Vec::new(),
+            warnings: Vec::new(),
+            fleet: Vec::new(),
+        }
+    }
+}
+
 /// Live progress, read by `GET /status`.
 #[derive(Debug, Default)]
 struct Progress {
@@ -181,10 +212,8 @@ pub enum StartError {
     Following(String),
     #[error("no rollback: {0}")]
     NoWindow(String),
-    #[error(
-        "this proxy fronts a Redis Cluster: a cluster is handed over shard by shard, which this version cannot do yet"
-    )]
-    Cluster,
+    #[error("this proxy fronts a Redis Cluster: {0}")]
+    Cluster(&'static str),
 }
 
 /// The handover controller: at most one handover at a time.
@@ -239,8 +268,11 @@ impl Handover {
 
     /// Starts a handover to the server that is not the primary now; returns at once.
     pub fn start(self: &Arc<Self>, request: Request) -> Result<(), StartError> {
-        if self.shared.cluster.is_some() {
-            return Err(StartError::Cluster);
+        if let Some(place) = &self.shared.cluster {
+            if request.sync_only {
+                return Err(StartError::Cluster("shadow reads are not built for a cluster yet"));
+            }
+            return self.start_cluster(place.front.clone(), request);
         }
         let (source, target) = self.servers().ok_or(StartError::NoTarget)?;
         if let Some(driver) = self.following() {
@@ -267,20 +299,12 @@ impl Handover {
         *self.cancel.lock().unwrap_or_else(|e| e.into_inner()) = Some(cancel.clone());
         // A sync-only run leaves the rollback window as it is.
         let uses_window = !request.sync_only && self.use_window();
-        let report = Report {
-            outcome: Phase::Preflight,
-            reason: None,
-            from: format!("{} {}", source.side.name(), source.addr),
-            to: format!("{} {}", target.side.name(), target.addr),
-            request: request.clone(),
-            started_at_unix_ms,
-            timeline: Vec::new(),
-            pause_ms: None,
-            writes_held: 0,
-            config_differences: Vec::new(),
-            warnings: Vec::new(),
-            fleet: Vec::new(),
-        };
+        let mut report = Report::starting(
+            format!("{} {}", source.side.name(), source.addr),
+            format!("{} {}", target.side.name(), target.addr),
+            request.clone(),
+        );
+        report.started_at_unix_ms = started_at_unix_ms;
         {
             let mut progress = self.lock();
             progress.current = Some(report);
@@ -348,7 +372,7 @@ impl Handover {
             return Err("shadow reads last from 1 s to 24 h".into());
         }
         if self.shared.cluster.is_some() {
-            return Err(StartError::Cluster.to_string());
+            return Err(StartError::Cluster("shadow reads are not built for a cluster yet").to_string());
         }
         let (source, target) = self.servers().ok_or_else(|| StartError::NoTarget.to_string())?;
         let describe = |s: &Server| format!("{} {}", s.side.name(), s.addr);
@@ -449,7 +473,9 @@ impl Handover {
     /// window is not open.
     pub fn rollback(self: &Arc<Self>, request: Request) -> Result<(), StartError> {
         if self.shared.cluster.is_some() {
-            return Err(StartError::Cluster);
+            return Err(StartError::Cluster(
+                "a cluster's rollback (CLUSTER FAILOVER back to each former primary) is not built yet",
+            ));
         }
         let (_, target) = self.servers().ok_or(StartError::NoTarget)?;
         if self.is_running() {
@@ -564,6 +590,28 @@ impl Handover {
                 .as_ref()
                 .map(|place| status::ClusterView::of(&place.front)),
         }
+    }
+
+    /// A running handover (started at `started`) moves to `phase`: closes the previous span of its timeline, opens
+    /// the next, and logs it.
+    fn enter(&self, started: std::time::Instant, phase: Phase) {
+        let at = started.elapsed().as_secs_f64() * 1000.0;
+        let mut progress = self.lock();
+        progress.phase = Some(phase);
+        if let Some(report) = progress.current.as_mut() {
+            if let Some(last) = report.timeline.last_mut() {
+                last.ended_ms.get_or_insert(at);
+            }
+            report.outcome = phase;
+            let finished = matches!(phase, Phase::Switched | Phase::Aborted | Phase::Synced);
+            report.timeline.push(PhaseSpan {
+                phase,
+                started_ms: at,
+                ended_ms: finished.then_some(at),
+            });
+        }
+        tracing::info!(phase = phase.name(), at_ms = at, "handover phase");
+        self.shared.telemetry.handover_phase.set(phase as u8 as f64);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Progress> {

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::fleet::{CLAIM_LEASE, CLAIM_RENEWAL, LEASE_MARGIN, Message, PEER_TIMEOUT};
 use super::resolve::{self, Outcome};
 use super::switch;
-use super::{FENCE_REPLICAS, FenceWas, Handover, Phase, PhaseSpan, Request, side_index, stream, window};
+use super::{Abort, FENCE_REPLICAS, FenceWas, Handover, Phase, Request, side_index, stream, window};
 use crate::config::same_host;
 use crate::control::{ControlConn, ControlError, parse_info, parse_version};
 use crate::primary::Server;
@@ -38,16 +38,6 @@ const EXEC_BYTES_5_0: i64 = 14;
 /// The span of writes the target's backlog should hold for the rollback window: OLD cut off for this long (or
 /// restarting) still resynchronizes partially.
 const BACKLOG_SPAN: Duration = Duration::from_secs(10);
-
-/// Why a handover stopped before the promotion.
-#[derive(Debug)]
-struct Abort(String);
-
-impl From<ControlError> for Abort {
-    fn from(error: ControlError) -> Self {
-        Abort(error.to_string())
-    }
-}
 
 /// What was changed on OLD during the pause, to be undone on an abort.
 #[derive(Debug, Default)]
@@ -518,25 +508,9 @@ impl Run {
         )
     }
 
-    /// Moves to `phase`: closes the previous span of the timeline, opens the next, and logs it.
+    /// Moves to `phase` (see [`Handover::enter`]).
     fn enter(&self, phase: Phase) {
-        let at = self.started.elapsed().as_secs_f64() * 1000.0;
-        let mut progress = self.handover.lock();
-        progress.phase = Some(phase);
-        if let Some(report) = progress.current.as_mut() {
-            if let Some(last) = report.timeline.last_mut() {
-                last.ended_ms.get_or_insert(at);
-            }
-            report.outcome = phase;
-            let finished = matches!(phase, Phase::Switched | Phase::Aborted | Phase::Synced);
-            report.timeline.push(PhaseSpan {
-                phase,
-                started_ms: at,
-                ended_ms: finished.then_some(at),
-            });
-        }
-        tracing::info!(phase = phase.name(), at_ms = at, "handover phase");
-        self.handover.shared.telemetry.handover_phase.set(phase as u8 as f64);
+        self.handover.enter(self.started, phase);
     }
 
     fn finish_with_reason(&self, reason: String) {

@@ -246,7 +246,10 @@ impl super::Handover {
     pub async fn schedule(self: &Arc<Self>, plan: Plan) -> Result<Scheduled, ScheduleError> {
         let now = now_ms();
         if self.shared().cluster.is_some() {
-            return Err(ScheduleError::Invalid(super::StartError::Cluster.to_string()));
+            return Err(ScheduleError::Invalid(
+                super::StartError::Cluster("a cluster's handover cannot be scheduled yet: start it with ctl handover")
+                    .to_string(),
+            ));
         }
         let (not_before, not_after) = bounds(&plan, now).map_err(ScheduleError::Invalid)?;
         let (source, target) = self.servers().ok_or(ScheduleError::NoTarget)?;

@@ -80,6 +80,9 @@ pub struct ShardView {
     pub replicas: Vec<String>,
     /// Clients connected to its port now.
     pub clients: usize,
+    /// Its step in the running or last handover; null before any.
+    #[serde(default)]
+    pub handover: Option<crate::cluster::ShardStep>,
 }
 
 impl ClusterView {
@@ -101,6 +104,7 @@ impl ClusterView {
                     slot_count: shard.primary.slots.iter().map(|(s, e)| u32::from(e - s) + 1).sum(),
                     replicas: shard.replicas.iter().map(|r| r.addr.clone()).collect(),
                     clients: port.map_or(0, |p| front.clients_on(p)),
+                    handover: port.and_then(|p| front.step_on(p)),
                 })
                 .collect(),
             uncovered_slots: view.topology.uncovered_slots(),

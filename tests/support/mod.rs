@@ -892,14 +892,15 @@ pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
 }
 
-/// A cluster node's settings.
+/// A cluster node's settings. The node timeout is long: on a loaded test machine a node slow to answer pings for a
+/// few seconds would be marked failed, and the cluster would say CLUSTERDOWN (no test needs failure detection).
 const CLUSTER_NODE_ARGS: [&str; 6] = [
     "--cluster-enabled",
     "yes",
     "--cluster-config-file",
     "nodes.conf",
     "--cluster-node-timeout",
-    "3000",
+    "30000",
 ];
 
 impl RedisCluster {
@@ -934,6 +935,11 @@ impl RedisCluster {
         let cluster = RedisCluster { nodes };
         cluster.wait_agreed();
         cluster
+    }
+
+    /// A fresh cluster node of `version`, in no cluster yet (a NEW node for a handover).
+    pub fn fresh_node(version: Version) -> RedisServer {
+        RedisServer::start_cluster_node(version, &CLUSTER_NODE_ARGS)
     }
 
     /// Adds a node of `version` as a replica of the node `of`, once it is synced and its primary lists it as its
@@ -1220,12 +1226,17 @@ impl Load {
 
     /// The same with the keys under `prefix` (one per proxy of a fleet).
     pub fn start_named(proxy: &Proxy, clients: usize, prefix: &str) -> Load {
+        Load::start_on(proxy.addr, clients, prefix)
+    }
+
+    /// `clients` writers through the proxy port `addr` (a shard's, in front of a cluster), their keys under `prefix`.
+    pub fn start_on(addr: SocketAddr, clients: usize, prefix: &str) -> Load {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        let addr = proxy.addr.to_string();
+        let addr = addr.to_string();
         let writers = runtime.block_on(async { redis_handover::consistency::Writers::start(&addr, clients, prefix) });
         Load {
             runtime,
