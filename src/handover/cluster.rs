@@ -24,6 +24,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long NEW nodes may take to be known to every primary, and to accept their primary.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(50);
+/// How long a primary may take to say `cluster_state:ok` in the pre-flight.
+const STATE_SETTLE: Duration = Duration::from_secs(10);
 
 /// One shard's move: its proxy, its primary, and the NEW node that takes over.
 struct ShardMove {
@@ -201,12 +203,21 @@ impl ClusterRun {
                 if !node.is_primary() {
                     continue;
                 }
-                let cluster = conn.info("cluster", CALL_TIMEOUT).await?;
-                let state = conn.call(&["CLUSTER", "INFO"], CALL_TIMEOUT).await?;
-                if !text(&state).contains("cluster_state:ok")
-                    || cluster.get("cluster_enabled").map(String::as_str) != Some("1")
-                {
-                    return Err(Abort(format!("{} does not say cluster_state:ok", node.addr)));
+                // A primary that took over lately may say `fail` for a few seconds (Redis's rejoin delay, up to
+                // 5 s): it is asked again until a bound.
+                let settle_by = Instant::now() + STATE_SETTLE;
+                loop {
+                    let state = text(&conn.call(&["CLUSTER", "INFO"], CALL_TIMEOUT).await?);
+                    if state.contains("cluster_state:ok") {
+                        break;
+                    }
+                    if Instant::now() > settle_by {
+                        return Err(Abort(format!(
+                            "{} does not say cluster_state:ok (within {STATE_SETTLE:?})",
+                            node.addr
+                        )));
+                    }
+                    tokio::time::sleep(POLL).await;
                 }
                 let nodes = text(&conn.call(&["CLUSTER", "NODES"], CALL_TIMEOUT).await?);
                 let own = crate::cluster::topology::parse_nodes(&nodes)
