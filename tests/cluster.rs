@@ -57,6 +57,15 @@ impl Fronted {
     }
 }
 
+/// The writes the proxy counted (`/metrics`), every shard's; none before the first write is counted.
+fn writes_counted(proxy: &Proxy) -> Option<f64> {
+    proxy
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_handover_commands_total{family=\"write\"} "))
+        .and_then(|v| v.parse().ok())
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -138,12 +147,8 @@ fn redis_py_and_ioredis_cluster_clients_learn_only_the_proxy_s_ports() {
     assert_spread(&fronted, "io:", 3000);
 
     // /metrics counts every shard's commands: the 6,000 SETs went through three ports.
-    let metrics = fronted.proxy.metrics();
-    let writes: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("redis_handover_commands_total{family=\"write\"} "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("the write count in:\n{metrics}"));
+    let writes =
+        writes_counted(&fronted.proxy).unwrap_or_else(|| panic!("the write count in:\n{}", fronted.proxy.metrics()));
     assert!(writes >= 6000.0, "{writes} writes counted");
     let status = fronted.proxy.status().cluster.expect("the cluster in the status");
     assert!(
@@ -369,14 +374,7 @@ fn a_failover_in_a_shard_moves_its_sessions_to_the_new_primary_with_no_error_and
     let proxy = Proxy::start(cluster.nodes[0].addr(), None, move |c| c.cluster_ports = vec![port]);
     let shown = proxy.status().cluster.expect("the cluster in the status");
     assert_eq!(shown.shards[0].replicas, [cluster.nodes[replica].addr().to_string()]);
-    let writes = || {
-        let metrics = proxy.metrics();
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("redis_handover_commands_total{family=\"write\"} "))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let writes = || writes_counted(&proxy).unwrap_or(0.0);
     // One hash tag: the checker reads the keys back with MGET, which a cluster allows only within one slot.
     let load = support::Load::start_named(&proxy, 4, "{fault}");
     support::wait_until("writes under way", Duration::from_secs(10), || writes() > 500.0);
@@ -439,14 +437,7 @@ fn a_cluster_is_handed_over_shard_by_shard_under_load_with_nothing_lost() {
             support::Load::start_on(([127, 0, 0, 1], port).into(), 3, &tag_on(&cluster, i))
         })
         .collect();
-    let writes = || {
-        proxy
-            .metrics()
-            .lines()
-            .find_map(|l| l.strip_prefix("redis_handover_commands_total{family=\"write\"} "))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let writes = || writes_counted(&proxy).unwrap_or(0.0);
     support::wait_until("writes under way", Duration::from_secs(10), || writes() > 1000.0);
 
     // A generous pause budget: a manual failover needs the cluster bus to carry the votes, which a loaded test

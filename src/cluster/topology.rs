@@ -186,6 +186,16 @@ impl Topology {
         Topology { shards }
     }
 
+    /// The addresses of the primaries that serve slots (a primary with none holds no data, or is a former primary
+    /// that the node read from has not heard of as a replica yet).
+    pub fn serving_primaries(&self) -> Vec<&str> {
+        self.shards
+            .iter()
+            .filter(|s| !s.primary.slots.is_empty())
+            .map(|s| s.primary.addr.as_str())
+            .collect()
+    }
+
     /// The shard that serves `slot`.
     pub fn shard_of_slot(&self, slot: u16) -> Option<usize> {
         self.shards.iter().position(|s| {

@@ -101,13 +101,7 @@ impl ClusterRun {
         let deadline = Instant::now() + JOIN_TIMEOUT;
         loop {
             let view = self.front.view();
-            let primaries: Vec<&str> = view
-                .topology
-                .shards
-                .iter()
-                .filter(|s| !s.primary.slots.is_empty())
-                .map(|s| s.primary.addr.as_str())
-                .collect();
+            let primaries = view.topology.serving_primaries();
             if moves.iter().all(|m| primaries.contains(&&*m.new.addr)) {
                 return Ok(());
             }
@@ -589,13 +583,7 @@ impl Handover {
         *self.cancel.lock().unwrap_or_else(|e| e.into_inner()) = Some(cancel.clone());
         front.clear_steps();
         let view = front.view();
-        let primaries: Vec<&str> = view
-            .topology
-            .shards
-            .iter()
-            .filter(|s| !s.primary.slots.is_empty())
-            .map(|s| s.primary.addr.as_str())
-            .collect();
+        let primaries = view.topology.serving_primaries();
         let report = super::Report::starting(
             format!("cluster {}", primaries.join(" ")),
             format!("cluster {}", self.shared.config.cluster_new.join(" ")),
