@@ -354,17 +354,37 @@ fn is_spare(line: &str) -> bool {
     line.contains("name= ") && (line.contains("cmd=client|list") || line.contains("cmd=NULL"))
 }
 
-/// The ids of the idle connections kept ready for sessions that pin, once there are `count` of them.
-fn spares(direct: &mut Client, count: usize) -> Vec<String> {
-    let mut ids = Vec::new();
+/// The proxy's count of its open connections to OLD.
+fn open_backend_connections(proxy: &Proxy) -> f64 {
+    let metrics = proxy.metrics();
+    let line = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_handover_backend_connections{server=\"old\"} "))
+        .map(str::to_string);
+    line.expect("the backend connection gauge").trim().parse().unwrap()
+}
+
+/// The ids of the idle connections kept ready for sessions that pin, once the proxy has `count` of them open
+/// beside its one shared link. The proxy's own count is awaited, not the server's list: a connection the server
+/// lists may still be opening on the proxy's side (its `CLIENT LIST` answered but not yet read), and a control
+/// connection that has not yet sent its first command looks idle too.
+fn spares(proxy: &Proxy, direct: &mut Client, count: usize) -> Vec<String> {
     support::wait_until("the spare connections to be open", Duration::from_secs(10), || {
-        ids = server_connections(direct)
-            .iter()
-            .filter(|c| is_spare(c))
-            .map(|c| connection_id(c).to_string())
-            .collect();
-        ids.len() >= count
+        open_backend_connections(proxy) >= (count + 1) as f64
     });
+    let mut ids = Vec::new();
+    support::wait_until(
+        "the server to list the spare connections",
+        Duration::from_secs(10),
+        || {
+            ids = server_connections(direct)
+                .iter()
+                .filter(|c| c.contains("name= ") && c.contains("cmd=client|list"))
+                .map(|c| connection_id(c).to_string())
+                .collect();
+            ids.len() >= count
+        },
+    );
     ids
 }
 
@@ -380,7 +400,7 @@ fn a_session_pins_onto_a_ready_connection_and_returns_when_its_state_is_gone() {
     let mut c = proxy.client();
     let mut direct = redis.direct();
     assert!(client_info(&mut c).contains("name=redis-handover:shared:db0:resp2"));
-    let ready = spares(&mut direct, 2);
+    let ready = spares(&proxy, &mut direct, 2);
 
     // A blocking call pins the session onto one of the connections kept ready: no connect, no wait.
     c.send(&["BLPOP", "q", "0"]);
@@ -601,10 +621,17 @@ fn reads_of_other_sessions_are_answered_while_a_paused_write_holds_a_link() {
     // A write held by CLIENT PAUSE WRITE: reads of other sessions are answered meanwhile.
     assert_eq!(direct.run("CLIENT PAUSE 20000 WRITE"), Reply::ok());
     runner.send(&["SET", "k", "paused"]);
-    // Held for a second at least (CLIENT LIST counts idle time in seconds), so longer than `links::STALL`.
+    // Held for a second at least, so longer than `links::STALL`. CLIENT LIST counts idle time in whole seconds of
+    // the server's clock, so `idle=1` can come a moment after the SET arrived (a second boundary crossed): 2 is
+    // the first count that means a full second.
     support::wait_until("the SET to be held", Duration::from_secs(10), || {
         let list = direct.run("CLIENT LIST").text();
-        list.lines().any(|l| l.contains("cmd=set") && !l.contains(" idle=0 "))
+        list.lines().any(|l| {
+            l.contains("cmd=set")
+                && l.split(' ')
+                    .find_map(|f| f.strip_prefix("idle="))
+                    .is_some_and(|idle| idle.parse::<u64>().is_ok_and(|idle| idle >= 2))
+        })
     });
     other.send(&["GET", "k"]);
     let answer = other.read_within(Duration::from_secs(10));
