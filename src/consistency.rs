@@ -61,6 +61,8 @@ pub struct Report {
     pub longest_wait_ms: f64,
     /// A few details of what was lost, if anything.
     pub lost_examples: Vec<String>,
+    /// The first errors the writers received, if any.
+    pub error_examples: Vec<String>,
 }
 
 /// Writers running in the background until stopped.
@@ -213,6 +215,11 @@ pub async fn verify(addr: &str, prefix: &str, logs: &[WriterLog]) -> Result<Repo
         ..Report::default()
     };
     for log in logs {
+        for error in &log.errors {
+            if report.error_examples.len() < 5 {
+                report.error_examples.push(error.clone());
+            }
+        }
         report.failed_batches += log.failed_batches;
         report.reconnects += log.reconnects;
         report.longest_wait_ms = report.longest_wait_ms.max(log.longest_wait_ms);

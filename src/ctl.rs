@@ -534,13 +534,31 @@ fn render_status(s: &Status) -> String {
             if let Some(step) = &shard.handover {
                 out.push_str(&format!(
                     "             handover to {}: {}{}{}\n",
-                    step.new,
+                    step.to,
                     step.state.name(),
                     step.lag_bytes
                         .map(|l| format!(", lag {}", bytes(l.max(0) as u64)))
                         .unwrap_or_default(),
                     step.pause_ms.map(|p| format!(", pause {p:.1} ms")).unwrap_or_default()
                 ));
+            }
+            if let Some(w) = &shard.window {
+                out.push_str(&match w.state {
+                    WindowState::Closed => format!(
+                        "             way back to {}: closed at {}: {}\n",
+                        w.follower,
+                        w.closed_at_unix_ms.map_or("-".into(), |ms| when(ms).to_string()),
+                        or_dash(&w.reason)
+                    ),
+                    WindowState::Open | WindowState::InUse => format!(
+                        "             way back to {}: {} until {}, lag {}, link {}\n",
+                        w.follower,
+                        if w.state == WindowState::Open { "open" } else { "in use" },
+                        when(w.until_unix_ms),
+                        w.lag_bytes.map_or("-".into(), |l| bytes(l.max(0) as u64)),
+                        if w.link_up { "up" } else { "down" }
+                    ),
+                });
             }
         }
     }
@@ -564,7 +582,6 @@ fn render_status(s: &Status) -> String {
 
 /// The rollback window's line: open (until when, lag), closed (why), or off.
 fn render_window(window: &RollbackWindow) -> String {
-    let when = |ms: u64| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms));
     let Some(w) = window.window() else {
         return "rollback     off (rollback_window_s = 0)\n".into();
     };
@@ -594,6 +611,11 @@ fn render_window(window: &RollbackWindow) -> String {
             }
         ),
     }
+}
+
+/// A time of the admin API (milliseconds since the epoch), as ctl prints it.
+fn when(ms: u64) -> humantime::Rfc3339Timestamp {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms))
 }
 
 fn bytes(n: u64) -> String {

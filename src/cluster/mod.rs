@@ -64,6 +64,10 @@ pub struct Front {
     pub telemetry: Arc<crate::telemetry::Telemetry>,
     /// The running or last handover's steps, by shard port.
     steps: std::sync::Mutex<std::collections::BTreeMap<u16, ShardStep>>,
+    /// Each moved shard's way back, by shard port (see [`ShardWindow`]).
+    windows: std::sync::Mutex<std::collections::BTreeMap<u16, ShardWindow>>,
+    /// Whether a task watches the open windows.
+    pub windows_watched: std::sync::atomic::AtomicBool,
     /// Wakes the refresh: a reply named a node the view does not have.
     refresh_now: tokio::sync::Notify,
 }
@@ -76,6 +80,8 @@ impl Front {
             proxies: Default::default(),
             telemetry: Arc::new(crate::telemetry::Telemetry::new()),
             steps: Default::default(),
+            windows: Default::default(),
+            windows_watched: Default::default(),
             refresh_now: tokio::sync::Notify::new(),
         }
     }
@@ -100,6 +106,25 @@ impl Front {
     /// Forgets the last handover's steps, as a new one starts.
     pub fn clear_steps(&self) {
         self.steps.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// The way back of the shard on `port`, if it has one.
+    pub fn window_on(&self, port: u16) -> Option<ShardWindow> {
+        self.windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&port)
+            .cloned()
+    }
+
+    /// Every shard's way back, by port.
+    pub fn windows(&self) -> std::collections::BTreeMap<u16, ShardWindow> {
+        self.windows.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Changes the ways back under one lock: `change` sees them all, and may add, alter or remove any.
+    pub fn change_windows<T>(&self, change: impl FnOnce(&mut std::collections::BTreeMap<u16, ShardWindow>) -> T) -> T {
+        change(&mut self.windows.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// The clients connected to the proxy of the shard on `port`.
@@ -150,13 +175,45 @@ impl Front {
 /// Where one shard is in a cluster's handover.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ShardStep {
-    /// The NEW node that takes the shard over.
-    pub new: String,
+    /// The node that takes the shard over: a NEW node, or on the way back (`ctl rollback`) the former primary.
+    pub to: String,
     pub state: StepState,
     /// How long the shard's writes were held while its primary moved.
     pub pause_ms: Option<f64>,
     /// How far NEW was behind the primary at the last look, in bytes of the replication stream.
     pub lag_bytes: Option<i64>,
+}
+
+/// A shard's way back after a cluster handover: its former primary stays a replica of the NEW node that took over,
+/// and `ctl rollback` fails over to it again, the same way, while the window is open. It closes, with the cause, when
+/// the former primary restarts, follows another node, starts a full sync (an older Redis cannot load a newer RDB:
+/// it would empty itself and stay out of sync), cannot apply a command NEW sent it, is cut off for longer than the
+/// grace, or when `rollback_window_s` runs out. A closed window leaves the node as it is: a cluster node cannot be
+/// detached as a standalone one is.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ShardWindow {
+    pub state: crate::handover::window::WindowState,
+    /// The former primary, a replica now, and its node ID.
+    pub follower: String,
+    pub follower_id: String,
+    /// The primary it follows (the NEW node), and its node ID.
+    pub primary: String,
+    pub primary_id: String,
+    pub opened_at_unix_ms: u64,
+    /// When `rollback_window_s` runs out.
+    pub until_unix_ms: u64,
+    pub closed_at_unix_ms: Option<u64>,
+    /// How far the follower is behind the primary, in bytes of the replication stream, at the last look.
+    pub lag_bytes: Option<i64>,
+    pub link_up: bool,
+    pub cause: Option<crate::handover::window::Cause>,
+    /// Why it closed, naming what happened.
+    pub reason: Option<String>,
+    /// The follower's run ID and `unexpected_error_replies` (6.2 and later) as the window opened.
+    #[serde(skip)]
+    pub follower_run_id: String,
+    #[serde(skip)]
+    pub errors_at_open: Option<u64>,
 }
 
 /// A shard's step.

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::window::WindowState;
 use super::{Abort, Handover, Phase, Request};
 use crate::cluster::{Front, ShardStep, StepState};
 use crate::control::{ControlConn, Credentials, parse_version};
@@ -27,15 +28,16 @@ const POLL: Duration = Duration::from_millis(50);
 /// How long a primary may take to say `cluster_state:ok` in the pre-flight.
 const STATE_SETTLE: Duration = Duration::from_secs(10);
 
-/// One shard's move: its proxy, its primary, and the NEW node that takes over.
+/// One shard's move: its proxy, its primary, and the node that takes over (a NEW node, or on the way back the
+/// former primary).
 struct ShardMove {
     port: u16,
     shared: Arc<Shared>,
-    primary: Server,
-    primary_id: String,
-    new: Server,
-    new_id: String,
-    /// NEW is the shard's primary already (a handover run again after it stopped part way).
+    from: Server,
+    from_id: String,
+    to: Server,
+    to_id: String,
+    /// The node that takes over is the shard's primary already (a handover run again after it stopped part way).
     done: bool,
 }
 
@@ -46,16 +48,25 @@ pub(super) struct ClusterRun {
     request: Request,
     cancel: CancellationToken,
     started: Instant,
+    /// The way back (`ctl rollback`): each shard whose window is in use moves to its former primary.
+    back: bool,
 }
 
 impl ClusterRun {
-    pub(super) fn new(handover: Arc<Handover>, front: Arc<Front>, request: Request, cancel: CancellationToken) -> Self {
+    pub(super) fn new(
+        handover: Arc<Handover>,
+        front: Arc<Front>,
+        request: Request,
+        cancel: CancellationToken,
+        back: bool,
+    ) -> Self {
         ClusterRun {
             handover,
             front,
             request,
             cancel,
             started: Instant::now(),
+            back,
         }
     }
 
@@ -66,6 +77,11 @@ impl ClusterRun {
         // A shard's writes are never left held.
         for shard in &moves {
             shard.shared.gate.open();
+        }
+        if self.back {
+            self.after_back(&moves);
+        } else {
+            self.open_windows(&moves).await;
         }
         match result {
             Ok(()) => {
@@ -86,9 +102,13 @@ impl ClusterRun {
     }
 
     async fn steps(&self, moves: &mut Vec<ShardMove>) -> Result<(), Abort> {
-        *moves = self.preflight().await?;
-        self.enter(Phase::Syncing);
-        self.join(moves).await?;
+        if self.back {
+            *moves = self.preflight_back()?;
+        } else {
+            *moves = self.preflight().await?;
+            self.enter(Phase::Syncing);
+            self.join(moves).await?;
+        }
         self.enter(Phase::CatchingUp);
         self.catch_up(moves).await?;
         for shard in moves.iter().filter(|m| !m.done) {
@@ -102,13 +122,13 @@ impl ClusterRun {
         loop {
             let view = self.front.view();
             let primaries = view.topology.serving_primaries();
-            if moves.iter().all(|m| primaries.contains(&&*m.new.addr)) {
+            if moves.iter().all(|m| primaries.contains(&&*m.to.addr)) {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(Abort(format!(
                     "every shard's primary moved, but the cluster did not show it within {JOIN_TIMEOUT:?}: its \
-                     nodes name {primaries:?}"
+                     nodes name {primaries:?} as primaries"
                 )));
             }
             self.front.wake();
@@ -118,6 +138,91 @@ impl ClusterRun {
 
     fn enter(&self, phase: Phase) {
         self.handover.enter(self.started, phase);
+    }
+
+    /// The way back's moves: each shard whose window the rollback took, from its NEW node to its former primary,
+    /// which replicates from it (the windows' watcher saw it follow with no gap until the rollback took them).
+    fn preflight_back(&self) -> Result<Vec<ShardMove>, Abort> {
+        let view = self.front.view();
+        let mut moves = Vec::new();
+        for (port, window) in self.front.windows() {
+            if window.state != WindowState::InUse {
+                continue;
+            }
+            let shared = self
+                .front
+                .proxy_on(port)
+                .ok_or_else(|| Abort(format!("the shard on port {port} has no proxy")))?;
+            let primary_now = view
+                .topology
+                .shards
+                .iter()
+                .zip(&view.ports)
+                .find(|(_, p)| **p == Some(port))
+                .map(|(shard, _)| shard.primary.id.clone());
+            let done = primary_now.as_deref() == Some(&window.follower_id);
+            if !done && primary_now.as_deref() != Some(&window.primary_id) {
+                return Err(Abort(format!(
+                    "the shard on port {port} is served by another primary than {} since its handover: the cluster \
+                     changed, so the way back does not hold",
+                    window.primary
+                )));
+            }
+            self.step(port, |s| {
+                *s = ShardStep {
+                    to: window.follower.clone(),
+                    state: if done { StepState::Switched } else { StepState::Waiting },
+                    pause_ms: None,
+                    lag_bytes: None,
+                }
+            });
+            moves.push(ShardMove {
+                port,
+                shared,
+                from: super::cluster_window::primary(&window),
+                from_id: window.primary_id.clone(),
+                to: super::cluster_window::follower(&window),
+                to_id: window.follower_id.clone(),
+                done,
+            });
+        }
+        if moves.is_empty() {
+            return Err(Abort("no shard's way back is open".into()));
+        }
+        Ok(moves)
+    }
+
+    /// After a handover: a window for each shard this run moved (whatever the outcome: a run that stopped part way
+    /// leaves the shards it moved on NEW, with their way back).
+    async fn open_windows(&self, moves: &[ShardMove]) {
+        if self.handover.shared.config.rollback_window_s == 0 {
+            return;
+        }
+        for shard in moves.iter().filter(|m| !m.done) {
+            if self.front.step_on(shard.port).map(|s| s.state) != Some(StepState::Switched) {
+                continue;
+            }
+            let window = self
+                .handover
+                .open_cluster_window(shard.port, (&shard.from, &shard.from_id), (&shard.to, &shard.to_id))
+                .await;
+            self.front.change_windows(|windows| windows.insert(shard.port, window));
+        }
+        self.handover.watch_cluster_windows(&self.front);
+    }
+
+    /// After the way back: a shard back on its former primary has no window any more; the others' are open again.
+    fn after_back(&self, moves: &[ShardMove]) {
+        self.front.change_windows(|windows| {
+            for shard in moves {
+                if self.front.step_on(shard.port).map(|s| s.state) == Some(StepState::Switched) {
+                    windows.remove(&shard.port);
+                }
+            }
+            for window in windows.values_mut().filter(|w| w.state == WindowState::InUse) {
+                window.state = WindowState::Open;
+            }
+        });
     }
 
     fn step(&self, port: u16, update: impl FnOnce(&mut ShardStep)) {
@@ -292,7 +397,7 @@ impl ClusterRun {
             }
             self.step(port, |s| {
                 *s = ShardStep {
-                    new: new.clone(),
+                    to: new.clone(),
                     state: if done { StepState::Switched } else { StepState::Waiting },
                     pause_ms: None,
                     lag_bytes: None,
@@ -301,10 +406,10 @@ impl ClusterRun {
             moves.push(ShardMove {
                 port,
                 shared,
-                primary: old_server(&shard.primary.addr),
-                primary_id: shard.primary.id.clone(),
-                new: new_server,
-                new_id,
+                from: old_server(&shard.primary.addr),
+                from_id: shard.primary.id.clone(),
+                to: new_server,
+                to_id: new_id,
                 done,
             });
         }
@@ -316,38 +421,53 @@ impl ClusterRun {
         let moves: Vec<&ShardMove> = moves.iter().filter(|m| !m.done).collect();
         for shard in &moves {
             self.step(shard.port, |s| s.state = StepState::Joining);
-            let mut new = self.connect(&shard.new).await?;
+            let mut new = self.connect(&shard.to).await?;
             let (host, port) = shard
-                .primary
+                .from
                 .addr
                 .rsplit_once(':')
-                .ok_or_else(|| Abort(format!("{} is not host:port", shard.primary.addr)))?;
+                .ok_or_else(|| Abort(format!("{} is not host:port", shard.from.addr)))?;
             new.ok(&["CLUSTER", "MEET", host, port], CALL_TIMEOUT).await?;
         }
         let deadline = Instant::now() + JOIN_TIMEOUT;
         for shard in moves {
-            let mut new = self.connect(&shard.new).await?;
+            let mut new = self.connect(&shard.to).await?;
             // The node learns its primary by gossip: REPLICATE is refused until then.
             loop {
                 self.cancelled()?;
                 match new
-                    .call(&["CLUSTER", "REPLICATE", &shard.primary_id], CALL_TIMEOUT)
+                    .call(&["CLUSTER", "REPLICATE", &shard.from_id], CALL_TIMEOUT)
                     .await?
                 {
                     Value::Error(error) if Instant::now() < deadline => {
-                        tracing::debug!(%error, node = %shard.new.addr, "not yet");
+                        tracing::debug!(%error, node = %shard.to.addr, "not yet");
                         tokio::time::sleep(POLL).await;
                     }
                     Value::Error(error) => {
                         return Err(Abort(format!(
                             "NEW {} did not become a replica of {} within {JOIN_TIMEOUT:?}: {error}",
-                            shard.new.addr, shard.primary.addr
+                            shard.to.addr, shard.from.addr
                         )));
                     }
                     _ => break,
                 }
             }
             self.step(shard.port, |s| s.state = StepState::Syncing);
+            // The backlog the way back needs: the former primary follows NEW by partial resync (a full one would
+            // empty an older node, which cannot load NEW's RDB).
+            let config = &self.handover.shared.config;
+            if config.rollback_window_s > 0 {
+                let current: u64 = new
+                    .config_get("repl-backlog-size", CALL_TIMEOUT)
+                    .await?
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if current < config.rollback_backlog_bytes {
+                    let wanted = config.rollback_backlog_bytes.to_string();
+                    new.ok(&["CONFIG", "SET", "repl-backlog-size", &wanted], CALL_TIMEOUT)
+                        .await?;
+                }
+            }
         }
         Ok(())
     }
@@ -357,8 +477,8 @@ impl ClusterRun {
     async fn catch_up(&self, moves: &[ShardMove]) -> Result<(), Abort> {
         let deadline = Instant::now() + Duration::from_secs(self.request.catchup_timeout_s);
         for shard in moves.iter().filter(|m| !m.done) {
-            let mut new = self.connect(&shard.new).await?;
-            let mut primary = self.connect(&shard.primary).await?;
+            let mut new = self.connect(&shard.to).await?;
+            let mut primary = self.connect(&shard.from).await?;
             loop {
                 self.cancelled()?;
                 let replica = new.info("replication", CALL_TIMEOUT).await?;
@@ -377,17 +497,17 @@ impl ClusterRun {
                 self.step(shard.port, |s| s.lag_bytes = lag);
                 let listed = text(&primary.call(&["CLUSTER", "NODES"], CALL_TIMEOUT).await?)
                     .lines()
-                    .any(|l| l.starts_with(&shard.new_id) && l.contains(&format!("slave {}", shard.primary_id)));
+                    .any(|l| l.starts_with(&shard.to_id) && l.contains(&format!("slave {}", shard.from_id)));
                 if listed && lag.is_some_and(|lag| lag <= self.request.max_lag_bytes as i64) {
                     self.step(shard.port, |s| s.state = StepState::Synced);
                     break;
                 }
                 if Instant::now() > deadline {
                     return Err(Abort(format!(
-                        "NEW {} was not synced with {} within catchup_timeout_s = {} (link {}, lag {lag:?}, known to \
-                         its primary: {listed})",
-                        shard.new.addr,
-                        shard.primary.addr,
+                        "{} was not synced with {} within catchup_timeout_s = {} (link {}, lag {lag:?}, known to its \
+                         primary: {listed})",
+                        who(&shard.to),
+                        shard.from.addr,
                         self.request.catchup_timeout_s,
                         if up { "up" } else { "down" }
                     )));
@@ -403,8 +523,8 @@ impl ClusterRun {
     /// NEW, the writes let go to it.
     async fn move_primary(&self, shard: &ShardMove, moves: &[ShardMove]) -> Result<(), Abort> {
         self.cancelled()?;
-        let mut new = self.connect(&shard.new).await?;
-        self.wait_for_epoch(&mut new, shard, moves).await?;
+        let mut new = self.connect(&shard.to).await?;
+        self.wait_for_voters(&mut new, shard, moves).await?;
         let budget = Duration::from_millis(self.request.max_pause_ms);
         let gate = &shard.shared.gate;
         let paused_at = Instant::now();
@@ -419,7 +539,7 @@ impl ClusterRun {
                     gate.writes_in_flight(),
                     shard.port,
                     self.request.max_pause_ms,
-                    shard.primary.addr
+                    shard.from.addr
                 )));
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -439,7 +559,7 @@ impl ClusterRun {
             if asked_at.elapsed() > MANUAL_FAILOVER_TIMEOUT
                 && deadline.saturating_duration_since(Instant::now()) > MANUAL_FAILOVER_TIMEOUT / 5
             {
-                tracing::warn!(node = %shard.new.addr, "the manual failover timed out; asking again");
+                tracing::warn!(node = %shard.to.addr, "the manual failover timed out; asking again");
                 new.ok(&["CLUSTER", "FAILOVER"], CALL_TIMEOUT).await?;
                 asked_at = Instant::now();
             }
@@ -447,14 +567,16 @@ impl ClusterRun {
                 // Writes go on to the old primary; if the failover completes after all, the proxy follows it as
                 // any failover (the old primary redirects, the refresh finds the new one).
                 return Err(Abort(format!(
-                    "NEW {} was not the primary of its shard within max_pause_ms = {} after CLUSTER FAILOVER; the \
-                     writes went on to {}",
-                    shard.new.addr, self.request.max_pause_ms, shard.primary.addr
+                    "{} was not the primary of its shard within max_pause_ms = {} after CLUSTER FAILOVER; the writes \
+                     went on to {}",
+                    who(&shard.to),
+                    self.request.max_pause_ms,
+                    shard.from.addr
                 )));
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        let primary = shard.shared.primary.switch_to(shard.new.clone());
+        let primary = shard.shared.primary.switch_to(shard.to.clone());
         gate.notify();
         // Subscribers, tracking and blocked calls move before any write reaches NEW.
         let settle_by = Instant::now().max(deadline);
@@ -486,10 +608,21 @@ impl ClusterRun {
 const MANUAL_FAILOVER_TIMEOUT: Duration = Duration::from_millis(5_500);
 
 impl ClusterRun {
-    /// Waits, before a shard's pause, until its NEW node has caught up with the cluster's current epoch: a
-    /// replica asks the primaries for their votes in its own next epoch, and a primary ignores a request from an
-    /// epoch behind its own, so a NEW node that has not heard of the last failover yet would fail its own.
-    async fn wait_for_epoch(&self, new: &mut ControlConn, shard: &ShardMove, moves: &[ShardMove]) -> Result<(), Abort> {
+    /// Waits, before a shard's pause, until the node taking over says `cluster_state:ok` (a node that joined lately
+    /// says fail until it has heard from every primary which slots it serves, and promoted then, it would answer
+    /// CLUSTERDOWN to the shard's writes), and every primary that votes would vote for it:
+    /// - that node has caught up with the cluster's current epoch: a replica asks the primaries for their votes in
+    ///   its own next epoch, and a primary ignores a request from an epoch behind its own, so a node that has not
+    ///   heard of the last failover yet would fail its own;
+    /// - every primary serving slots knows it as a replica of the shard's primary: a primary refuses its vote to a
+    ///   node it still takes for a primary (a node just met), and a failover needs a majority of them (with two
+    ///   shards, both).
+    async fn wait_for_voters(
+        &self,
+        new: &mut ControlConn,
+        shard: &ShardMove,
+        moves: &[ShardMove],
+    ) -> Result<(), Abort> {
         let deadline = Instant::now() + JOIN_TIMEOUT;
         let epoch = |text: &str| -> u64 {
             text.lines()
@@ -497,31 +630,103 @@ impl ClusterRun {
                 .and_then(|n| n.trim().parse().ok())
                 .unwrap_or(0)
         };
+        let replica_line = format!("slave {}", shard.from_id);
         loop {
             self.cancelled()?;
-            let mut highest = 0;
-            for other in moves {
-                let node = if other.done || other.shared.primary.current().server.addr == other.new.addr {
-                    &other.new
-                } else {
-                    &other.primary
-                };
-                let mut conn = self.connect(node).await?;
-                highest = highest.max(epoch(&text(&conn.call(&["CLUSTER", "INFO"], CALL_TIMEOUT).await?)));
+            // Each moving shard's primary as the run left it (the proxy's view may not have heard yet), and the
+            // view's other primaries.
+            let mut voters: Vec<Server> = moves
+                .iter()
+                .map(|other| {
+                    if other.done || other.shared.primary.current().server.addr == other.to.addr {
+                        other.to.clone()
+                    } else {
+                        other.from.clone()
+                    }
+                })
+                .collect();
+            let view = self.front.view();
+            for addr in view.topology.serving_primaries() {
+                if !moves.iter().any(|m| &*m.from.addr == addr || &*m.to.addr == addr) {
+                    voters.push(self.node(addr));
+                }
             }
-            let own = epoch(&text(&new.call(&["CLUSTER", "INFO"], CALL_TIMEOUT).await?));
-            if own >= highest {
+            let mut highest = 0;
+            let mut unaware = Vec::new();
+            for voter in &voters {
+                let mut conn = self.connect(voter).await?;
+                highest = highest.max(epoch(&text(&conn.call(&["CLUSTER", "INFO"], CALL_TIMEOUT).await?)));
+                let knows = text(&conn.call(&["CLUSTER", "NODES"], CALL_TIMEOUT).await?)
+                    .lines()
+                    .any(|l| l.starts_with(&shard.to_id) && l.contains(&replica_line) && linked(l));
+                if !knows {
+                    unaware.push(voter.addr.to_string());
+                }
+            }
+            // And the candidate has a link to each of them, to ask for their votes.
+            let own_view = text(&new.call(&["CLUSTER", "NODES"], CALL_TIMEOUT).await?);
+            for voter in &voters {
+                let at = format!(" {}@", voter.addr);
+                if !own_view.lines().any(|l| l.contains(&at) && linked(l)) {
+                    unaware.push(format!("{} (no link from {})", voter.addr, shard.to.addr));
+                }
+            }
+            let info = text(&new.call(&["CLUSTER", "INFO"], CALL_TIMEOUT).await?);
+            let own = epoch(&info);
+            let ok = info.contains("cluster_state:ok");
+            if own >= highest && unaware.is_empty() && ok {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(Abort(format!(
-                    "NEW {} did not learn the cluster's current epoch ({highest}, it has {own}) within {JOIN_TIMEOUT:?}",
-                    shard.new.addr
-                )));
+                return Err(Abort(if !ok {
+                    format!(
+                        "{} did not say cluster_state:ok within {JOIN_TIMEOUT:?}: promoted, it would answer \
+                         CLUSTERDOWN",
+                        who(&shard.to)
+                    )
+                } else if own < highest {
+                    format!(
+                        "{} did not learn the cluster's current epoch ({highest}, it has {own}) within \
+                         {JOIN_TIMEOUT:?}",
+                        who(&shard.to)
+                    )
+                } else {
+                    format!(
+                        "the primaries {} did not learn that {} is a replica of {} within {JOIN_TIMEOUT:?}, so they \
+                         would refuse it their votes",
+                        unaware.join(", "),
+                        who(&shard.to),
+                        shard.from.addr
+                    )
+                }));
             }
             tokio::time::sleep(POLL).await;
         }
     }
+
+    /// A node of the cluster, reached with NEW's credentials if it is one of `cluster_new`, else OLD's.
+    fn node(&self, addr: &str) -> Server {
+        let side = if self.handover.shared.config.cluster_new.iter().any(|n| n == addr) {
+            Side::New
+        } else {
+            Side::Old
+        };
+        Server {
+            side,
+            addr: addr.into(),
+        }
+    }
+}
+
+/// Whether a `CLUSTER NODES` line shows the node's cluster bus link up from the node that answered (its link-state
+/// field): a vote, or a request for one, goes only over a link that is up, and is dropped otherwise (a node just
+/// met may have none yet), which a manual failover then waits out.
+fn linked(line: &str) -> bool {
+    let fields: Vec<&str> = line.split(' ').collect();
+    fields.get(7) == Some(&"connected")
+        && !fields
+            .get(2)
+            .is_some_and(|f| f.contains("handshake") || f.contains("noaddr"))
 }
 
 /// Whether NEW, of `version`, may join a cluster whose nodes run `oldest` to `newest`: never older than any node,
@@ -556,6 +761,11 @@ fn old_server(addr: &str) -> Server {
     }
 }
 
+/// A node as messages name it: `NEW 127.0.0.1:7000`, or `OLD ...` on the way back.
+fn who(server: &Server) -> String {
+    format!("{} {}", server.side.name().to_uppercase(), server.addr)
+}
+
 fn text(value: &Value) -> String {
     match value {
         Value::Str(bytes) => String::from_utf8_lossy(bytes).into_owned(),
@@ -564,18 +774,30 @@ fn text(value: &Value) -> String {
 }
 
 impl Handover {
-    /// Starts a fronted cluster's handover (see the module's documentation); returns at once.
+    /// Starts a fronted cluster's handover (see the module's documentation), or with `back` its way back over the
+    /// windows [`Handover::take_cluster_windows`] took; returns at once.
     pub(super) fn start_cluster(
         self: &Arc<Self>,
         front: Arc<Front>,
         request: Request,
+        back: bool,
     ) -> Result<(), super::StartError> {
-        if self.shared.config.cluster_new.is_empty() {
+        let release = |front: &Front| {
+            if back {
+                front.change_windows(|windows| {
+                    for window in windows.values_mut().filter(|w| w.state == WindowState::InUse) {
+                        window.state = WindowState::Open;
+                    }
+                });
+            }
+        };
+        if !back && self.shared.config.cluster_new.is_empty() {
             return Err(super::StartError::Cluster(
                 "no NEW nodes are configured: set cluster_new (--cluster-new), one per shard",
             ));
         }
         if self.running.swap(true, Ordering::SeqCst) {
+            release(&front);
             let phase = self.lock().phase.unwrap_or(Phase::Idle);
             return Err(super::StartError::Running(phase.name()));
         }
@@ -584,9 +806,14 @@ impl Handover {
         front.clear_steps();
         let view = front.view();
         let primaries = view.topology.serving_primaries();
+        let targets = if back {
+            front.windows().values().map(|w| w.follower.clone()).collect()
+        } else {
+            self.shared.config.cluster_new.clone()
+        };
         let report = super::Report::starting(
             format!("cluster {}", primaries.join(" ")),
-            format!("cluster {}", self.shared.config.cluster_new.join(" ")),
+            format!("cluster {}", targets.join(" ")),
             request.clone(),
         );
         {
@@ -597,7 +824,9 @@ impl Handover {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            ClusterRun::new(this.clone(), front, request, cancel).execute().await;
+            ClusterRun::new(this.clone(), front, request, cancel, back)
+                .execute()
+                .await;
             this.running.store(false, Ordering::SeqCst);
         });
         Ok(())

@@ -8,6 +8,7 @@
 //! The Redis facts this rests on are in REDIS-FACTS.md ("Replication across versions", "Primitives").
 
 mod cluster;
+mod cluster_window;
 pub mod fleet;
 mod resolve;
 mod run;
@@ -272,7 +273,7 @@ impl Handover {
             if request.sync_only {
                 return Err(StartError::Cluster("shadow reads are not built for a cluster yet"));
             }
-            return self.start_cluster(place.front.clone(), request);
+            return self.start_cluster(place.front.clone(), request, false);
         }
         let (source, target) = self.servers().ok_or(StartError::NoTarget)?;
         if let Some(driver) = self.following() {
@@ -472,10 +473,13 @@ impl Handover {
     /// `POST /rollback`: a handover back to the former primary over the open rollback window; refused when the
     /// window is not open.
     pub fn rollback(self: &Arc<Self>, request: Request) -> Result<(), StartError> {
-        if self.shared.cluster.is_some() {
-            return Err(StartError::Cluster(
-                "a cluster's rollback (CLUSTER FAILOVER back to each former primary) is not built yet",
-            ));
+        if let Some(place) = &self.shared.cluster {
+            if self.is_running() {
+                let phase = self.lock().phase.unwrap_or(Phase::Idle);
+                return Err(StartError::Running(phase.name()));
+            }
+            self.take_cluster_windows(&place.front).map_err(StartError::NoWindow)?;
+            return self.start_cluster(place.front.clone(), request, true);
         }
         let (_, target) = self.servers().ok_or(StartError::NoTarget)?;
         if self.is_running() {

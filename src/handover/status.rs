@@ -83,6 +83,9 @@ pub struct ShardView {
     /// Its step in the running or last handover; null before any.
     #[serde(default)]
     pub handover: Option<crate::cluster::ShardStep>,
+    /// Its way back after the last handover (`ctl rollback`); null when it has none.
+    #[serde(default)]
+    pub window: Option<crate::cluster::ShardWindow>,
 }
 
 impl ClusterView {
@@ -105,6 +108,7 @@ impl ClusterView {
                     replicas: shard.replicas.iter().map(|r| r.addr.clone()).collect(),
                     clients: port.map_or(0, |p| front.clients_on(p)),
                     handover: port.and_then(|p| front.step_on(p)),
+                    window: port.and_then(|p| front.window_on(p)),
                 })
                 .collect(),
             uncovered_slots: view.topology.uncovered_slots(),

@@ -259,7 +259,7 @@ pub(super) fn assess(attached: &Attached, look: &Look, name: &str) -> Verdict {
     Verdict::Open { lag, link_up: true }
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -530,6 +530,13 @@ impl Handover {
 
     /// `POST /rollback/close`: closes the window and detaches the follower.
     pub async fn close_window(self: &Arc<Self>) -> Result<Window, String> {
+        if self.shared.cluster.is_some() {
+            return Err(
+                "a cluster's ways back are not closed by hand: they change nothing on the nodes, and close \
+                        when rollback_window_s runs out; to retire a former primary, CLUSTER FORGET it on every node"
+                    .into(),
+            );
+        }
         let name = self.follower_name();
         let reason = format!("the operator closed it (POST /rollback/close); {name} was detached");
         // Closed at once, under the lock: a rollback asked for from here on is refused.
@@ -637,7 +644,7 @@ impl Handover {
         }
     }
 
-    fn count_close(&self, cause: Cause) {
+    pub(super) fn count_close(&self, cause: Cause) {
         *self
             .windows_closed
             .lock()
@@ -675,6 +682,22 @@ impl Handover {
             _ => (0, 0, 0.0),
         };
         drop(window);
+        // A cluster's shards: open while any shard's way back is, the largest lag, the soonest end.
+        let (open, lag, left) = match &self.shared.cluster {
+            Some(place) => {
+                let windows = place.front.windows();
+                let live: Vec<_> = windows.values().filter(|w| w.state != WindowState::Closed).collect();
+                (
+                    usize::from(!live.is_empty()),
+                    live.iter().filter_map(|w| w.lag_bytes).max().unwrap_or(0),
+                    live.iter()
+                        .map(|w| w.until_unix_ms.saturating_sub(now_ms()) as f64 / 1000.0)
+                        .reduce(f64::min)
+                        .unwrap_or(0.0),
+                )
+            }
+            None => (open, lag, left),
+        };
         let mut closed = String::from(
             "# HELP redis_handover_rollback_windows_closed_total Rollback windows closed, by cause.\n\
              # TYPE redis_handover_rollback_windows_closed_total counter\n",
@@ -895,7 +918,7 @@ async fn name_the_refused(reader: &mut StreamReader, version: (u32, u32, u32), n
 }
 
 /// Reads what [`assess`] needs; a server that does not answer is `None` (its connection is opened again next time).
-async fn look(
+pub(super) async fn look(
     handover: &Handover,
     follower: &Server,
     primary: &Server,
