@@ -141,6 +141,7 @@ async fn metrics(State(handover): State<Arc<Handover>>) -> Response {
     let mut text = shared.telemetry.render(clients, shared.gate.held_now());
     text.push_str(&handover.fleet_metrics());
     text.push_str(&handover.window_metrics());
+    text.push_str(&handover.cluster_metrics());
     text.push_str(&shared.shadow.metrics());
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -487,6 +487,13 @@ fn value_on(nodes: &[&RedisServer], key: &str) -> i64 {
     panic!("no node serves {key}")
 }
 
+/// The nodes' logs, for a failure's message: what the cluster said about its failovers and its state.
+fn print_logs<'a>(nodes: impl Iterator<Item = &'a RedisServer>) {
+    for node in nodes {
+        eprintln!("==== the log of {}\n{}", node.addr(), node.log());
+    }
+}
+
 /// A hash tag whose slot the node `node` of the cluster serves: keys under it stay on one shard.
 fn tag_on(cluster: &RedisCluster, node: usize) -> String {
     (0..)
@@ -533,6 +540,9 @@ fn a_cluster_is_handed_over_shard_by_shard_and_back_under_load_with_nothing_lost
     // A generous pause budget: a manual failover needs the cluster bus to carry the votes, which a loaded test
     // machine can slow to seconds; the pauses measured are reported below.
     let report = proxy.handover(serde_json::json!({ "max_pause_ms": 10000 }));
+    if report.outcome != redis_handover::handover::Phase::Switched {
+        print_logs(cluster.nodes.iter().chain(&news));
+    }
     assert_eq!(report.outcome, redis_handover::handover::Phase::Switched, "{report:#?}");
     let after = proxy.status().cluster.expect("the cluster in the status");
     let new_addrs: BTreeSet<String> = news.iter().map(|n| n.addr().to_string()).collect();
@@ -575,6 +585,11 @@ fn a_cluster_is_handed_over_shard_by_shard_and_back_under_load_with_nothing_lost
     }
     let shown = text(&support::ctl(proxy.admin, &["status"]).stdout);
     assert_eq!(shown.matches(": switched, ").count(), 3, "each shard's step: {shown}");
+    let metrics = proxy.metrics();
+    for port in &ports {
+        let line = format!("redis_handover_cluster_shard_pause_seconds{{port=\"{port}\"}} ");
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
     // Run again (as after a handover that stopped part way): the shards on NEW already are taken as they are.
     let again = proxy.handover(serde_json::json!({ "max_pause_ms": 10000 }));
     assert_eq!(again.outcome, redis_handover::handover::Phase::Switched, "{again:#?}");
@@ -599,6 +614,16 @@ fn a_cluster_is_handed_over_shard_by_shard_and_back_under_load_with_nothing_lost
     let shown = text(&support::ctl(proxy.admin, &["status"]).stdout);
     assert_eq!(shown.matches("way back to ").count(), 3, "{shown}");
     assert_eq!(shown.matches(": open until ").count(), 3, "{shown}");
+    // And in /metrics, per shard port.
+    let metrics = proxy.metrics();
+    for port in &ports {
+        for line in [
+            format!("redis_handover_cluster_shard_step{{port=\"{port}\",state=\"switched\"}} 1"),
+            format!("redis_handover_cluster_shard_window_open{{port=\"{port}\"}} 1"),
+        ] {
+            assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+        }
+    }
     let at_switch = writes();
     support::wait_until("writes going on to the NEW nodes", Duration::from_secs(10), || {
         writes() > at_switch + 1000.0
@@ -624,6 +649,11 @@ fn a_cluster_is_handed_over_shard_by_shard_and_back_under_load_with_nothing_lost
         view.shards.iter().all(|s| s.window.is_none()),
         "a shard moved back has no window left: {view:#?}"
     );
+    let metrics = proxy.metrics();
+    for port in &ports {
+        let line = format!("redis_handover_cluster_shard_window_open{{port=\"{port}\"}} 0");
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
     for node in &news {
         let role = node.direct().run("ROLE");
         assert_eq!(role.items()[0], Reply::bulk("slave"), "NEW follows its shard's primary");
@@ -645,6 +675,9 @@ fn a_cluster_is_handed_over_shard_by_shard_and_back_under_load_with_nothing_lost
     let mut longest: f64 = 0.0;
     for load in loads {
         let report = load.stop_and_verify();
+        if report.failed_batches > 0 {
+            print_logs(cluster.nodes.iter().chain(&news));
+        }
         assert_eq!(report.lost, 0, "{report:?}");
         assert_eq!(
             (report.failed_batches, report.reconnects),
@@ -662,6 +695,7 @@ fn a_cluster_is_handed_over_shard_by_shard_and_back_under_load_with_nothing_lost
         let got = client.stop();
         assert_eq!(got["errors"], 0, "{what} saw no error: {got}");
         assert_eq!(got["redirections"], 0, "{what} saw no MOVED or ASK: {got}");
+        assert_eq!(got["retried"], 0, "{what} saw no CLUSTERDOWN or TRYAGAIN: {got}");
         assert_eq!(got["learned"], serde_json::json!(proxy_addrs), "{what}: {got}");
         let mut acknowledged = 0;
         for (key, count) in got["acked"].as_object().unwrap() {
@@ -767,9 +801,7 @@ fn two_proxies_in_front_of_one_cluster_agree_and_the_one_that_did_not_drive_foll
 
     let report = driver.handover(serde_json::json!({ "max_pause_ms": 10000 }));
     if report.outcome != redis_handover::handover::Phase::Switched {
-        for node in cluster.nodes.iter().chain(&news) {
-            eprintln!("==== {}\n{}", node.addr(), node.log());
-        }
+        print_logs(cluster.nodes.iter().chain(&news));
     }
     assert_eq!(report.outcome, redis_handover::handover::Phase::Switched, "{report:#?}");
     let new_addrs: BTreeSet<String> = news.iter().map(|n| n.addr().to_string()).collect();
@@ -800,7 +832,7 @@ fn two_proxies_in_front_of_one_cluster_agree_and_the_one_that_did_not_drive_foll
     // The way back is the driver's: the other proxy says so.
     let refused = support::ctl(other.admin, &["rollback"]);
     assert!(
-        text(&refused.stderr).contains("the proxy that drove it keeps its way back"),
+        text(&refused.stderr).contains("the proxy that drove a handover keeps its way back"),
         "{}",
         text(&refused.stderr)
     );

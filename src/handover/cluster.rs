@@ -80,8 +80,6 @@ impl ClusterRun {
         }
         if self.back {
             self.after_back(&moves);
-        } else {
-            self.open_windows(&moves).await;
         }
         match result {
             Ok(()) => {
@@ -160,8 +158,13 @@ impl ClusterRun {
                 .zip(&view.ports)
                 .find(|(_, p)| **p == Some(port))
                 .map(|(shard, _)| shard.primary.id.clone());
-            let done = primary_now.as_deref() == Some(&window.follower_id);
-            if !done && primary_now.as_deref() != Some(&window.primary_id) {
+            let Some(primary_now) = primary_now else {
+                return Err(Abort(format!(
+                    "the shard on port {port} is not in the cluster's view any more"
+                )));
+            };
+            let done = primary_now == window.follower_id;
+            if !done && primary_now != window.primary_id {
                 return Err(Abort(format!(
                     "the shard on port {port} is served by another primary than {} since its handover: the cluster \
                      changed, so the way back does not hold",
@@ -192,30 +195,24 @@ impl ClusterRun {
         Ok(moves)
     }
 
-    /// After a handover: a window for each shard this run moved (whatever the outcome: a run that stopped part way
-    /// leaves the shards it moved on NEW, with their way back).
-    async fn open_windows(&self, moves: &[ShardMove]) {
-        if self.handover.shared.config.rollback_window_s == 0 {
-            return;
-        }
-        for shard in moves.iter().filter(|m| !m.done) {
-            if self.front.step_on(shard.port).map(|s| s.state) != Some(StepState::Switched) {
-                continue;
-            }
-            let window = self
-                .handover
-                .open_cluster_window(shard.port, (&shard.from, &shard.from_id), (&shard.to, &shard.to_id))
-                .await;
-            self.front.change_windows(|windows| windows.insert(shard.port, window));
-        }
-        self.handover.watch_cluster_windows(&self.front);
-    }
-
     /// After the way back: a shard back on its former primary has no window any more; the others' are open again.
     fn after_back(&self, moves: &[ShardMove]) {
+        // A failover back that completed after the run gave up on it shows in the view.
+        let view = self.front.view();
+        let served_by = |port: u16| {
+            view.topology
+                .shards
+                .iter()
+                .zip(&view.ports)
+                .find(|(_, p)| **p == Some(port))
+                .map(|(shard, _)| shard.primary.id.clone())
+        };
+        // Lock order: the windows, then the steps.
         self.front.change_windows(|windows| {
             for shard in moves {
-                if self.front.step_on(shard.port).map(|s| s.state) == Some(StepState::Switched) {
+                if self.front.step_on(shard.port).map(|s| s.state) == Some(StepState::Switched)
+                    || served_by(shard.port).as_deref() == Some(&shard.to_id)
+                {
                     windows.remove(&shard.port);
                 }
             }
@@ -290,7 +287,7 @@ impl ClusterRun {
         let mut newest = (0, 0, 0);
         for shard in &shards {
             for node in std::iter::once(&shard.primary).chain(&shard.replicas) {
-                let server = old_server(&node.addr);
+                let server = self.node(&node.addr);
                 let mut conn = self.connect(&server).await?;
                 let info = conn.info("server", CALL_TIMEOUT).await?;
                 let version = info
@@ -525,6 +522,13 @@ impl ClusterRun {
         self.cancelled()?;
         let mut new = self.connect(&shard.to).await?;
         self.wait_for_voters(&mut new, shard, moves).await?;
+        // What the shard's way back will be judged against: the primary's run ID and error count now, as it is
+        // about to become the follower (none when windows are off, or on the way back).
+        let baseline = if self.back || self.handover.shared.config.rollback_window_s == 0 {
+            None
+        } else {
+            Some(self.follower_now(&shard.from).await)
+        };
         let budget = Duration::from_millis(self.request.max_pause_ms);
         let gate = &shard.shared.gate;
         let paused_at = Instant::now();
@@ -543,6 +547,11 @@ impl ClusterRun {
                 )));
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if self.back {
+            // The window's last word, with the shard's writes held: the former primary must still be the node the
+            // window watched, with no command it failed to apply.
+            self.check_follower(shard).await?;
         }
         // The scripts the shard's clients used, so that their EVALSHA finds them on NEW.
         let warnings = super::switch::load_scripts(&shard.shared, &mut new).await;
@@ -576,6 +585,24 @@ impl ClusterRun {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        // A promoted node that says `cluster_state:fail` answers CLUSTERDOWN to every request until it says ok
+        // (Redis keeps a master that lately saw itself in a minority failing for up to 5 s): the shard's writes
+        // stay held until then, within the pause's budget, so that clients see a longer wait, not an error.
+        loop {
+            let info = text(&new.call(&["CLUSTER", "INFO"], CALL_TIMEOUT).await?);
+            if info.contains("cluster_state:ok") || Instant::now() > deadline {
+                if !info.contains("cluster_state:ok") {
+                    self.warn(vec![format!(
+                        "{} did not say cluster_state:ok within max_pause_ms = {} of its promotion: its shard's \
+                         clients may get CLUSTERDOWN until it does",
+                        who(&shard.to),
+                        self.request.max_pause_ms
+                    )]);
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         let primary = shard.shared.primary.switch_to(shard.to.clone());
         gate.notify();
         // Subscribers, tracking and blocked calls move before any write reaches NEW.
@@ -590,6 +617,20 @@ impl ClusterRun {
             s.pause_ms = Some(pause_ms);
         });
         self.front.wake();
+        if let Some(baseline) = baseline {
+            // The shard's way back opens now, watched from its first moment.
+            let primary = Server {
+                side: shard.to.side,
+                addr: self
+                    .announced(&shard.to_id)
+                    .map_or_else(|| shard.to.addr.clone(), Into::into),
+            };
+            let window =
+                self.handover
+                    .open_cluster_window((&shard.from, &shard.from_id), (&primary, &shard.to_id), baseline);
+            self.front.change_windows(|windows| windows.insert(shard.port, window));
+            self.handover.watch_cluster_windows(&self.front);
+        }
         if let Some(report) = self.handover.lock().current.as_mut() {
             report.pause_ms = Some(report.pause_ms.map_or(pause_ms, |p| p.max(pause_ms)));
             report.writes_held += gate.held_total();
@@ -634,41 +675,52 @@ impl ClusterRun {
         loop {
             self.cancelled()?;
             // Each moving shard's primary as the run left it (the proxy's view may not have heard yet), and the
-            // view's other primaries.
-            let mut voters: Vec<Server> = moves
+            // view's other primaries; each with its node ID.
+            let mut voters: Vec<(Server, String)> = moves
                 .iter()
                 .map(|other| {
                     if other.done || other.shared.primary.current().server.addr == other.to.addr {
-                        other.to.clone()
+                        (other.to.clone(), other.to_id.clone())
                     } else {
-                        other.from.clone()
+                        (other.from.clone(), other.from_id.clone())
                     }
                 })
                 .collect();
             let view = self.front.view();
-            for addr in view.topology.serving_primaries() {
-                if !moves.iter().any(|m| &*m.from.addr == addr || &*m.to.addr == addr) {
-                    voters.push(self.node(addr));
+            for shard in view.topology.shards.iter().filter(|s| !s.primary.slots.is_empty()) {
+                let id = &shard.primary.id;
+                if !moves.iter().any(|m| &m.from_id == id || &m.to_id == id) {
+                    voters.push((self.node(&shard.primary.addr), id.clone()));
                 }
             }
             let mut highest = 0;
+            // The voters that would not vote yet, and why (a voter that cannot be asked now is asked again).
             let mut unaware = Vec::new();
-            for voter in &voters {
-                let mut conn = self.connect(voter).await?;
-                highest = highest.max(epoch(&text(&conn.call(&["CLUSTER", "INFO"], CALL_TIMEOUT).await?)));
-                let knows = text(&conn.call(&["CLUSTER", "NODES"], CALL_TIMEOUT).await?)
-                    .lines()
-                    .any(|l| l.starts_with(&shard.to_id) && l.contains(&replica_line) && linked(l));
-                if !knows {
-                    unaware.push(voter.addr.to_string());
+            for (voter, _) in &voters {
+                let asked = async {
+                    let mut conn = self.connect(voter).await?;
+                    let info = text(&conn.call(&["CLUSTER", "INFO"], CALL_TIMEOUT).await?);
+                    let nodes = text(&conn.call(&["CLUSTER", "NODES"], CALL_TIMEOUT).await?);
+                    Ok::<_, Abort>((info, nodes))
+                };
+                match asked.await {
+                    Ok((info, nodes)) => {
+                        highest = highest.max(epoch(&info));
+                        let knows = nodes
+                            .lines()
+                            .any(|l| l.starts_with(&shard.to_id) && l.contains(&replica_line) && linked(l));
+                        if !knows {
+                            unaware.push(format!("{} does not know it as that replica yet", voter.addr));
+                        }
+                    }
+                    Err(Abort(why)) => unaware.push(format!("{} could not be asked: {why}", voter.addr)),
                 }
             }
             // And the candidate has a link to each of them, to ask for their votes.
             let own_view = text(&new.call(&["CLUSTER", "NODES"], CALL_TIMEOUT).await?);
-            for voter in &voters {
-                let at = format!(" {}@", voter.addr);
-                if !own_view.lines().any(|l| l.contains(&at) && linked(l)) {
-                    unaware.push(format!("{} (no link from {})", voter.addr, shard.to.addr));
+            for (voter, id) in &voters {
+                if !own_view.lines().any(|l| l.starts_with(id.as_str()) && linked(l)) {
+                    unaware.push(format!("{} has no link to {} yet", shard.to.addr, voter.addr));
                 }
             }
             let info = text(&new.call(&["CLUSTER", "INFO"], CALL_TIMEOUT).await?);
@@ -692,16 +744,82 @@ impl ClusterRun {
                     )
                 } else {
                     format!(
-                        "the primaries {} did not learn that {} is a replica of {} within {JOIN_TIMEOUT:?}, so they \
-                         would refuse it their votes",
-                        unaware.join(", "),
+                        "the primaries would not vote for {} as the replica of {} within {JOIN_TIMEOUT:?}: {}",
                         who(&shard.to),
-                        shard.from.addr
+                        shard.from.addr,
+                        unaware.join("; ")
                     )
                 }));
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// A node's run ID and `unexpected_error_replies` (none before 6.2), or why they could not be read.
+    async fn follower_now(&self, node: &Server) -> Result<(String, Option<u64>), String> {
+        let read = async {
+            let mut conn = self.connect(node).await?;
+            let server = conn.info("server", CALL_TIMEOUT).await?;
+            let stats = conn.info("stats", CALL_TIMEOUT).await?;
+            Ok::<_, Abort>((server, stats))
+        };
+        match read.await {
+            Ok((server, stats)) => Ok((
+                server.get("run_id").cloned().unwrap_or_default(),
+                stats.get("unexpected_error_replies").and_then(|v| v.parse().ok()),
+            )),
+            Err(Abort(why)) => Err(why),
+        }
+    }
+
+    /// On the way back, in the shard's pause: its window is still in use (the watcher closed none), and its former
+    /// primary has the run ID and error count the window opened with.
+    async fn check_follower(&self, shard: &ShardMove) -> Result<(), Abort> {
+        let Some(window) = self.front.window_on(shard.port) else {
+            return Err(Abort(format!("the shard on port {} lost its way back", shard.port)));
+        };
+        if window.state != WindowState::InUse {
+            return Err(Abort(format!(
+                "the way back of the shard on port {} closed during the rollback: {}",
+                shard.port,
+                window.reason.as_deref().unwrap_or("no reason recorded")
+            )));
+        }
+        let (run_id, errors) = self.follower_now(&shard.to).await.map_err(Abort)?;
+        if run_id != window.follower_run_id {
+            return Err(Abort(format!(
+                "{} restarted since its shard moved (run_id {} is now {run_id}): it may have lost writes; its shard \
+                 stays on {}",
+                who(&shard.to),
+                window.follower_run_id,
+                shard.from.addr
+            )));
+        }
+        if let (Some(then), Some(now)) = (window.errors_at_open, errors)
+            && now > then
+        {
+            return Err(Abort(format!(
+                "{} could not apply {} commands {} sent it (unexpected_error_replies; its log names them): its shard \
+                 stays on {}",
+                who(&shard.to),
+                now - then,
+                shard.from.addr,
+                shard.from.addr
+            )));
+        }
+        Ok(())
+    }
+
+    /// The address the cluster announces for node `id` (what its replicas' `master_host` shows, which may differ
+    /// from the address the proxy was given for it).
+    fn announced(&self, id: &str) -> Option<String> {
+        let view = self.front.view();
+        view.topology
+            .shards
+            .iter()
+            .flat_map(|s| std::iter::once(&s.primary).chain(&s.replicas))
+            .find(|n| n.id == id)
+            .map(|n| n.addr.clone())
     }
 
     /// A node of the cluster, reached with NEW's credentials if it is one of `cluster_new`, else OLD's.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::Handover;
 use super::window::{Attached, Cause, LINK_GRACE, Verdict, WindowState, assess, look, now_ms};
-use crate::cluster::{Front, ShardWindow};
+use crate::cluster::{Front, ShardWindow, StepState};
 use crate::control::ControlConn;
 use crate::primary::{Server, Side};
 
@@ -62,20 +62,13 @@ impl Handover {
     }
 
     /// `ctl rollback` on a cluster: every shard's window, taken for the way back (in use). `Err` says why there is
-    /// no way back: no window, or one that closed (each named, with its reason).
+    /// no way back: no window, one that closed (each named, with its reason), or a shard served by a NEW node with no
+    /// window (moved outside this proxy's watch, or by a failover that completed after its handover gave up on it).
     pub(super) fn take_cluster_windows(&self, front: &Front) -> Result<(), String> {
-        let window_s = self.shared.config.rollback_window_s;
+        let config = &self.shared.config;
+        let view = front.view();
         front.change_windows(|windows| {
-            if windows.is_empty() {
-                return Err(if window_s == 0 {
-                    "there is no way back: rollback_window_s is 0".to_string()
-                } else {
-                    "there is no way back: no cluster handover through this proxy moved a shard since it started (the \
-                     proxy that drove it keeps its way back)"
-                        .to_string()
-                });
-            }
-            let closed: Vec<String> = windows
+            let mut refusals: Vec<String> = windows
                 .iter()
                 .filter(|(_, w)| w.state != WindowState::Open)
                 .map(|(port, w)| match w.state {
@@ -87,8 +80,31 @@ impl Handover {
                     ),
                 })
                 .collect();
-            if !closed.is_empty() {
-                return Err(closed.join("; "));
+            for (shard, port) in view.topology.shards.iter().zip(&view.ports) {
+                let (Some(port), false) = (port, shard.primary.slots.is_empty()) else {
+                    continue;
+                };
+                if config.cluster_new.contains(&shard.primary.addr) && !windows.contains_key(port) {
+                    refusals.push(format!(
+                        "the shard on port {port} is served by NEW {} with no way back watched by this proxy (it \
+                         moved outside a handover's watch): move it back by hand with CLUSTER FAILOVER on its former \
+                         primary, if that follows it",
+                        shard.primary.addr
+                    ));
+                }
+            }
+            if !refusals.is_empty() {
+                return Err(refusals.join("; "));
+            }
+            if windows.is_empty() {
+                return Err(if config.rollback_window_s == 0 {
+                    "there is no way back: rollback_window_s is 0".to_string()
+                } else {
+                    "there is no way back: no shard is on a NEW node that a handover through this proxy moved it to \
+                     (none moved since the proxy started, or a rollback moved them back; the proxy that drove a \
+                     handover keeps its way back)"
+                        .to_string()
+                });
             }
             for window in windows.values_mut() {
                 window.state = WindowState::InUse;
@@ -97,13 +113,14 @@ impl Handover {
         })
     }
 
-    /// A window for the shard on `port`, whose primary moved from `follower` (node `follower_id`) to `primary`:
-    /// what the follower's look will be compared against is read now.
-    pub(super) async fn open_cluster_window(
+    /// A window for a shard whose primary moved from `follower` (node `follower_id`) to `primary`, judged against
+    /// `baseline`: the follower's run ID and `unexpected_error_replies` read as its shard moved, or why they could
+    /// not be read (the window is then closed from the start).
+    pub(super) fn open_cluster_window(
         &self,
-        port: u16,
         (follower, follower_id): (&Server, &str),
         (primary, primary_id): (&Server, &str),
+        baseline: Result<(String, Option<u64>), String>,
     ) -> ShardWindow {
         let now = now_ms();
         let mut window = ShardWindow {
@@ -122,27 +139,18 @@ impl Handover {
             follower_run_id: String::new(),
             errors_at_open: None,
         };
-        let tls = self.shared.backend_tls.clone();
-        let read = async {
-            let timeout = Duration::from_secs(2);
-            let mut conn =
-                ControlConn::connect(follower, &self.credentials(follower.side), timeout, tls.as_ref()).await?;
-            let server = conn.info("server", timeout).await?;
-            let stats = conn.info("stats", timeout).await?;
-            Ok::<_, crate::control::ControlError>((server, stats))
-        };
-        match read.await {
-            Ok((server, stats)) => {
-                window.follower_run_id = server.get("run_id").cloned().unwrap_or_default();
-                window.errors_at_open = stats.get("unexpected_error_replies").and_then(|v| v.parse().ok());
-                tracing::info!(port, follower = %window.follower, "a shard's way back is open");
+        match baseline {
+            Ok((run_id, errors)) => {
+                window.follower_run_id = run_id;
+                window.errors_at_open = errors;
+                tracing::info!(follower = %window.follower, "a shard's way back is open");
             }
             Err(error) => {
                 window.state = WindowState::Closed;
                 window.closed_at_unix_ms = Some(now);
                 window.cause = Some(Cause::NotCertain);
                 window.reason = Some(format!(
-                    "the former primary {} could not be read as the shard moved: {error}",
+                    "the former primary {} could not be read as its shard moved: {error}",
                     window.follower
                 ));
                 self.count_close(Cause::NotCertain);
@@ -152,11 +160,75 @@ impl Handover {
     }
 }
 
-/// Looks at every open window until none is open or in use; a window in use (a rollback moving its shard) is left
-/// to the rollback.
+impl Handover {
+    /// A fronted cluster's metrics per shard, by its proxy port, in the Prometheus text format: the step of the
+    /// running or last handover (one line per shard, with its state), its pause, NEW's lag, whether its way back is
+    /// open, and its clients. Empty when the proxy fronts no cluster.
+    pub fn cluster_metrics(&self) -> String {
+        let Some(place) = &self.shared.cluster else {
+            return String::new();
+        };
+        let front = &place.front;
+        let view = front.view();
+        let ports: Vec<u16> = view.ports.iter().flatten().copied().collect();
+        let mut text = String::from(
+            "# HELP redis_handover_cluster_shard_step Each shard's step in the running or last handover (1 on its \
+             state).\n# TYPE redis_handover_cluster_shard_step gauge\n",
+        );
+        let mut pauses = String::from(
+            "# HELP redis_handover_cluster_shard_pause_seconds How long the shard's writes were held while its primary \
+             moved, in the running or last handover.\n# TYPE redis_handover_cluster_shard_pause_seconds gauge\n",
+        );
+        let mut lags = String::from(
+            "# HELP redis_handover_cluster_shard_lag_bytes How far the node taking the shard over was behind its \
+             primary at the last look.\n# TYPE redis_handover_cluster_shard_lag_bytes gauge\n",
+        );
+        let mut windows = String::from(
+            "# HELP redis_handover_cluster_shard_window_open Whether the shard's way back (ctl rollback) is open.\n\
+             # TYPE redis_handover_cluster_shard_window_open gauge\n",
+        );
+        let mut clients = String::from(
+            "# HELP redis_handover_cluster_shard_clients Clients connected to the shard's proxy port.\n\
+             # TYPE redis_handover_cluster_shard_clients gauge\n",
+        );
+        for port in ports {
+            if let Some(step) = front.step_on(port) {
+                text.push_str(&format!(
+                    "redis_handover_cluster_shard_step{{port=\"{port}\",state=\"{}\"}} 1\n",
+                    step.state.name()
+                ));
+                if let Some(pause) = step.pause_ms {
+                    pauses.push_str(&format!(
+                        "redis_handover_cluster_shard_pause_seconds{{port=\"{port}\"}} {}\n",
+                        pause / 1000.0
+                    ));
+                }
+                if let Some(lag) = step.lag_bytes {
+                    lags.push_str(&format!(
+                        "redis_handover_cluster_shard_lag_bytes{{port=\"{port}\"}} {lag}\n"
+                    ));
+                }
+            }
+            let open = front.window_on(port).is_some_and(|w| w.state == WindowState::Open);
+            windows.push_str(&format!(
+                "redis_handover_cluster_shard_window_open{{port=\"{port}\"}} {}\n",
+                u8::from(open)
+            ));
+            clients.push_str(&format!(
+                "redis_handover_cluster_shard_clients{{port=\"{port}\"}} {}\n",
+                front.clients_on(port)
+            ));
+        }
+        text + &pauses + &lags + &windows + &clients
+    }
+}
+
+/// Looks at every open window, and every window in use by a rollback, until there is none.
 async fn watch(handover: Weak<Handover>, front: Arc<Front>) {
     let mut conns: BTreeMap<u16, (Option<ControlConn>, Option<ControlConn>)> = BTreeMap::new();
     let mut cut_since: BTreeMap<u16, Instant> = BTreeMap::new();
+    // The windows whose follower was seen following its primary.
+    let mut following: std::collections::BTreeSet<u16> = std::collections::BTreeSet::new();
     loop {
         let live = |windows: &BTreeMap<u16, ShardWindow>| {
             windows
@@ -175,7 +247,22 @@ async fn watch(handover: Weak<Handover>, front: Arc<Front>) {
             }
             continue;
         }
-        for (port, window) in windows.iter().filter(|(_, w)| w.state == WindowState::Open) {
+        // What is kept per window is for the windows watched now: a window that closed or left (its shard moved
+        // back) starts afresh if its port gets another.
+        let watched = |w: &ShardWindow| matches!(w.state, WindowState::Open | WindowState::InUse);
+        conns.retain(|port, _| windows.get(port).is_some_and(watched));
+        cut_since.retain(|port, _| windows.get(port).is_some_and(watched));
+        following.retain(|port| windows.get(port).is_some_and(watched));
+        // A window in use (a rollback moving its shard) is looked at too: a close recorded then stops the
+        // rollback before that shard's failover.
+        for (port, window) in windows.iter().filter(|(_, w)| watched(w)) {
+            // A shard the rollback is moving (or moved) back: its follower is becoming the primary.
+            let moving = front
+                .step_on(*port)
+                .is_some_and(|s| matches!(s.state, StepState::Paused | StepState::Switched));
+            if window.state == WindowState::InUse && moving {
+                continue;
+            }
             let name = format!("OLD {}", window.follower);
             let seen = look(
                 &this,
@@ -191,6 +278,16 @@ async fn watch(handover: Weak<Handover>, front: Arc<Front>) {
                 )
             } else {
                 assess(&attached(window), &seen, &name)
+            };
+            // The former primary turns itself into the new one's replica as it hears of the failover over the
+            // cluster bus, a moment after the switch: until it is first seen following, not following yet is a cut.
+            let verdict = match verdict {
+                Verdict::Close(Cause::Detached, _) if !following.contains(port) => Verdict::Cut { lag: None },
+                Verdict::Open { .. } => {
+                    following.insert(*port);
+                    verdict
+                }
+                other => other,
             };
             let verdict = match verdict {
                 Verdict::Cut { lag } => {
@@ -210,7 +307,10 @@ async fn watch(handover: Weak<Handover>, front: Arc<Front>) {
                 }
             };
             let closed = front.change_windows(|all| {
-                let w = all.get_mut(port).filter(|w| w.state == WindowState::Open)?;
+                // The same window still (not one opened since on the same port), still watched.
+                let w = all
+                    .get_mut(port)
+                    .filter(|w| watched(w) && w.opened_at_unix_ms == window.opened_at_unix_ms)?;
                 match verdict {
                     Verdict::Open { lag, link_up } => {
                         w.lag_bytes = lag;

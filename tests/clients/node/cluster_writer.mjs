@@ -3,18 +3,22 @@
 //
 // Usage: node cluster_writer.mjs SEED_PORT STOP_FILE
 // Prints "writing" once its first write is acknowledged, then at the end one JSON line: the INCRs acknowledged per
-// key, the errors, the redirections (MOVED or ASK) it received, its longest write and every address it learned.
+// key, the errors, the redirections (MOVED or ASK) and the CLUSTERDOWN or TRYAGAIN replies it received, its
+// longest write and every address it learned.
 import { existsSync } from "node:fs";
 import Redis from "ioredis";
 
 const [seed, stop] = [Number(process.argv[2]), process.argv[3]];
 
-// ioredis follows MOVED and ASK replies on its own, in Cluster.handleError: counted here.
+// ioredis follows MOVED and ASK replies and retries CLUSTERDOWN and TRYAGAIN on its own, in Cluster.handleError,
+// without the application seeing them: counted here.
 let redirections = 0;
+let retried = 0;
 const handleError = Redis.Cluster.prototype.handleError;
 Redis.Cluster.prototype.handleError = function (error, ttl, handlers) {
   const kind = error.message.split(" ")[0];
   if (kind === "MOVED" || kind === "ASK") redirections++;
+  if (kind === "CLUSTERDOWN" || kind === "TRYAGAIN") retried++;
   return handleError.call(this, error, ttl, handlers);
 };
 
@@ -43,6 +47,7 @@ console.log(
     errors: errors.length,
     first_errors: errors.slice(0, 3),
     redirections,
+    retried,
     longest_ms: longest,
     learned,
   }),

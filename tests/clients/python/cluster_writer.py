@@ -3,7 +3,8 @@ keys spread over every slot until STOP_FILE exists.
 
 Usage: cluster_writer.py SEED_PORT STOP_FILE
 Prints "writing" once its first write is acknowledged, then at the end one JSON line: the INCRs acknowledged per key,
-the errors, the redirections (MOVED or ASK) it received, its longest write and every address it learned.
+the errors, the redirections (MOVED or ASK) and the CLUSTERDOWN or TRYAGAIN replies it received (the client
+handles those without the application seeing them), its longest write and every address it learned.
 """
 import json
 import os
@@ -15,17 +16,25 @@ from redis.cluster import RedisCluster
 
 seed, stop = int(sys.argv[1]), sys.argv[2]
 
-# Every MOVED or ASK reply becomes an AskError (MovedError is one) that redis-py follows on its own: counted here.
+# Replies redis-py handles on its own, without the application seeing them, counted here: every MOVED or ASK
+# (an AskError; MovedError is one), and every CLUSTERDOWN or TRYAGAIN, which it retries.
 redirections = [0]
-ask_init = redis.exceptions.AskError.__init__
+retried = [0]
 
 
-def counted(self, *args, **kwargs):
-    redirections[0] += 1
-    ask_init(self, *args, **kwargs)
+def counting(error_class, counter):
+    init = error_class.__init__
+
+    def counted(self, *args, **kwargs):
+        counter[0] += 1
+        init(self, *args, **kwargs)
+
+    error_class.__init__ = counted
 
 
-redis.exceptions.AskError.__init__ = counted
+counting(redis.exceptions.AskError, redirections)
+counting(redis.exceptions.ClusterDownError, retried)
+counting(redis.exceptions.TryAgainError, retried)
 
 rc = RedisCluster(host="127.0.0.1", port=seed)
 keys = [f"pyw:{i}" for i in range(64)]
@@ -51,6 +60,7 @@ print(json.dumps({
     "errors": len(errors),
     "first_errors": errors[:3],
     "redirections": redirections[0],
+    "retried": retried[0],
     "longest_ms": longest * 1000,
     "learned": learned,
 }))
