@@ -487,6 +487,16 @@ fn value_on(nodes: &[&RedisServer], key: &str) -> i64 {
     panic!("no node serves {key}")
 }
 
+/// The primaries that serve slots, as a proxy's status shows them. (A former primary may still show as a primary
+/// with no slots in the view of a node that has not heard yet.)
+fn serving_primaries(view: &redis_handover::handover::status::ClusterView) -> BTreeSet<String> {
+    view.shards
+        .iter()
+        .filter(|s| s.slot_count > 0)
+        .map(|s| s.primary.clone())
+        .collect()
+}
+
 /// The nodes' logs, for a failure's message: what the cluster said about its failovers and its state.
 fn print_logs<'a>(nodes: impl Iterator<Item = &'a RedisServer>) {
     for node in nodes {
@@ -547,16 +557,8 @@ fn a_cluster_is_handed_over_shard_by_shard_and_back_under_load_with_nothing_lost
     let after = proxy.status().cluster.expect("the cluster in the status");
     let new_addrs: BTreeSet<String> = news.iter().map(|n| n.addr().to_string()).collect();
     let old_addrs: BTreeSet<String> = cluster.nodes.iter().map(|n| n.addr().to_string()).collect();
-    // (A former primary may still show as a primary with no slots in the view of a node that has not heard yet.)
-    let primaries = |view: &redis_handover::handover::status::ClusterView| -> BTreeSet<String> {
-        view.shards
-            .iter()
-            .filter(|s| s.slot_count > 0)
-            .map(|s| s.primary.clone())
-            .collect()
-    };
     assert_eq!(
-        primaries(&after),
+        serving_primaries(&after),
         new_addrs,
         "every shard's primary is a NEW node: {after:#?}"
     );
@@ -640,7 +642,7 @@ fn a_cluster_is_handed_over_shard_by_shard_and_back_under_load_with_nothing_lost
     assert_eq!(last.outcome, redis_handover::handover::Phase::Switched, "{last:#?}");
     let view = back.cluster.expect("the cluster in the status");
     assert_eq!(
-        primaries(&view),
+        serving_primaries(&view),
         old_addrs,
         "every shard is back on its 6.2 node: {view:#?}"
     );
@@ -810,16 +812,7 @@ fn two_proxies_in_front_of_one_cluster_agree_and_the_one_that_did_not_drive_foll
     support::wait_until(
         "the other proxy to serve from the NEW nodes",
         Duration::from_secs(20),
-        || {
-            let view = other.status().cluster.expect("the cluster in the status");
-            let primaries: BTreeSet<String> = view
-                .shards
-                .iter()
-                .filter(|s| s.slot_count > 0)
-                .map(|s| s.primary.clone())
-                .collect();
-            primaries == new_addrs
-        },
+        || serving_primaries(&other.status().cluster.expect("the cluster in the status")) == new_addrs,
     );
     assert_eq!(slots_by_place(&ports_a), agreed, "the same places after the handover");
     assert_eq!(slots_by_place(&ports_b), agreed);

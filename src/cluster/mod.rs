@@ -42,6 +42,16 @@ pub struct View {
 }
 
 impl View {
+    /// The node ID of the primary of the shard presented on `port`.
+    pub fn primary_on(&self, port: u16) -> Option<&str> {
+        self.topology
+            .shards
+            .iter()
+            .zip(&self.ports)
+            .find(|(_, p)| **p == Some(port))
+            .map(|(shard, _)| shard.primary.id.as_str())
+    }
+
     /// The proxy port of the shard a node address belongs to.
     pub fn port_of_addr(&self, addr: &str) -> Option<u16> {
         self.topology.shard_of_addr(addr).and_then(|i| self.ports[i])
@@ -214,6 +224,18 @@ pub struct ShardWindow {
     pub follower_run_id: String,
     #[serde(skip)]
     pub errors_at_open: Option<u64>,
+}
+
+impl ShardStep {
+    /// A shard's step as a run starts: waiting, or switched when `to` serves it already.
+    pub fn starting(to: &str, done: bool) -> ShardStep {
+        ShardStep {
+            to: to.to_string(),
+            state: if done { StepState::Switched } else { StepState::Waiting },
+            pause_ms: None,
+            lag_bytes: None,
+        }
+    }
 }
 
 /// A shard's step.

@@ -151,14 +151,7 @@ impl ClusterRun {
                 .front
                 .proxy_on(port)
                 .ok_or_else(|| Abort(format!("the shard on port {port} has no proxy")))?;
-            let primary_now = view
-                .topology
-                .shards
-                .iter()
-                .zip(&view.ports)
-                .find(|(_, p)| **p == Some(port))
-                .map(|(shard, _)| shard.primary.id.clone());
-            let Some(primary_now) = primary_now else {
+            let Some(primary_now) = view.primary_on(port) else {
                 return Err(Abort(format!(
                     "the shard on port {port} is not in the cluster's view any more"
                 )));
@@ -171,14 +164,7 @@ impl ClusterRun {
                     window.primary
                 )));
             }
-            self.step(port, |s| {
-                *s = ShardStep {
-                    to: window.follower.clone(),
-                    state: if done { StepState::Switched } else { StepState::Waiting },
-                    pause_ms: None,
-                    lag_bytes: None,
-                }
-            });
+            self.step(port, |s| *s = ShardStep::starting(&window.follower, done));
             moves.push(ShardMove {
                 port,
                 shared,
@@ -199,19 +185,11 @@ impl ClusterRun {
     fn after_back(&self, moves: &[ShardMove]) {
         // A failover back that completed after the run gave up on it shows in the view.
         let view = self.front.view();
-        let served_by = |port: u16| {
-            view.topology
-                .shards
-                .iter()
-                .zip(&view.ports)
-                .find(|(_, p)| **p == Some(port))
-                .map(|(shard, _)| shard.primary.id.clone())
-        };
         // Lock order: the windows, then the steps.
         self.front.change_windows(|windows| {
             for shard in moves {
                 if self.front.step_on(shard.port).map(|s| s.state) == Some(StepState::Switched)
-                    || served_by(shard.port).as_deref() == Some(&shard.to_id)
+                    || view.primary_on(shard.port) == Some(shard.to_id.as_str())
                 {
                     windows.remove(&shard.port);
                 }
@@ -392,14 +370,7 @@ impl ClusterRun {
                     return Err(Abort(format!("NEW {new} holds keys: it must be empty (FLUSHALL)")));
                 }
             }
-            self.step(port, |s| {
-                *s = ShardStep {
-                    to: new.clone(),
-                    state: if done { StepState::Switched } else { StepState::Waiting },
-                    pause_ms: None,
-                    lag_bytes: None,
-                }
-            });
+            self.step(port, |s| *s = ShardStep::starting(new, done));
             moves.push(ShardMove {
                 port,
                 shared,
