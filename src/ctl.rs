@@ -514,13 +514,23 @@ fn render_status(s: &Status) -> String {
         }
     }
     if let Some(cluster) = &s.cluster {
+        // A primary with no slots and no port holds nothing: a former primary that the node the view was read
+        // from has not heard of as a replica yet, or an empty node. It is counted, not listed.
+        let (shards, empty): (Vec<_>, Vec<_>) = cluster
+            .shards
+            .iter()
+            .partition(|shard| shard.slot_count > 0 || shard.port.is_some());
         out.push_str(&format!(
-            "cluster      {} shards at {}, {} slots uncovered\n",
-            cluster.shards.len(),
+            "cluster      {} shards at {}, {} slots uncovered{}\n",
+            shards.len(),
             cluster.announce_host,
-            cluster.uncovered_slots
+            cluster.uncovered_slots,
+            match empty.len() {
+                0 => String::new(),
+                n => format!(", {n} primaries with no slots"),
+            }
         ));
-        for shard in &cluster.shards {
+        for shard in shards {
             let ranges: Vec<String> = shard.slots.iter().map(|(s, e)| format!("{s}-{e}")).collect();
             out.push_str(&format!(
                 "  shard      port {:<6} primary {:<22} {} slots ({}), {} replicas, {} clients\n",
